@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ParallelVM",
+    products: [
+        .library(name: "ParallelVM", targets: ["ParallelVM"]),
+        .library(name: "MPI", targets: ["MPI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
+        // The few MPI routines the VM uses, each checked and turned into a thrown MPIError.
+        .target(name: "MPI", dependencies: ["CMPI"]),
+        // The virtual machine: spawner, workers, messages, local storage, dispatcher.
+        .target(
+            name: "ParallelVM",
+            dependencies: ["MPI", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(name: "ParallelVMTests", dependencies: ["ParallelVM", "MPI"]),
+    ]
+)
+
+// Demos: executable targets under demo/, one folder each.
+for demo in ["01-config", "02-spawn", "03-messaging", "06-spawn-result"] {
+    package.targets.append(
+        .executableTarget(
+            name: "demo-\(demo)",
+            dependencies: ["ParallelVM", .product(name: "Logging", package: "swift-log")],
+            path: "demo/\(demo)"
+        )
+    )
+}
+
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .enableUpcomingFeature("InternalImportsByDefault"),
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+    ]
+}

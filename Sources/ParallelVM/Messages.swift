@@ -1,0 +1,106 @@
+/// A message delivered by ``VM/receiveMessage(timeout:)`` or ``TaskContext/receiveMessage(timeout:)``.
+public enum Message: Sendable {
+    /// The outcome of a spawned function (sent when the task was spawned with `sendBack`). Always arrives
+    /// before the same task's ``taskExit``.
+    case taskResult(TaskResult)
+    /// The task has ended; on the spawner its slot is already free when this is returned.
+    case taskExit
+    /// Hosts joined the VM.
+    case hostAdd([HostID])
+    /// Hosts left the VM.
+    case hostDelete([HostID])
+    /// A value sent with `sendMessage(to:_:)`.
+    case user(UserMessage)
+}
+
+/// The outcome of a spawned function.
+public struct TaskResult: Sendable, CustomStringConvertible {
+    /// Whether the function returned normally.
+    public let success: Bool
+    /// The registered name of the function.
+    public let function: String
+    /// The fully qualified type name of the value, when `success` is true.
+    public let valueType: String
+    let valueBytes: [UInt8]
+    /// What went wrong, when `success` is false.
+    public let error: RemoteError?
+
+    init(function: String, valueType: String, valueBytes: [UInt8]) {
+        self.success = true
+        self.function = function
+        self.valueType = valueType
+        self.valueBytes = valueBytes
+        self.error = nil
+    }
+
+    init(function: String, error: RemoteError) {
+        self.success = false
+        self.function = function
+        self.valueType = ""
+        self.valueBytes = []
+        self.error = error
+    }
+
+    /// Decodes the returned value. Throws the ``RemoteError`` when the function failed, and a
+    /// ``VMError`` naming both types when `T` is not the type the function returned.
+    public func value<T: Decodable>(as type: T.Type = T.self) throws -> T {
+        if let error { throw error }
+        let expected = _typeName(T.self, qualified: true)
+        guard expected == valueType else {
+            throw VMError(.typeMismatch, "the result of '\(function)' is a \(valueType), not a \(expected)")
+        }
+        do {
+            return try BinaryDecoder.decode(T.self, from: valueBytes)
+        } catch {
+            throw VMError(.encoding, "the result of '\(function)' could not be decoded as \(expected): \(error)")
+        }
+    }
+
+    public var description: String {
+        if let error { return "TaskResult(failure: \(error))" }
+        return "TaskResult(success: \(valueType), \(valueBytes.count) bytes)"
+    }
+}
+
+/// An error thrown by a function on a worker, or by the VM while running it, as reported to the spawner.
+public struct RemoteError: Error, Sendable, CustomStringConvertible {
+    /// The registered name of the function.
+    public let function: String
+    /// The fully qualified type name of the error that was thrown.
+    public let typeName: String
+    /// The error's text (`String(describing:)`).
+    public let message: String
+    /// The task that ran the function.
+    public let task: TaskID
+    /// The host the task ran on.
+    public let host: HostID
+
+    public var description: String { "\(function) failed in task \(task) on \(host): \(typeName): \(message)" }
+}
+
+/// A user value in flight: decode it with ``decode(as:)``.
+public struct UserMessage: Sendable, CustomStringConvertible {
+    /// The fully qualified type name of the value that was sent.
+    public let typeName: String
+    let bytes: [UInt8]
+    let raw: Bool
+
+    /// Decodes the value; throws a ``VMError`` naming both types when `T` is not the type that was sent.
+    public func decode<T: Decodable>(as type: T.Type = T.self) throws -> T {
+        let expected = _typeName(T.self, qualified: true)
+        guard expected == typeName else {
+            throw VMError(.typeMismatch, "the message holds a \(typeName), not a \(expected)")
+        }
+        if raw, let bytes = bytes as? T { return bytes }
+        do {
+            return try BinaryDecoder.decode(T.self, from: bytes)
+        } catch {
+            throw VMError(.encoding, "the message could not be decoded as \(expected): \(error)")
+        }
+    }
+
+    /// Whether the value is of type `T`.
+    public func holds<T>(_ type: T.Type) -> Bool { typeName == _typeName(T.self, qualified: true) }
+
+    public var description: String { "UserMessage(\(typeName), \(bytes.count) bytes)" }
+}

@@ -1,0 +1,83 @@
+/// The spawner's book of slots: which host each rank is on and which task, if any, runs there.
+///
+/// Slot 0 is the spawner's own and always busy with task `0:0`. Pure bookkeeping, no MPI.
+struct SlotBook: Sendable {
+    struct Slot: Sendable {
+        let host: HostID
+        let cpus: Int
+        let pid: Int32
+        var task: Int?
+    }
+
+    private(set) var slots: [Slot]
+
+    init(slots: [Slot]) {
+        self.slots = slots
+        if !self.slots.isEmpty { self.slots[0].task = 0 }
+    }
+
+    var count: Int { slots.count }
+
+    /// Hosts in the order their first slot appears.
+    var hosts: [HostID] {
+        var seen = Set<HostID>()
+        return slots.compactMap { seen.insert($0.host).inserted ? $0.host : nil }
+    }
+
+    /// Free worker slots, lowest rank first, optionally only on `targets`.
+    func freeSlots(on targets: Set<HostID>? = nil) -> [Int] {
+        slots.indices.filter { rank in
+            rank > 0 && slots[rank].task == nil && (targets?.contains(slots[rank].host) ?? true)
+        }
+    }
+
+    func host(of rank: Int) -> HostID? { slots.indices.contains(rank) ? slots[rank].host : nil }
+
+    /// The task number running in `rank`, if any.
+    func task(in rank: Int) -> Int? { slots.indices.contains(rank) ? slots[rank].task : nil }
+
+    /// Whether `task` currently occupies its slot.
+    func isRunning(_ task: TaskID) -> Bool { self.task(in: task.slot) == task.number }
+
+    /// Task numbers are unique within the run; 0 is the spawner's.
+    private(set) var nextTaskNumber = 1
+
+    /// Puts a new task into a free slot and returns its ID.
+    mutating func occupy(_ rank: Int) -> TaskID {
+        precondition(rank > 0 && slots[rank].task == nil, "slot \(rank) is not a free worker slot")
+        defer { nextTaskNumber += 1 }
+        slots[rank].task = nextTaskNumber
+        return TaskID(slot: rank, number: nextTaskNumber)
+    }
+
+    /// Frees the slot if `task` still occupies it; returns whether it did.
+    @discardableResult
+    mutating func release(_ task: TaskID) -> Bool {
+        guard task.slot > 0, isRunning(task) else { return false }
+        slots[task.slot].task = nil
+        return true
+    }
+
+    /// A table of hosts with their slots, as `formatSpawnerConfig` prints it.
+    func formatted() -> String {
+        var lines = ["Hosts: \(hosts.count), slots: \(count), free: \(freeSlots().count)"]
+        for host in hosts {
+            let ranks = slots.indices.filter { slots[$0].host == host }
+            let free = ranks.filter { $0 > 0 && slots[$0].task == nil }.count
+            let cpus = slots[ranks[0]].cpus
+            lines.append("  \(host): \(ranks.count) slot(s), \(free) free, \(cpus) CPU(s)")
+            for rank in ranks {
+                let state: String
+                if rank == 0 {
+                    state = "spawner (task 0:0)"
+                } else if let task = slots[rank].task {
+                    state = "busy (task \(rank):\(task))"
+                } else {
+                    state = "free"
+                }
+                lines.append("    slot \(rank): pid \(slots[rank].pid), \(state)")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}

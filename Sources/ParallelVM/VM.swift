@@ -1,0 +1,289 @@
+import Foundation
+public import Logging
+import MPI
+
+/// A parallel virtual machine over MPI: rank 0 is the spawner and runs your program, the other ranks are
+/// workers that run registered functions on request.
+///
+/// Create the first VM at the top of `main`, on every rank: on a worker the initialiser never returns
+/// (the process serves spawn requests until the spawner calls ``finalize()``, then exits 0); on the spawner
+/// it returns once every worker has reported in. Run without mpirun, the program is one process with no
+/// workers: queries answer truthfully and ``spawnFunction(_:args:count:targets:sendBack:)`` spawns nothing.
+///
+/// ```swift
+/// let hello = RemoteFunction("hello") { (name: String, task: TaskContext) in "Hello \(name) from \(task.host)" }
+/// let vm = try VM(functions: [hello])
+/// let tasks = try vm.spawnFunction(hello, args: "world", count: 2)
+/// while let (source, message) = try vm.receiveMessage(timeout: 10) { ... }
+/// try vm.finalize()
+/// ```
+///
+/// Several VM objects with different settings may be created; each spawn request carries the settings of
+/// the VM object that made it.
+public final class VM: Sendable {
+    let runtime: Runtime
+    /// The debug level: 0 quiet, 1 task starts and ends, 2 and more everything.
+    public let debug: Int
+    /// This VM object's index in the process (1 for the first), part of local storage folder names.
+    public let vmIndex: Int
+
+    /// Starts the VM (MPI and, on workers, the worker loop) on first use and makes a VM object.
+    ///
+    /// - Parameters:
+    ///   - functions: the functions workers may run; register all of them with the first VM a program creates.
+    ///   - debug: 0 prints nothing extra; 1 and more prints spawner and worker diagnostics in the spawner's log.
+    ///   - logger: where the spawner prints its own and forwarded diagnostics (default: standard error).
+    public init(
+        functions: [any RemoteFunctionConvertible] = [],
+        debug: Int = 0,
+        logger: Logger? = nil
+    ) throws {
+        self.runtime = try Runtime.start(functions: functions, logger: logger)
+        self.debug = debug
+        self.vmIndex = runtime.nextVMIndex()
+        runtime.raiseSpawnerLogLevel(to: Logger.Level(debug: debug))
+    }
+
+    private func requireLive(_ operation: String) throws(VMError) {
+        if runtime.isFinalized {
+            throw VMError(.finalized, "\(operation) was called after the VM was finalized")
+        }
+    }
+
+    // MARK: - Queries
+
+    /// Whether the program runs under an MPI launcher, with workers possible.
+    public var isDistributed: Bool { runtime.transport != nil }
+
+    /// The hosts of the VM, in the order of their first slot (the spawner's host first).
+    public func hosts() -> [HostID] { runtime.withBook { $0.hosts } }
+
+    /// The number of slots (MPI ranks), the spawner's included.
+    public func slots() -> Int { runtime.withBook { $0.count } }
+
+    /// The number of worker slots with no task running.
+    public func freeSlots() -> Int { runtime.withBook { $0.freeSlots().count } }
+
+    /// The free worker slots (ranks).
+    public func freeSlotsSet() -> Set<Int> { Set(runtime.withBook { $0.freeSlots() }) }
+
+    /// The hosts that have at least one free slot.
+    public func hostsWithFreeSlots() -> [HostID] {
+        runtime.withBook { book in
+            let free = Set(book.freeSlots().compactMap { book.host(of: $0) })
+            return book.hosts.filter { free.contains($0) }
+        }
+    }
+
+    /// The task running this code: the spawner's own task, `0:0`.
+    public func taskID() -> TaskID { .spawner }
+
+    /// The parent of the spawner's task: none.
+    public func parentTaskID() -> TaskID? { nil }
+
+    /// The host of `task` (the spawner's host when nil), or nil when no such slot exists.
+    public func hostID(_ task: TaskID? = nil) -> HostID? {
+        runtime.withBook { $0.host(of: task?.slot ?? 0) }
+    }
+
+    /// A table of hosts, slots per host and what runs in each slot.
+    public func formatSpawnerConfig() -> String { runtime.withBook { $0.formatted() } }
+
+    // MARK: - Spawning
+
+    /// Spawns `function` with `args` in free slots.
+    ///
+    /// - Parameters:
+    ///   - count: how many tasks; nil fills every free slot. Must be positive.
+    ///   - targets: only spawn on these hosts; every host must be one of ``hosts()``.
+    ///   - sendBack: whether each task sends a ``TaskResult`` before its ``Message/taskExit``.
+    /// - Returns: the tasks actually spawned: fewer than `count` (or none) when fewer slots are free.
+    @discardableResult
+    public func spawnFunction<Arguments, Result>(
+        _ function: RemoteFunction<Arguments, Result>,
+        args: Arguments,
+        count: Int? = nil,
+        targets: [HostID]? = nil,
+        sendBack: Bool = true
+    ) throws -> [TaskID] {
+        try spawn(named: function.name, args: args, count: count, targets: targets, sendBack: sendBack)
+    }
+
+    /// Spawns a ``Spawnable`` value: the instance, with its state, runs on each worker.
+    @discardableResult
+    public func spawnFunction<S: Spawnable>(
+        _ instance: S,
+        count: Int? = nil,
+        targets: [HostID]? = nil,
+        sendBack: Bool = true
+    ) throws -> [TaskID] {
+        try spawn(named: S.functionName, args: instance, count: count, targets: targets, sendBack: sendBack)
+    }
+
+    /// Spawns a function by its registered name. A name no worker knows gives a failed ``TaskResult``.
+    @discardableResult
+    public func spawnFunction<Arguments: Encodable>(
+        named name: String,
+        args: Arguments,
+        count: Int? = nil,
+        targets: [HostID]? = nil,
+        sendBack: Bool = true
+    ) throws -> [TaskID] {
+        try spawn(named: name, args: args, count: count, targets: targets, sendBack: sendBack)
+    }
+
+    private func spawn<Arguments: Encodable>(
+        named name: String, args: Arguments, count: Int?, targets: [HostID]?, sendBack: Bool
+    ) throws(VMError) -> [TaskID] {
+        try requireLive("spawnFunction")
+        if let count, count <= 0 {
+            throw VMError(.invalidSpawn, "spawnFunction('\(name)'): count must be positive or nil, not \(count)")
+        }
+        var targetSet: Set<HostID>? = nil
+        if let targets {
+            let known = Set(hosts())
+            let unknown = targets.filter { !known.contains($0) }
+            guard unknown.isEmpty else {
+                throw VMError(
+                    .invalidSpawn,
+                    "spawnFunction('\(name)'): unknown host(s) \(unknown.map(\.name).joined(separator: ", ")); the VM's hosts are \(hosts().map(\.name).joined(separator: ", "))"
+                )
+            }
+            targetSet = Set(targets)
+        }
+        guard let transport = runtime.transport else { return [] }
+
+        let arguments: [UInt8]
+        do {
+            arguments = try BinaryEncoder.encode(args)
+        } catch {
+            throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)")
+        }
+        let settings: [UInt8]
+        do {
+            settings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex))
+        } catch {
+            throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode the VM settings: \(error)")
+        }
+
+        let placed: [TaskID] = runtime.withBook { book in
+            let slots = book.freeSlots(on: targetSet).prefix(count ?? Int.max)
+            return slots.map { book.occupy($0) }
+        }
+        for (index, task) in placed.enumerated() {
+            var frame = WireWriter(kind: .spawn, sourceTask: 0, destinationTask: task.number, capacity: 64 + name.utf8.count + settings.count + arguments.count)
+            frame.append(sendBack)
+            frame.append(name)
+            frame.append(lengthPrefixed: settings)
+            do {
+                try transport.sendFrame(&frame, payload: arguments, to: task.slot)
+            } catch {
+                runtime.withBook { book in
+                    for unsent in placed[index...] { book.release(unsent) }
+                }
+                throw VMError(.mpi, "spawnFunction('\(name)'): sending the request for task \(task) failed: \(error)")
+            }
+            if debug > 0 {
+                runtime.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")")
+            }
+        }
+        return placed
+    }
+
+    // MARK: - Messages
+
+    /// Sends a value to a task (or to the spawner itself, `0:0`).
+    ///
+    /// Throws when `task` names no slot of the VM or does not run in its slot any more.
+    public func sendMessage<T: Encodable>(to task: TaskID, _ value: T) throws {
+        try requireLive("sendMessage")
+        let running: Bool = runtime.withBook { book in
+            task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task))
+        }
+        guard running else {
+            let state = runtime.withBook { book -> String in
+                guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
+                if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
+                if let other = book.task(in: task.slot) { return "slot \(task.slot) now runs task \(task.slot):\(other)" }
+                return "slot \(task.slot) is free"
+            }
+            throw VMError(.invalidDestination, "cannot send to task \(task): it is not running (\(state))")
+        }
+        try runtime.sendUser(value, from: 0, to: task)
+    }
+
+    /// The next message for the spawner: `timeout` nil or negative waits for ever, 0 polls, positive waits
+    /// that many seconds; nil when nothing came in time.
+    ///
+    /// A ``Message/taskExit`` has already freed its slot when it is returned, and a task's
+    /// ``Message/taskResult`` always comes before its exit.
+    public func receiveMessage(timeout: Double? = nil) throws -> (source: TaskID, message: Message)? {
+        try requireLive("receiveMessage")
+        guard let transport = runtime.transport else {
+            if let timeout, timeout > 0 { Thread.sleep(forTimeInterval: timeout) }
+            return nil
+        }
+        let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
+        while true {
+            let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
+            guard let envelope = try transport.receive(timeout: remaining, matching: { $0.kind != .clearStorageReport && $0.kind != .hello }) else {
+                return nil
+            }
+            if let delivered = try deliver(envelope) { return delivered }
+        }
+    }
+
+    /// Turns a frame into what ``receiveMessage(timeout:)`` returns, or handles it and returns nil.
+    private func deliver(_ envelope: Envelope) throws(VMError) -> (source: TaskID, message: Message)? {
+        let source = envelope.sourceID
+        switch envelope.kind {
+        case .taskExit:
+            runtime.withBook { _ = $0.release(source) }
+            return (source, .taskExit)
+        case .taskResult:
+            var reader = envelope.reader
+            let function = try reader.readString()
+            let success = try reader.readBool()
+            let result: TaskResult
+            if success {
+                let valueType = try reader.readString()
+                result = TaskResult(function: function, valueType: valueType, valueBytes: envelope.payload(after: &reader))
+            } else {
+                let typeName = try reader.readString()
+                let message = try reader.readString()
+                let host = hostID(source) ?? HostID("rank \(source.slot)")
+                result = TaskResult(function: function, error: RemoteError(function: function, typeName: typeName, message: message, task: source, host: host))
+            }
+            return (source, .taskResult(result))
+        case .user:
+            guard envelope.destinationTask == 0 else { return nil }
+            return (source, .user(try UserMessage(envelope)))
+        case .log:
+            runtime.printForwardedLog(envelope)
+            return nil
+        case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport:
+            return nil
+        }
+    }
+
+    /// Whether a message for the spawner is waiting (never blocks).
+    public func checkForIncoming() throws -> Bool {
+        try requireLive("checkForIncoming")
+        guard let transport = runtime.transport else { return false }
+        return try transport.hasIncoming { envelope in
+            switch envelope.kind {
+            case .taskExit, .taskResult: true
+            case .user: envelope.destinationTask == 0
+            default: false
+            }
+        }
+    }
+
+    // MARK: - Finalize
+
+    /// Asks every worker to leave its loop, then finalizes MPI. Every process then exits 0. Tasks still
+    /// running finish first. Calling it again does nothing.
+    public func finalize() throws {
+        try runtime.finalize()
+    }
+}

@@ -1,0 +1,77 @@
+import Glibc
+
+/// How a process waits for messages.
+///
+/// MPI's own blocking calls spin at 100% of a core. A VM process instead polls with a matched probe and
+/// pauses between polls as this policy says, so that idle workers can leave their core to others.
+public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
+    /// How long to keep polling without pausing after the last message, in seconds.
+    public var spin: Double
+    /// How long to sleep between polls once the spin time is over, in seconds (0 means yield the core only).
+    public var sleep: Double
+
+    /// Creates a policy.
+    public init(spin: Double, sleep: Double) {
+        self.spin = spin
+        self.sleep = sleep
+    }
+
+    /// Poll continuously, yielding the core between polls: lowest latency, a full core per waiting process.
+    public static let busy = WaitPolicy(spin: .infinity, sleep: 0)
+    /// Poll for 2 ms, then sleep 50 µs between polls: a few percent of a core while idle.
+    public static let adaptive = WaitPolicy(spin: 0.002, sleep: 0.000_05)
+
+    /// Reads `PARALLELVM_WAIT`: `busy`, `adaptive`, or `SPIN_US,SLEEP_US` in microseconds.
+    public static func fromEnvironment(_ environment: [String: String]) throws(VMError) -> WaitPolicy {
+        guard let text = environment["PARALLELVM_WAIT"], !text.isEmpty else { return .adaptive }
+        switch text {
+        case "busy": return .busy
+        case "adaptive": return .adaptive
+        default:
+            let parts = text.split(separator: ",")
+            guard parts.count == 2, let spin = Double(parts[0]), let sleep = Double(parts[1]), spin >= 0, sleep >= 0 else {
+                throw VMError(.configuration, "PARALLELVM_WAIT=\(text) is not 'busy', 'adaptive' or 'SPIN_US,SLEEP_US'")
+            }
+            return WaitPolicy(spin: spin / 1e6, sleep: sleep / 1e6)
+        }
+    }
+
+    public var description: String {
+        spin.isInfinite ? "busy" : "spin \(Int(spin * 1e6)) µs, then sleep \(Int(sleep * 1e6)) µs"
+    }
+}
+
+/// Seconds on the monotonic clock.
+@inline(__always)
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) * 1e-9
+}
+
+/// The pause between two polls of one wait.
+struct Backoff {
+    let policy: WaitPolicy
+    private var polls = 0
+    private var idleSince = 0.0
+    private var sleeping = false
+
+    init(_ policy: WaitPolicy) { self.policy = policy }
+
+    mutating func pause() {
+        polls += 1
+        // The first polls are free: most replies arrive within microseconds.
+        if polls < 64 { return }
+        if polls == 64 { idleSince = monotonicSeconds() }
+        if sleeping {
+            var interval = timespec(tv_sec: 0, tv_nsec: Int(policy.sleep * 1e9))
+            nanosleep(&interval, nil)
+            return
+        }
+        // Reading the clock costs more than a poll, so look at it every 16th pause only.
+        if policy.sleep > 0, polls & 15 == 0, monotonicSeconds() - idleSince > policy.spin {
+            sleeping = true
+        }
+        sched_yield()
+    }
+}

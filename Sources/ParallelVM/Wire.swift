@@ -1,0 +1,158 @@
+import MPI
+
+// The VM's wire format. Every VM message is one MPI message of bytes on the VM's private communicator:
+//
+//   kind: UInt8 | flags: UInt8 | source task number: Int64 LE | destination task number: Int64 LE | body
+//
+// The body depends on the kind and is written with WireWriter. A fixed binary header (no JSON, no
+// reflection) keeps a small message to a few dozen bytes and a few nanoseconds of framing. Payloads at
+// or above `Wire.separatePayloadThreshold` travel as a second MPI message right after the header, sent
+// straight from and received straight into the caller's array, so large buffers are never copied into a frame.
+
+/// The kinds of VM message.
+enum MessageKind: UInt8 {
+    /// Worker to spawner at start: host name, CPU count, PID.
+    case hello = 1
+    /// Spawner to worker: run a registered function.
+    case spawn = 2
+    /// Task to its parent: the function's outcome.
+    case taskResult = 3
+    /// Task to its parent: the task has ended and its slot is free.
+    case taskExit = 4
+    /// Any task to any task: a user value.
+    case user = 5
+    /// Worker to spawner: a diagnostic to print in the spawner's log.
+    case log = 6
+    /// Spawner to worker: leave the worker loop.
+    case finalize = 7
+    /// Spawner to worker: remove this user's local storage and report.
+    case clearStorage = 8
+    /// Worker to spawner: what clearing local storage removed.
+    case clearStorageReport = 9
+}
+
+enum Wire {
+    /// The VM's single tag: one tag keeps MPI's non-overtaking order across all kinds from one sender.
+    static let tag = Tag(7)
+    static let headerSize = 18
+    /// Payloads this large travel as their own MPI message after the header (no copy into the frame).
+    static let separatePayloadThreshold = 32 * 1024
+    /// Flag bit: a payload message follows the header.
+    static let flagSeparatePayload: UInt8 = 1
+}
+
+/// Appends little-endian values to a byte array.
+struct WireWriter {
+    var bytes: [UInt8]
+
+    init(kind: MessageKind, flags: UInt8 = 0, sourceTask: Int, destinationTask: Int, capacity: Int = 64) {
+        bytes = []
+        bytes.reserveCapacity(Swift.max(capacity, Wire.headerSize))
+        bytes.append(kind.rawValue)
+        bytes.append(flags)
+        append(Int64(sourceTask))
+        append(Int64(destinationTask))
+    }
+
+    mutating func append<I: FixedWidthInteger>(_ value: I) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func append(_ value: Bool) { bytes.append(value ? 1 : 0) }
+
+    mutating func append(_ value: String) {
+        var value = value
+        value.withUTF8 { utf8 in
+            append(UInt32(utf8.count))
+            bytes.append(contentsOf: utf8)
+        }
+    }
+
+    mutating func append(lengthPrefixed data: [UInt8]) {
+        append(UInt32(data.count))
+        bytes.append(contentsOf: data)
+    }
+
+    mutating func setFlags(_ flags: UInt8) { bytes[1] = flags }
+}
+
+/// Reads little-endian values from a received frame; every read is bounds-checked and throws.
+struct WireReader {
+    let bytes: [UInt8]
+    var offset: Int
+
+    init(_ bytes: [UInt8], offset: Int = Wire.headerSize) {
+        self.bytes = bytes
+        self.offset = offset
+    }
+
+    private func need(_ count: Int, _ what: String) throws(VMError) {
+        guard count >= 0, bytes.count - offset >= count else {
+            throw VMError(.encoding, "malformed VM message: \(what) needs \(count) bytes, \(bytes.count - offset) left")
+        }
+    }
+
+    mutating func read<I: FixedWidthInteger>(_ type: I.Type) throws(VMError) -> I {
+        try need(MemoryLayout<I>.size, String(describing: I.self))
+        var value = I.zero
+        withUnsafeMutableBytes(of: &value) { target in
+            bytes.withUnsafeBytes { source in
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + MemoryLayout<I>.size]))
+            }
+        }
+        offset += MemoryLayout<I>.size
+        return I(littleEndian: value)
+    }
+
+    mutating func readBool() throws(VMError) -> Bool { try read(UInt8.self) != 0 }
+
+    mutating func readString() throws(VMError) -> String {
+        let count = Int(try read(UInt32.self))
+        try need(count, "string")
+        defer { offset += count }
+        return String(decoding: bytes[offset..<offset + count], as: UTF8.self)
+    }
+
+    mutating func readLengthPrefixed() throws(VMError) -> [UInt8] {
+        let count = Int(try read(UInt32.self))
+        try need(count, "byte block")
+        defer { offset += count }
+        return Array(bytes[offset..<offset + count])
+    }
+
+    /// The bytes from the current offset to the end.
+    mutating func readRest() -> [UInt8] {
+        defer { offset = bytes.count }
+        return offset == 0 ? bytes : Array(bytes[offset...])
+    }
+}
+
+/// A received VM message: who sent it, its header, and its bytes.
+struct Envelope {
+    let sourceRank: Int
+    let kind: MessageKind
+    let flags: UInt8
+    let sourceTask: Int
+    let destinationTask: Int
+    /// The whole frame, header included.
+    let frame: [UInt8]
+    /// The separately sent payload, when the header's flag says one followed.
+    let payload: [UInt8]?
+
+    init(sourceRank: Int, frame: [UInt8], payload: [UInt8]?) throws(VMError) {
+        guard frame.count >= Wire.headerSize, let kind = MessageKind(rawValue: frame[0]) else {
+            throw VMError(.encoding, "malformed VM message of \(frame.count) bytes from rank \(sourceRank)")
+        }
+        var reader = WireReader(frame, offset: 2)
+        self.sourceRank = sourceRank
+        self.kind = kind
+        self.flags = frame[1]
+        self.sourceTask = Int(try reader.read(Int64.self))
+        self.destinationTask = Int(try reader.read(Int64.self))
+        self.frame = frame
+        self.payload = payload
+    }
+
+    var reader: WireReader { WireReader(frame) }
+    var sourceID: TaskID { TaskID(slot: sourceRank, number: sourceTask) }
+}
