@@ -24,7 +24,9 @@ let package = Package(
             name: "ParallelVM",
             dependencies: ["MPI", .product(name: "Logging", package: "swift-log")]
         ),
-        .testTarget(name: "ParallelVMTests", dependencies: ["ParallelVM", "MPI"]),
+        // The multi-rank scenarios the tests launch under mpirun.
+        .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
+        .testTarget(name: "ParallelVMTests", dependencies: ["ParallelVM", "MPI", "vm-scenarios"]),
     ]
 )
 
@@ -33,7 +35,7 @@ for demo in ["01-config", "02-spawn", "03-messaging", "06-spawn-result"] {
     package.targets.append(
         .executableTarget(
             name: "demo-\(demo)",
-            dependencies: ["ParallelVM", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ParallelVM"],
             path: "demo/\(demo)"
         )
     )

@@ -3,7 +3,6 @@
 //
 //   scripts/run-demo.sh 02-spawn 3
 
-import Logging
 import ParallelVM
 
 /// Runs on a worker: greets from its host and task.

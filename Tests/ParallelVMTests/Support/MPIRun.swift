@@ -1,0 +1,112 @@
+import Foundation
+import Glibc
+
+/// What one run of a program produced.
+struct RunOutput: CustomStringConvertible {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+    let timedOut: Bool
+    let seconds: Double
+
+    /// The values of `key=value` pairs printed on lines that start with `prefix`, in order.
+    func values(_ key: String) -> [String] {
+        stdout.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix(key + "=") else { return nil }
+            return String(line.dropFirst(key.count + 1))
+        }
+    }
+
+    /// The single value printed for `key`, or nil.
+    func value(_ key: String) -> String? { values(key).last }
+
+    var description: String {
+        "status \(status)\(timedOut ? " (timed out)" : "") after \(String(format: "%.1f", seconds)) s\n--- stdout\n\(stdout)--- stderr\n\(stderr)"
+    }
+}
+
+/// Launches real multi-rank runs of the test scenarios under mpirun, with a time limit.
+enum MPIRun {
+    /// The package root, found from this file's path.
+    static let packageRoot: URL = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<4 { url.deleteLastPathComponent() }
+        return url
+    }()
+
+    /// The folder holding the built products (the test bundle sits next to them).
+    static let productsDirectory: URL = {
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = bundle.deletingLastPathComponent()
+        while directory.path != "/" {
+            if FileManager.default.fileExists(atPath: directory.appendingPathComponent("vm-scenarios").path) {
+                return directory
+            }
+            directory.deleteLastPathComponent()
+        }
+        return packageRoot.appendingPathComponent(".build/debug")
+    }()
+
+    static var scenarios: String { productsDirectory.appendingPathComponent("vm-scenarios").path }
+
+    /// Runs `vm-scenarios SCENARIO ARGS` with `ranks` processes (1: without mpirun).
+    static func scenario(
+        _ name: String, ranks: Int, arguments: [String] = [], environment: [String: String] = [:],
+        mpirunOptions: [String] = [], timeout: Double = 60
+    ) throws -> RunOutput {
+        if ranks == 1 && mpirunOptions.isEmpty {
+            return try run(scenarios, [name] + arguments, environment: environment, timeout: timeout)
+        }
+        let script = packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        return try run(script, ["-n", String(ranks)] + mpirunOptions + [scenarios, name] + arguments, environment: environment, timeout: timeout)
+    }
+
+    /// Runs a program in a session of its own, so that on timeout the whole process group (mpirun and every
+    /// rank) is killed and a hang fails the test instead of blocking it.
+    static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) throws -> RunOutput {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-run-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let outURL = directory.appendingPathComponent("stdout")
+        let errURL = directory.appendingPathComponent("stderr")
+        FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        let out = try FileHandle(forWritingTo: outURL)
+        let err = try FileHandle(forWritingTo: errURL)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = [program] + arguments
+        var env = ProcessInfo.processInfo.environment
+        // The test process itself may run under a launcher; its ranks' variables must not leak into the child.
+        for key in env.keys where key.hasPrefix("OMPI_COMM_WORLD") || key.hasPrefix("PMIX_") || key.hasPrefix("PMI_") {
+            env[key] = nil
+        }
+        env.merge(environment) { $1 }
+        process.environment = env
+        process.standardOutput = out
+        process.standardError = err
+        let done = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in done.signal() }
+        let start = Date()
+        try process.run()
+        var timedOut = false
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            timedOut = true
+            kill(-process.processIdentifier, SIGTERM)
+            if done.wait(timeout: .now() + 3) == .timedOut {
+                kill(-process.processIdentifier, SIGKILL)
+                done.wait()
+            }
+        }
+        try out.close()
+        try err.close()
+        return RunOutput(
+            status: process.terminationStatus,
+            stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
+            timedOut: timedOut,
+            seconds: Date().timeIntervalSince(start)
+        )
+    }
+}

@@ -1,0 +1,29 @@
+// Multi-rank test scenarios. The test suite runs `mpirun -n N vm-scenarios NAME [ARGS]` and asserts on the
+// `key=value` lines a scenario prints and on the exit status of the run. Every rank runs this program;
+// workers stay inside `VM(...)` and never reach the scenario code.
+
+import Foundation
+import ParallelVM
+
+/// A scenario runs on the spawner with the VM every scenario shares.
+typealias Scenario = @Sendable (VM, [String]) throws -> Void
+
+/// Prints one observation for the test to check, flushed at once so that a crash cannot lose it.
+func report(_ key: String, _ value: Any) {
+    print("\(key)=\(value)")
+    fflush(nil)
+}
+
+let scenarios: [String: Scenario] = foundationScenarios
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let name = arguments.first, let scenario = scenarios[name] else {
+    FileHandle.standardError.write(Data("usage: vm-scenarios NAME [ARGS]; names: \(scenarios.keys.sorted().joined(separator: " "))\n".utf8))
+    exit(2)
+}
+let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
+let vm = try VM(functions: foundationFunctions, debug: debug)
+try scenario(vm, Array(arguments.dropFirst()))
+if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
+    try vm.finalize()
+}
