@@ -8,7 +8,8 @@ import MPI
 /// settings) share it, as several PyOPUS VM objects share one MPI world.
 final class Runtime: @unchecked Sendable {
     // Invariant for @unchecked Sendable: the `let` properties never change after init; `book`,
-    // `finalized` and `logger` are guarded by `lock`; `currentTask` and `finalizeRequested` are only touched by
+    // `finalized` and `logger` are guarded by `lock`; `currentTask`, `lastServedTask`, `workerDebug` and
+    // `finalizeRequested` are only touched by
     // the worker's main thread while it serves a task.
     nonisolated(unsafe) private static var shared: Runtime?
     private static let startLock = NSLock()
@@ -27,6 +28,7 @@ final class Runtime: @unchecked Sendable {
     private var spawnerLogger: Logger
 
     var currentTask: Int?
+    var lastServedTask = 0
     var finalizeRequested = false
     var workerDebug = 0
 
@@ -59,6 +61,7 @@ final class Runtime: @unchecked Sendable {
         }
         var table = FunctionTable()
         for function in functions { try table.register(function.erased) }
+        try table.register(ChunkRunner.function(over: table))
         let environment = ProcessInfo.processInfo.environment
         let policy = try WaitPolicy.fromEnvironment(environment)
         let logger = logger ?? Logger(label: "ParallelVM") { StreamLogHandler.standardOutput(label: $0) }

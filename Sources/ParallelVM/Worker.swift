@@ -9,7 +9,10 @@ extension Runtime {
         while !finalizeRequested {
             let envelope: Envelope?
             do {
-                envelope = try transport.receive(timeout: nil)
+                // A user message for a task this slot has not started yet may overtake its spawn request (MPI
+                // orders messages per sender only), so it stays queued until that task runs.
+                let served = lastServedTask
+                envelope = try transport.receive(timeout: nil) { $0.kind != .user || $0.destinationTask <= served }
             } catch {
                 FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(error)\n".utf8))
                 MPIEnvironment.abort(code: 1)
@@ -59,7 +62,10 @@ extension Runtime {
         }
 
         currentTask = number
+        lastServedTask = number
         workerDebug = settings.debug
+        // Messages queued for earlier task numbers were for tasks that ran elsewhere or have ended.
+        transport.removePending { $0.kind == .user && $0.destinationTask < number }
         defer {
             currentTask = nil
         }
@@ -125,8 +131,7 @@ extension Runtime {
         while true {
             let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
             let matched = try transport.receive(timeout: remaining) { envelope in
-                (envelope.kind == .user && envelope.destinationTask == number) || envelope.kind == .finalize
-                    || (envelope.kind == .user && envelope.destinationTask != number)
+                (envelope.kind == .user && envelope.destinationTask <= number) || envelope.kind == .finalize
             }
             guard let envelope = matched else { return nil }
             switch envelope.kind {

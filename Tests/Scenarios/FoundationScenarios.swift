@@ -38,13 +38,13 @@ let listener = RemoteFunction("listener") { (count: Int, task: TaskContext) -> [
     return received
 }
 
-/// Sends back whatever it receives until it receives an empty array.
+/// Sends back every byte array it receives until it receives a string.
 let echo = RemoteFunction("echo") { (_: Int, task: TaskContext) -> Int in
     var count = 0
-    while let (source, message) = try task.receiveMessage(timeout: 60), case .user(let user) = message {
-        let bytes = try user.decode(as: [UInt8].self)
-        if bytes.isEmpty { break }
-        try task.sendMessage(to: source, bytes)
+    while let (source, message) = try task.receiveMessage(timeout: 60), case .user(let user) = message,
+        user.holds([UInt8].self)
+    {
+        try task.sendMessage(to: source, try user.decode(as: [UInt8].self))
         count += 1
     }
     return count
@@ -105,7 +105,7 @@ let foundationScenarios: [String: Scenario] = [
         report("hostsWithFreeAfterSpawn", vm.hostsWithFreeSlots().count)
         report("moreSpawned", try vm.spawnFunction(double, args: 1).count)
         var exits = 0
-        for (_, message) in try collect(vm, tasks) {
+        while exits < tasks.count, let (_, message) = try vm.receiveMessage(timeout: 30) {
             if case .taskExit = message {
                 exits += 1
                 report("freeAfterExit", vm.freeSlots())
@@ -231,7 +231,7 @@ let foundationScenarios: [String: Scenario] = [
             }
             report("echo\(size)", try user.decode(as: [UInt8].self) == bytes)
         }
-        try vm.sendMessage(to: task, [UInt8]())
+        try vm.sendMessage(to: task, "stop")
         for (_, message) in try collect(vm, [task]) {
             if case .taskResult(let result) = message { report("echoed", try result.value(as: Int.self)) }
         }

@@ -61,28 +61,31 @@ enum MPIRun {
         return try run(script, ["-n", String(ranks)] + mpirunOptions + [scenarios, name] + arguments, environment: environment, timeout: timeout)
     }
 
-    /// Runs a program in a session of its own, so that on timeout the whole process group (mpirun and every
-    /// rank) is killed and a hang fails the test instead of blocking it.
+    /// Runs a program with a time limit. On timeout mpirun gets SIGTERM (it then ends every rank); any process
+    /// still carrying this run's marker in its environment a few seconds later gets SIGKILL, so a hang fails
+    /// the test instead of blocking it and leaves nothing behind.
     static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) throws -> RunOutput {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-run-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let outURL = directory.appendingPathComponent("stdout")
         let errURL = directory.appendingPathComponent("stderr")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
         let out = try FileHandle(forWritingTo: outURL)
         let err = try FileHandle(forWritingTo: errURL)
 
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = [program] + arguments
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         // The test process itself may run under a launcher; its ranks' variables must not leak into the child.
         for key in env.keys where key.hasPrefix("OMPI_COMM_WORLD") || key.hasPrefix("PMIX_") || key.hasPrefix("PMI_") {
             env[key] = nil
         }
         env.merge(environment) { $1 }
+        let marker = UUID().uuidString
+        env["PARALLELVM_TEST_RUN"] = marker
         process.environment = env
         process.standardOutput = out
         process.standardError = err
@@ -93,11 +96,12 @@ enum MPIRun {
         var timedOut = false
         if done.wait(timeout: .now() + timeout) == .timedOut {
             timedOut = true
-            kill(-process.processIdentifier, SIGTERM)
-            if done.wait(timeout: .now() + 3) == .timedOut {
-                kill(-process.processIdentifier, SIGKILL)
+            kill(process.processIdentifier, SIGTERM)
+            if done.wait(timeout: .now() + 5) == .timedOut {
+                kill(process.processIdentifier, SIGKILL)
                 done.wait()
             }
+            killProcesses(marked: marker)
         }
         try out.close()
         try err.close()
@@ -108,5 +112,18 @@ enum MPIRun {
             timedOut: timedOut,
             seconds: Date().timeIntervalSince(start)
         )
+    }
+
+    /// Sends SIGKILL to every process whose environment holds `PARALLELVM_TEST_RUN=marker`.
+    static func killProcesses(marked marker: String) {
+        let needle = Array("PARALLELVM_TEST_RUN=\(marker)".utf8)
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = Int32(entry), pid != getpid(),
+                let environment = FileManager.default.contents(atPath: "/proc/\(entry)/environ")
+            else { continue }
+            let found = environment.split(separator: 0).contains { Array($0) == needle }
+            if found { kill(pid, SIGKILL) }
+        }
     }
 }
