@@ -15,7 +15,11 @@ let vm = try VM(functions: [hello], debug: 1)
 print("Free slots before spawning: \(vm.freeSlots())")
 
 let tasks = try vm.spawnFunction(hello, args: "Hello", count: 2)
-print("Spawned: \(tasks.map(\.description).joined(separator: ", "))")
+if tasks.isEmpty {
+    print("Spawned: none (no free worker slots; run under mpirun with 2 or more ranks)")
+} else {
+    print("Spawned: \(tasks.map(\.description).joined(separator: ", "))")
+}
 print("Free slots after spawning: \(vm.freeSlots())")
 
 var running = Set(tasks)
