@@ -20,6 +20,7 @@ case $ranks in
 esac
 
 cd "$root"
+scripts/setup.sh
 swift build -c release --product "demo-$name" >&2
 binary="$root/.build/release/demo-$name"
 if [ "$ranks" = 1 ]; then
