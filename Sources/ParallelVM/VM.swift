@@ -241,20 +241,7 @@ public final class VM: Sendable {
             runtime.withBook { _ = $0.release(source) }
             return (source, .taskExit)
         case .taskResult:
-            var reader = envelope.reader
-            let function = try reader.readString()
-            let success = try reader.readBool()
-            let result: TaskResult
-            if success {
-                let valueType = try reader.readString()
-                result = TaskResult(function: function, valueType: valueType, valueBytes: envelope.payload(after: &reader))
-            } else {
-                let typeName = try reader.readString()
-                let message = try reader.readString()
-                let host = hostID(source) ?? HostID("rank \(source.slot)")
-                result = TaskResult(function: function, error: RemoteError(function: function, typeName: typeName, message: message, task: source, host: host))
-            }
-            return (source, .taskResult(result))
+            return (source, .taskResult(try TaskResult(envelope, host: hostID(source) ?? HostID("rank \(source.slot)"))))
         case .user:
             guard envelope.destinationTask == 0 else { return nil }
             return (source, .user(try UserMessage(envelope)))

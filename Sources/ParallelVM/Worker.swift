@@ -159,6 +159,24 @@ extension Logger.Level {
     }
 }
 
+extension TaskResult {
+    /// Reads a result frame as the worker wrote it: function name, success, then the value's type and
+    /// bytes, or the error's type and text.
+    init(_ envelope: Envelope, host: HostID) throws(VMError) {
+        var reader = envelope.reader
+        let function = try reader.readString()
+        if try reader.readBool() {
+            let valueType = try reader.readString()
+            self.init(function: function, valueType: valueType, valueBytes: envelope.payload(after: &reader))
+        } else {
+            let typeName = try reader.readString()
+            let message = try reader.readString()
+            let error = RemoteError(function: function, typeName: typeName, message: message, task: envelope.sourceID, host: host)
+            self.init(function: function, error: error)
+        }
+    }
+}
+
 extension UserMessage {
     init(_ envelope: Envelope) throws(VMError) {
         var reader = envelope.reader

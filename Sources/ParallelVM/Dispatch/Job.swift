@@ -1,0 +1,172 @@
+/// One unit of work for ``VM/dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)``
+/// and ``Farm``: a registered function, its arguments, and optional extra data that stays on the spawner.
+///
+/// ```swift
+/// let double = RemoteFunction("double") { (x: Int, _: TaskContext) in 2 * x }
+/// let jobs = (0..<100).map { Job(double, args: $0, extra: "input \($0)") }
+/// ```
+///
+/// The arguments are encoded only when the job is sent to a worker; a job that runs in this process
+/// (``VM/dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`` with `remote: false`,
+/// or a program started without mpirun) calls the function directly.
+public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible {
+    /// The registered name of the function the job runs.
+    public let function: String
+    /// How results and errors name the job: by default the function and its arguments, e.g. `double(21)`.
+    public let name: String
+    /// Data kept with the job on the spawner and handed back with its ``JobResult``; never sent to a worker.
+    public let extra: (any Sendable)?
+    /// Spawns the job in one free slot; returns the task, or nil when no slot was free.
+    let spawn: @Sendable (VM) throws -> TaskID?
+    /// The encoded arguments, for a chunk of jobs sent as one task.
+    let encodedArguments: @Sendable () throws -> [UInt8]
+    /// Runs the job in this process.
+    let local: LocalBody<Value>
+
+    /// A job that runs `function` with `args`.
+    ///
+    /// - Parameters:
+    ///   - name: how results and errors name the job (default: `function(args)`, shortened).
+    ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
+    public init<Arguments>(
+        _ function: RemoteFunction<Arguments, Value>, args: Arguments, name: String? = nil, extra: (any Sendable)? = nil
+    ) {
+        let body = function.body
+        self.init(
+            function: function.name, args: args, name: name, extra: extra,
+            local: .blocking { task in try body(args, task) }
+        )
+    }
+
+    /// A job that runs an ``AsyncRemoteFunction``; run in this process, such jobs run concurrently.
+    public init<Arguments>(
+        _ function: AsyncRemoteFunction<Arguments, Value>, args: Arguments, name: String? = nil, extra: (any Sendable)? = nil
+    ) {
+        let body = function.body
+        self.init(
+            function: function.name, args: args, name: name, extra: extra,
+            local: .async { task in try await body(args, task) }
+        )
+    }
+
+    /// A job that runs a ``Spawnable`` value: the instance, with its state, runs on a worker.
+    public init<S: Spawnable>(_ instance: S, name: String? = nil, extra: (any Sendable)? = nil) where S.Result == Value {
+        self.init(
+            function: S.functionName, args: instance, name: name ?? "\(S.functionName)(…)", extra: extra,
+            local: .blocking { task in try instance.run(in: task) }
+        )
+    }
+
+    private init<Arguments: Codable & Sendable>(
+        function: String, args: Arguments, name: String?, extra: (any Sendable)?, local: LocalBody<Value>
+    ) {
+        self.function = function
+        self.name = name ?? Job.defaultName(function, args)
+        self.extra = extra
+        self.spawn = { vm in try vm.spawnFunction(named: function, args: args, count: 1).first }
+        self.encodedArguments = { try BinaryEncoder.encode(args) }
+        self.local = local
+    }
+
+    /// `function(arguments)`, with long argument texts shortened so that error messages stay readable.
+    private static func defaultName(_ function: String, _ args: some Sendable) -> String {
+        var text = String(describing: args)
+        if text.count > 60 { text = text.prefix(57) + "…" }
+        return "\(function)(\(text))"
+    }
+
+    public var description: String { name }
+}
+
+/// How a job runs in this process: a blocking body runs on the dispatcher's own thread, an async body as a task.
+enum LocalBody<Value: Sendable>: Sendable {
+    case blocking(@Sendable (TaskContext) throws -> Value)
+    case async(@Sendable (TaskContext) async throws -> Value)
+}
+
+/// The outcome of one job, as a collector sees it and as the dispatcher returns it.
+public struct JobResult<Value: Codable & Sendable>: Sendable {
+    /// The position of the job in the job sequence (or in spawn order, for a ``Farm``), from 0.
+    public let index: Int
+    /// The job itself, with its ``Job/extra`` data.
+    public let job: Job<Value>
+    /// The value the function returned, or why the job failed.
+    public let outcome: Result<Value, JobError>
+    /// The host that ran the job; nil when it ran in this process.
+    public let host: HostID?
+    /// The task that ran the job (shared by the jobs of one chunk); nil when it ran in this process.
+    public let task: TaskID?
+
+    /// The job's ``Job/extra`` data.
+    public var extra: (any Sendable)? { job.extra }
+
+    /// Whether the function returned a value.
+    public var succeeded: Bool {
+        if case .success = outcome { return true }
+        return false
+    }
+
+    /// The value, or nil when the job failed.
+    public var value: Value? { try? outcome.get() }
+
+    /// Why the job failed, or nil when it succeeded.
+    public var error: JobError? {
+        if case .failure(let error) = outcome { return error }
+        return nil
+    }
+
+    /// The value; throws the ``JobError`` when the job failed.
+    public func get() throws(JobError) -> Value { try outcome.get() }
+}
+
+/// Why a job failed: names the job and carries the error.
+public struct JobError: Error, CustomStringConvertible, Sendable {
+    /// What kind of failure this is.
+    public enum Code: String, Sendable {
+        /// The function threw an error, or the worker could not decode its arguments or encode its result
+        /// (``JobError/typeName`` and ``JobError/message`` tell which).
+        case failed
+        /// The function is not registered (on any rank: every rank registers the same functions).
+        case unknownFunction
+        /// The arguments could not be encoded, or the result could not be decoded as the job's type.
+        case encoding
+        /// The VM could not run the job: MPI failed, or the task ended without a result.
+        case vm
+    }
+
+    /// What kind of failure this is.
+    public let code: Code
+    /// The index of the job.
+    public let index: Int
+    /// The job's ``Job/name``.
+    public let job: String
+    /// The registered name of the job's function.
+    public let function: String
+    /// The fully qualified type name of the error that was thrown (for a remote job, as reported by the worker).
+    public let typeName: String
+    /// The error's text.
+    public let message: String
+    /// The error itself: a ``RemoteError`` when the job ran on a worker, a ``VMError`` when the VM could
+    /// not run it, or the error the function threw when it ran in this process.
+    public let underlying: any Error
+
+    init<V>(_ code: Code, index: Int, job: Job<V>, underlying: any Error) {
+        self.code = code
+        self.index = index
+        self.job = job.name
+        self.function = job.function
+        self.underlying = underlying
+        if let remote = underlying as? RemoteError {
+            self.typeName = remote.typeName
+            self.message = remote.message
+        } else {
+            self.typeName = _typeName(type(of: underlying), qualified: true)
+            self.message = String(describing: underlying)
+        }
+    }
+
+    public var description: String {
+        let place = (underlying as? RemoteError).map { " in task \($0.task) on \($0.host)" } ?? ""
+        return "job #\(index) \(job) failed\(place): \(typeName): \(message)"
+    }
+}

@@ -1,0 +1,224 @@
+extension VM {
+    /// Runs jobs in the VM's worker slots, keeping every slot busy, and returns their results in job order
+    /// (PyOPUS `cOS.dispatch`).
+    ///
+    /// ```swift
+    /// let results = try await vm.dispatch((0..<100).map { Job(double, args: $0) })
+    /// print(results.map { $0.value! })
+    /// ```
+    ///
+    /// The next job is taken from `jobs` only when a slot is free (plus one job per slot waiting, so that
+    /// a slot that frees starts its next job at once); a sequence that produces jobs lazily can therefore
+    /// decide what to produce from the results it has seen so far.
+    ///
+    /// The dispatch owns the VM's task messages while it runs (see ``Farm``): do not call
+    /// ``receiveMessage(timeout:)`` from another task meanwhile. Messages it does not expect (user
+    /// messages, results of tasks you spawned yourself) stay queued for ``receiveMessage(timeout:)``.
+    ///
+    /// - Parameters:
+    ///   - jobs: the jobs; their positions are the ``JobResult/index`` values.
+    ///   - remote: false runs the jobs in this process even when workers are available. Without workers
+    ///     (no mpirun, or one rank) they run in this process anyway.
+    ///   - chunkSize: how many jobs a worker gets at once; more than 1 amortises the per-job messages for
+    ///     tiny jobs. A chunk is sent when it is full or `jobs` ends. Ignored when jobs run in this process.
+    ///   - failFast: on the first failed job, start no more jobs, wait for the running ones (dropping their
+    ///     results) and throw its ``JobError``. When false, failed jobs are failed results and the rest go on.
+    ///   - progress: show `done/total, jobs per second, time left` on standard error, rewritten in place,
+    ///     when standard error is a terminal.
+    ///   - collectResults: false returns an empty array, for dispatches whose collector keeps what it needs.
+    ///   - collector: called with each result as its job finishes, in completion order, on the caller's
+    ///     actor. Return false to start no more jobs: the running ones are still waited for and still
+    ///     passed to the collector (whose answer no longer matters), so it sees exactly the jobs returned.
+    ///     An error it throws stops the dispatch as `failFast` does and is rethrown.
+    /// - Returns: the results of the jobs that were started, in job order.
+    @discardableResult
+    public nonisolated(nonsending) func dispatch<Value>(
+        _ jobs: some Sequence<Job<Value>>,
+        remote: Bool = true,
+        chunkSize: Int = 1,
+        failFast: Bool = false,
+        progress: Bool = false,
+        collectResults: Bool = true,
+        collector: ((JobResult<Value>) async throws -> Bool)? = nil
+    ) async throws -> [JobResult<Value>] {
+        try Self.checkChunkSize(chunkSize)
+        let farm = try Farm<Value>(self, remote: remote, lookaheadPerSlot: 1, unjoinedLimitPerSlot: 2 * chunkSize, inputOpen: false)
+        let unitSize = farm.isRemote ? chunkSize : 1
+        var run = DispatchRun(
+            farm: farm, failFast: failFast, collectResults: collectResults, collector: collector,
+            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
+        )
+        var iterator = jobs.makeIterator()
+        var exhausted = false
+        do {
+            while true {
+                while !exhausted && farm.engine.hasRoom {
+                    var unit: [Job<Value>] = []
+                    while unit.count < unitSize, let job = iterator.next() { unit.append(job) }
+                    exhausted = unit.count < unitSize
+                    _ = farm.submit(unit)
+                }
+                guard let result = try await farm.join() else { break }
+                try await run.take(result)
+            }
+        } catch {
+            await farm.close()
+            run.progress.finish()
+            throw error
+        }
+        await farm.close()
+        return try run.finish()
+    }
+
+    /// Runs jobs produced by an `AsyncSequence` in the VM's worker slots and returns their results in job
+    /// order; see ``dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`` for the rest.
+    ///
+    /// The sequence is consumed by a task of its own, which takes the next job only when a slot is free,
+    /// while the results are handled by the calling task: a sequence fed by the collector (jobs decided
+    /// from earlier results) works. With `chunkSize` above 1 it must produce a full chunk (or end) before
+    /// the chunk is sent, so such a sequence should keep `chunkSize` 1. When the dispatch stops early, the
+    /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
+    @discardableResult
+    public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
+        _ jobs: sending Jobs,
+        remote: Bool = true,
+        chunkSize: Int = 1,
+        failFast: Bool = false,
+        progress: Bool = false,
+        collectResults: Bool = true,
+        collector: ((JobResult<Value>) async throws -> Bool)? = nil
+    ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
+        try Self.checkChunkSize(chunkSize)
+        let farm = try Farm<Value>(self, remote: remote, lookaheadPerSlot: 1, unjoinedLimitPerSlot: 2 * chunkSize, inputOpen: true)
+        let unitSize = farm.isRemote ? chunkSize : 1
+        var run = DispatchRun(
+            farm: farm, failFast: failFast, collectResults: collectResults, collector: collector,
+            progress: ProgressLine(enabled: progress, total: nil)
+        )
+        let handover = Handover(value: jobs)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    var iterator = handover.value.makeAsyncIterator()
+                    while true {
+                        try await farm.waitForFreeSlot()
+                        if farm.isStopped { break }
+                        var unit: [Job<Value>] = []
+                        while unit.count < unitSize, let job = try await iterator.next() { unit.append(job) }
+                        _ = farm.submit(unit)
+                        if unit.count < unitSize { break }
+                    }
+                    farm.finishInput()
+                } catch {
+                    farm.finishInput()
+                    // Cancelled because the dispatch stopped: not an error of the sequence.
+                    if farm.isStopped { return }
+                    throw error
+                }
+            }
+            do {
+                while let result = try await farm.join() {
+                    try await run.take(result)
+                }
+            } catch {
+                farm.stopSpawning()
+                group.cancelAll()
+                await farm.close()
+                run.progress.finish()
+                throw error
+            }
+            farm.stopSpawning()
+            group.cancelAll()
+            do {
+                try await group.waitForAll()
+            } catch {
+                await farm.close()
+                run.progress.finish()
+                throw error
+            }
+        }
+        await farm.close()
+        return try run.finish()
+    }
+
+    /// Runs one job, on a worker when there is one, and returns its value (PyOPUS `cOS.dispatchSingle`).
+    ///
+    /// Throws the job's ``JobError`` when it fails.
+    public nonisolated(nonsending) func dispatchSingle<Value>(_ job: Job<Value>, remote: Bool = true) async throws -> Value {
+        let results = try await dispatch(CollectionOfOne(job), remote: remote)
+        return try results[0].get()
+    }
+
+    private static func checkChunkSize(_ chunkSize: Int) throws(VMError) {
+        guard chunkSize >= 1 else {
+            throw VMError(.invalidSpawn, "dispatch: chunkSize must be at least 1, not \(chunkSize)")
+        }
+    }
+}
+
+/// Moves the job sequence into the task that consumes it.
+///
+/// Invariant for @unchecked Sendable: the dispatch receives the sequence as a `sending` parameter, so its
+/// caller keeps no access, and the dispatch touches it only inside the consuming task.
+private struct Handover<Jobs>: @unchecked Sendable {
+    let value: Jobs
+}
+
+/// What a dispatch keeps while it runs: results by index, the collector, fail-fast and early-stop state.
+private struct DispatchRun<Value: Codable & Sendable> {
+    let farm: Farm<Value>
+    let failFast: Bool
+    let collectResults: Bool
+    let collector: ((JobResult<Value>) async throws -> Bool)?
+    var progress: ProgressLine
+    var results: [JobResult<Value>?] = []
+    var firstFailure: JobError?
+    var done = 0
+
+    init(
+        farm: Farm<Value>, failFast: Bool, collectResults: Bool, collector: ((JobResult<Value>) async throws -> Bool)?,
+        progress: ProgressLine
+    ) {
+        self.farm = farm
+        self.failFast = failFast
+        self.collectResults = collectResults
+        self.collector = collector
+        self.progress = progress
+    }
+
+    /// Handles one finished job.
+    nonisolated(nonsending) mutating func take(_ result: JobResult<Value>) async throws {
+        // After a fail-fast failure, the jobs still running are only waited for.
+        guard firstFailure == nil else { return }
+        if failFast, let error = result.error {
+            firstFailure = error
+            farm.stopSpawning()
+            return
+        }
+        done += 1
+        progress.update(done: done)
+        if collectResults {
+            if result.index >= results.count {
+                results.append(contentsOf: repeatElement(nil, count: result.index + 1 - results.count))
+            }
+            results[result.index] = result
+        }
+        if let collector {
+            let goOn: Bool
+            do {
+                goOn = try await collector(result)
+            } catch {
+                farm.stopSpawning()
+                throw error
+            }
+            if !goOn { farm.stopSpawning() }
+        }
+    }
+
+    /// The ordered results, or the fail-fast error.
+    mutating func finish() throws(JobError) -> [JobResult<Value>] {
+        progress.finish()
+        if let firstFailure { throw firstFailure }
+        return results.compactMap { $0 }
+    }
+}
