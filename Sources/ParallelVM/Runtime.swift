@@ -8,8 +8,8 @@ import MPI
 /// settings) share it, as several PyOPUS VM objects share one MPI world.
 final class Runtime: @unchecked Sendable {
     // Invariant for @unchecked Sendable: the `let` properties never change after init; `book`,
-    // `finalized` and `logger` are guarded by `lock`; `currentTask`, `lastServedTask`, `workerDebug` and
-    // `finalizeRequested` are only touched by
+    // `finalized` and `logger` are guarded by `lock`; `currentTask`, `lastServedTask`, `workerDebug`,
+    // `workerStorage` and `finalizeRequested` are only touched by
     // the worker's main thread while it serves a task.
     nonisolated(unsafe) private static var shared: Runtime?
     private static let startLock = NSLock()
@@ -31,6 +31,7 @@ final class Runtime: @unchecked Sendable {
     var lastServedTask = 0
     var finalizeRequested = false
     var workerDebug = 0
+    var workerStorage = WorkerStorageState()
 
     var isSpawner: Bool { rank == 0 }
 

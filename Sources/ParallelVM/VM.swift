@@ -26,22 +26,58 @@ public final class VM: Sendable {
     public let debug: Int
     /// This VM object's index in the process (1 for the first), part of local storage folder names.
     public let vmIndex: Int
+    /// Whether task storage folders stay after a task and are reused by the VM's later tasks on that worker.
+    public let persistentStorage: Bool
+    /// Warnings from validating the mirror map (sources that matched nothing, with `.warn`).
+    public let storageWarnings: [String]
+    let storage: StorageRequest?
 
     /// Starts the VM (MPI and, on workers, the worker loop) on first use and makes a VM object.
     ///
     /// - Parameters:
     ///   - functions: the functions workers may run; register all of them with the first VM a program creates.
     ///   - debug: 0 prints nothing extra; 1 and more prints spawner and worker diagnostics in the spawner's log.
-    ///   - logger: where the spawner prints its own and forwarded diagnostics (default: standard error).
+    ///   - mirrorMap: spawner paths (globs allowed) mapped to folders relative to each task's local storage
+    ///     (`"."` is the storage folder itself). Sources must lie in `PARALLEL_MIRRORED_STORAGE` (default: the
+    ///     home folder); directories are copied as trees, files into the target folder. With a mirror map
+    ///     each task runs in its own local storage folder under `PARALLEL_LOCAL_STORAGE`.
+    ///   - startupDir: with a mirror map, a folder relative to the task's storage to start in; without one, a
+    ///     spawner path (translated through the mirrored storage when `translateStartupDir`) to start in.
+    ///   - persistentStorage: keep task storage after a task and reuse it, without mirroring again, for the
+    ///     VM's later tasks on the same worker.
+    ///   - missingMirrorSources: whether a mirror source that matches nothing is an error (default) or a
+    ///     warning (listed in ``storageWarnings``).
+    ///   - logger: where the spawner prints its own and forwarded diagnostics (default: standard output).
+    /// - Throws: ``VMError`` when MPI cannot start, `StorageError` naming the path when the mirror map or
+    ///   startup folder is invalid.
     public init(
         functions: [any RemoteFunctionConvertible] = [],
         debug: Int = 0,
+        mirrorMap: [String: String]? = nil,
+        startupDir: String? = nil,
+        translateStartupDir: Bool = true,
+        persistentStorage: Bool = false,
+        missingMirrorSources: MissingSourcePolicy = .error,
         logger: Logger? = nil
     ) throws {
         self.runtime = try Runtime.start(functions: functions, logger: logger)
         self.debug = debug
         self.vmIndex = runtime.nextVMIndex()
+        self.persistentStorage = persistentStorage
+        if (mirrorMap ?? [:]).isEmpty && startupDir == nil {
+            self.storage = nil
+            self.storageWarnings = []
+        } else {
+            let (request, warnings) = try StorageRequest.make(
+                mirrorMap: mirrorMap, startupDir: startupDir, translateStartupDir: translateStartupDir,
+                persistent: persistentStorage, vmIndex: vmIndex,
+                mirrored: MirroredStorage(environment: ProcessInfo.processInfo.environment), missing: missingMirrorSources
+            )
+            self.storage = request
+            self.storageWarnings = warnings
+        }
         runtime.raiseSpawnerLogLevel(to: Logger.Level(debug: debug))
+        for warning in storageWarnings { runtime.logger.warning("\(warning)") }
     }
 
     private func requireLive(_ operation: String) throws(VMError) {
@@ -161,7 +197,7 @@ public final class VM: Sendable {
         }
         let settings: [UInt8]
         do {
-            settings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex))
+            settings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage))
         } catch {
             throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode the VM settings: \(error)")
         }
@@ -264,6 +300,52 @@ public final class VM: Sendable {
             default: false
             }
         }
+    }
+
+    // MARK: - Local storage
+
+    /// Removes this user's local storage (the per-user folder under `PARALLEL_LOCAL_STORAGE`) on the spawner
+    /// and on every worker, and nothing else: no symlink is followed out of it.
+    ///
+    /// Workers busy with a task clear after it; a worker that does not answer within `timeout` seconds (nil:
+    /// wait for ever) is listed with a failure. Returns one report per host, the spawner's host first.
+    public func clearLocalStorage(timeout: Double? = 30) throws -> [ClearReport] {
+        try requireLive("clearLocalStorage")
+        var reports = [Runtime.clearLocalStorageHere()]
+        if let transport = runtime.transport {
+            let workers = 1..<runtime.size
+            for worker in workers {
+                try transport.send(WireWriter(kind: .clearStorage, sourceTask: 0, destinationTask: 0).bytes, to: worker)
+            }
+            var waiting = Set(workers)
+            let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
+            while !waiting.isEmpty {
+                let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
+                guard let envelope = try transport.receive(timeout: remaining, matching: { $0.kind == .clearStorageReport }) else { break }
+                waiting.remove(envelope.sourceRank)
+                do {
+                    reports.append(try BinaryDecoder.decode(ClearReport.self, from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...])))
+                } catch {
+                    let host = hostID(TaskID(slot: envelope.sourceRank, number: 0))?.name ?? "rank \(envelope.sourceRank)"
+                    reports.append(ClearReport(host: host, failures: ["rank \(envelope.sourceRank)": "unreadable report: \(error)"]))
+                }
+            }
+            for worker in waiting.sorted() {
+                let host = hostID(TaskID(slot: worker, number: 0))?.name ?? "rank \(worker)"
+                reports.append(ClearReport(host: host, failures: ["rank \(worker)": "no answer within \(timeout ?? 0) s (busy with a long task?)"]))
+            }
+        }
+        // One report per host: ranks on one host usually share the folder, and the first one empties it.
+        var merged: [ClearReport] = []
+        for report in reports {
+            if let index = merged.firstIndex(where: { $0.host == report.host }) {
+                merged[index].removed += report.removed.filter { !merged[index].removed.contains($0) }
+                merged[index].failures.merge(report.failures) { first, _ in first }
+            } else {
+                merged.append(report)
+            }
+        }
+        return merged
     }
 
     // MARK: - Finalize

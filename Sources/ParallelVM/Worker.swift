@@ -24,7 +24,7 @@ extension Runtime {
             case .finalize:
                 finalizeRequested = true
             case .clearStorage:
-                forwardLog(.warning, "clearing local storage is not available yet")
+                clearStorageOnWorker(envelope)
             case .user:
                 forwardLog(.debug, "dropped a \(envelope.kind) message for task \(rank):\(envelope.destinationTask), which is not running")
             case .hello, .taskResult, .taskExit, .log, .clearStorageReport:
@@ -83,6 +83,17 @@ extension Runtime {
                     message: "function '\(name)' is not registered on rank \(rank) (host \(host)); registered: \(functions.names.joined(separator: ", "))"
                 )
             }
+            let prepared = try settings.storage.map { (request) throws -> PreparedStorage in
+                do {
+                    return try prepareStorage(request, task: taskID)
+                } catch {
+                    throw InvocationFailure(
+                        typeName: _typeName(type(of: error), qualified: true),
+                        message: "preparing local storage for '\(name)' failed: \(error)"
+                    )
+                }
+            }
+            defer { if let prepared { cleanupStorage(prepared, task: taskID) } }
             payload = try function.invoke(arguments, context)
             frame.append(true)
             frame.append(function.resultType)
@@ -190,6 +201,8 @@ extension UserMessage {
 struct SpawnSettings: Codable, Sendable {
     var debug: Int
     var vmIndex: Int
+    /// Local storage, mirroring and working folder; nil leaves the task where MPI started the worker.
+    var storage: StorageRequest?
 }
 
 /// What a spawned function gets: its identity, a logger whose output reaches the spawner's log, and

@@ -15,6 +15,7 @@ func report(_ key: String, _ value: Any) {
 }
 
 let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenarios) { first, _ in first }
+    .merging(storageScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -22,7 +23,7 @@ guard let name = arguments.first, let scenario = scenarios[name] else {
     exit(2)
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
-let vm = try VM(functions: foundationFunctions + dispatchFunctions, debug: debug)
+let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions, debug: debug)
 try scenario(vm, Array(arguments.dropFirst()))
 if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
     try vm.finalize()

@@ -61,6 +61,22 @@ enum MPIRun {
         return try run(script, ["-n", String(ranks)] + mpirunOptions + [scenarios, name] + arguments, environment: environment, timeout: timeout)
     }
 
+    /// Runs `vm-scenarios SCENARIO ARGS` with one rank per entry of `ranks`, each with its own environment
+    /// (mpirun's `-x` in the `:` multi-program syntax): rank 0 gets `ranks[0]`, and so on.
+    static func scenario(
+        _ name: String, rankEnvironments ranks: [[String: String]], arguments: [String] = [], timeout: Double = 60
+    ) throws -> RunOutput {
+        var options: [String] = []
+        for (index, environment) in ranks.enumerated() {
+            if index > 0 { options.append(":") }
+            options += ["-n", "1"]
+            for (key, value) in environment.sorted(by: { $0.key < $1.key }) { options += ["-x", "\(key)=\(value)"] }
+            options += [scenarios, name] + arguments
+        }
+        let script = packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        return try run(script, options, timeout: timeout)
+    }
+
     /// Runs a program with a time limit. On timeout mpirun gets SIGTERM (it then ends every rank); any process
     /// still carrying this run's marker in its environment a few seconds later gets SIGKILL, so a hang fails
     /// the test instead of blocking it and leaves nothing behind.

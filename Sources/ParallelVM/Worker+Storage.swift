@@ -1,0 +1,71 @@
+import Foundation
+import Glibc
+
+/// What a worker process remembers about local storage between tasks.
+struct WorkerStorageState {
+    /// VM keys this process has served: a persistent folder is reused only from the second task of a VM on.
+    var servedVMs: Set<String> = []
+    /// The folder MPI started the worker in; tasks with no storage settings run there.
+    let startDirectory = FileManager.default.currentDirectoryPath
+}
+
+extension Runtime {
+    /// Prepares the task's local storage and working directory as its VM object asked, and changes into it.
+    /// Returns the prepared storage to clean up after the task; throws a `StorageError` naming the path.
+    func prepareStorage(_ request: StorageRequest, task: TaskID) throws -> PreparedStorage {
+        let environment = ProcessInfo.processInfo.environment
+        let mirrored = MirroredStorage(environment: environment)
+        let root = try LocalStorageRoot(environment: environment)
+        let prepared = try TaskStorage.prepare(request, mirrored: mirrored, root: root, servedBefore: &workerStorage.servedVMs)
+        if let directory = prepared.workingDirectory {
+            guard chdir(directory) == 0 else {
+                let reason = String(cString: strerror(errno))
+                try? prepared.cleanup()
+                throw StorageError(.ioFailure, path: directory, reason: "cannot be entered: \(reason)", subject: "working folder")
+            }
+        }
+        if prepared.folder != nil {
+            forwardLog(
+                .debug,
+                prepared.reused
+                    ? "task \(task) reuses persistent storage \(prepared.folder!)"
+                    : "task \(task) mirrored \(prepared.files) file(s), \(prepared.bytes) bytes in \(String(format: "%.3f", prepared.seconds)) s into \(prepared.folder!)"
+            )
+        }
+        return prepared
+    }
+
+    /// Removes the task's storage (unless persistent) and returns to the folder MPI started the worker in.
+    func cleanupStorage(_ prepared: PreparedStorage, task: TaskID) {
+        _ = chdir(workerStorage.startDirectory)
+        do {
+            try prepared.cleanup()
+        } catch {
+            forwardLog(.warning, "task \(task) could not remove its local storage: \(error)")
+        }
+    }
+
+    /// Clears this user's local storage on this worker's host and reports to the spawner.
+    func clearStorageOnWorker(_ envelope: Envelope) {
+        guard let transport else { return }
+        let report = Runtime.clearLocalStorageHere()
+        workerStorage.servedVMs.removeAll()
+        var frame = WireWriter(kind: .clearStorageReport, sourceTask: 0, destinationTask: 0)
+        do {
+            frame.bytes.append(contentsOf: try BinaryEncoder.encode(report))
+            try transport.send(frame.bytes, to: 0)
+        } catch {
+            forwardLog(.error, "could not report clearing local storage: \(error)")
+        }
+    }
+
+    /// Clears this user's local storage under this process's `PARALLEL_LOCAL_STORAGE`.
+    static func clearLocalStorageHere() -> ClearReport {
+        do {
+            return try LocalStorageRoot(environment: ProcessInfo.processInfo.environment).clear()
+        } catch {
+            let root = ProcessInfo.processInfo.environment[LocalStorageRoot.variable] ?? NSTemporaryDirectory()
+            return ClearReport(host: ProcessInfo.processInfo.hostName, failures: [root: "\(error)"])
+        }
+    }
+}
