@@ -31,7 +31,7 @@ let package = Package(
 )
 
 // Demos: executable targets under demo/, one folder each.
-for demo in ["01-config", "02-spawn", "03-messaging", "06-spawn-result", "07-dispatch", "08-dyndispatch", "09-asyncloop"] {
+for demo in ["01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch", "08-dyndispatch", "09-asyncloop"] {
     package.targets.append(
         .executableTarget(
             name: "demo-\(demo)",
