@@ -126,6 +126,13 @@ struct VMRunTests {
         #expect(!run.stdout.contains("chatty info"))
     }
 
+    @Test func creatingAVMInsideATaskIsRefusedClearly() throws {
+        let run = try MPIRun.scenario("vm-in-task", ranks: 2)
+        #expect(run.status == 0, "\(run)")
+        #expect(run.value("nested") == "a VM cannot be created inside a task on rank 1; use the TaskContext the function receives")
+        #expect(run.value("freeAtEnd") == "1")
+    }
+
     @Test func programThatForgetsToFinalizeStillExitsCleanly() throws {
         let run = try MPIRun.scenario("forget-finalize", ranks: 3, environment: ["SCENARIO_SKIP_FINALIZE": "1"], timeout: 30)
         #expect(!run.timedOut)

@@ -64,7 +64,17 @@ struct Scaler: Spawnable {
     func run(in task: TaskContext) throws -> [Int] { values.map { $0 * factor } }
 }
 
-let foundationFunctions: [any RemoteFunctionConvertible] = [double, failing, sleeper, talker, listener, echo, chatty, crosser, Scaler.remote]
+/// Tries to create a VM inside a task, which only the spawner may do.
+let nestedVM = RemoteFunction("nested-vm") { (_: Int, _: TaskContext) -> String in
+    do {
+        _ = try VM()
+        return "no error"
+    } catch {
+        return "\(error)"
+    }
+}
+
+let foundationFunctions: [any RemoteFunctionConvertible] = [nestedVM, double, failing, sleeper, talker, listener, echo, chatty, crosser, Scaler.remote]
 
 /// Receives until every task in `tasks` has exited; returns the messages in arrival order.
 func collect(_ vm: VM, _ tasks: [TaskID], timeout: Double = 30) throws -> [(TaskID, Message)] {
@@ -313,6 +323,15 @@ let foundationScenarios: [String: Scenario] = [
             if case .taskResult(let result) = message { report("host", try result.value(as: String.self)) }
         }
         report("task", tasks[0])
+    },
+
+    // Spawner-only operations are refused inside a task, with an error that says so.
+    "vm-in-task": { vm, _ in
+        let tasks = try vm.spawnFunction(nestedVM, args: 0, count: 1)
+        for (_, message) in try collect(vm, tasks) {
+            if case .taskResult(let result) = message { report("nested", try result.value(as: String.self)) }
+        }
+        report("freeAtEnd", vm.freeSlots())
     },
 
     // Exits without finalize: the run must still end, cleanly.
