@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/setup.sh
-swift build --build-tests
+# Warnings are errors here, so that they are fixed when they appear.
+swift build --build-tests -Xswiftc -warnings-as-errors
 # One test at a time: the multi-rank runs oversubscribe the cores already.
 swift test --skip-build --no-parallel
