@@ -26,6 +26,8 @@ let package = Package(
         ),
         // The multi-rank scenarios the tests launch under mpirun.
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
+        // The benchmarks scripts/bench.sh runs under mpirun next to the C references in bench/c/.
+        .executableTarget(name: "vm-bench", dependencies: ["ParallelVM"], path: "bench/VMBench"),
         .testTarget(name: "ParallelVMTests", dependencies: ["ParallelVM", "MPI", "vm-scenarios"]),
     ]
 )

@@ -86,9 +86,11 @@ struct WireReader {
         self.offset = offset
     }
 
-    private func need(_ count: Int, _ what: String) throws(VMError) {
+    // `what` is an autoclosure: naming a type with String(describing:) costs thousands of instructions,
+    // far more than the read itself, so it is only worked out for the error.
+    private func need(_ count: Int, _ what: @autoclosure () -> String) throws(VMError) {
         guard count >= 0, bytes.count - offset >= count else {
-            throw VMError(.encoding, "malformed VM message: \(what) needs \(count) bytes, \(bytes.count - offset) left")
+            throw VMError(.encoding, "malformed VM message: \(what()) needs \(count) bytes, \(bytes.count - offset) left")
         }
     }
 

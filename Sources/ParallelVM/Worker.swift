@@ -127,11 +127,13 @@ extension Runtime {
     }
 
     /// Sends a diagnostic to the spawner's log when the current debug level lets it through.
-    func forwardLog(_ level: Logger.Level, _ text: String, force: Bool = false) {
+    /// `text` is only built when it is sent: every task logs at debug level, and formatting those lines
+    /// cost more than the rest of a trivial task.
+    func forwardLog(_ level: Logger.Level, _ text: @autoclosure () -> String, force: Bool = false) {
         guard let transport, force || level >= Logger.Level(debug: workerDebug) else { return }
         var frame = WireWriter(kind: .log, sourceTask: currentTask ?? 0, destinationTask: 0)
         frame.append(UInt8(Logger.Level.allCases.firstIndex(of: level) ?? 0))
-        frame.append(text)
+        frame.append(text())
         try? transport.send(frame.bytes, to: 0)
     }
 

@@ -1,0 +1,251 @@
+// The VM's benchmarks: message latency and bandwidth, task throughput, idle cost and mirroring. Every rank
+// runs this program under mpirun; workers stay inside `VM(...)`.
+// It prints one `name value` line per figure; scripts/bench.sh runs it next to the C references in
+// bench/c/ and prints the table.
+//
+//   vm-bench latency [SIZE...]  one-way latency (µs) and bandwidth (MB/s), 2 ranks
+//   vm-bench tasks N          trivial-task throughput (tasks/s): spawnFunction, dispatch, chunked dispatch
+//   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
+//   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
+
+import Foundation
+import ParallelVM
+
+/// A plain Codable value of a given size, for the Codable rows: a struct holding a byte array.
+struct Blob: Codable, Sendable {
+    var bytes: [UInt8]
+}
+
+/// Sends back every byte array or Blob it receives, until it receives anything else.
+let bounce = RemoteFunction("bench.bounce") { (_: Int, task: TaskContext) -> Int in
+    var count = 0
+    while let (source, message) = try task.receiveMessage(), case .user(let user) = message {
+        if user.holds([UInt8].self) {
+            try task.sendMessage(to: source, try user.decode(as: [UInt8].self))
+        } else if user.holds(Blob.self) {
+            try task.sendMessage(to: source, try user.decode(as: Blob.self))
+        } else {
+            break
+        }
+        count += 1
+    }
+    return count
+}
+
+/// The trivial task: an Int in, its double out.
+let double = RemoteFunction("bench.double") { (x: Int, _: TaskContext) -> Int in 2 * x }
+
+/// The worker's process ID, to read its CPU time from /proc.
+let processID = RemoteFunction("bench.pid") { (_: Int, _: TaskContext) -> Int32 in getpid() }
+
+func emit(_ name: String, _ value: Double) {
+    print(name, String(format: "%.6g", value))
+    fflush(nil)
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    let middle = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+func seconds() -> Double { ProcessInfo.processInfo.systemUptime }
+
+/// Waits for the next user message for the spawner; results and exits of other tasks are skipped.
+func receiveUser(_ vm: VM) throws -> UserMessage {
+    while let (_, message) = try vm.receiveMessage(timeout: 120) {
+        if case .user(let user) = message { return user }
+    }
+    fatalError("no message within 120 s: the bounce task stopped answering")
+}
+
+/// Stops a bounce task and waits for its exit.
+func stopBounce(_ vm: VM, _ task: TaskID) throws {
+    try vm.sendMessage(to: task, "stop")
+    while let (source, message) = try vm.receiveMessage(timeout: 120) {
+        if case .taskExit = message, source == task { return }
+    }
+}
+
+/// Round trips per repetition, as in bench/c/pingpong.c: about 0.1 s for small payloads, at least 5.
+func roundTrips(_ size: Int) -> Int { max(5, min(20_000, 200_000_000 / max(size, 10_000))) }
+
+/// Median one-way time (seconds) of `repetitions` runs of `count` round trips of `send`.
+func pingPong(_ vm: VM, _ task: TaskID, repetitions: Int, count: Int, _ send: () throws -> Void, check: (UserMessage) throws -> Void) throws -> Double {
+    let warmUp = seconds()
+    try send()
+    try check(try receiveUser(vm))
+    // A round trip of more than half a second (large values through a slow codec) is measured once.
+    let first = seconds() - warmUp
+    if first > 0.5 { return first / 2 }
+    var oneWay: [Double] = []
+    for _ in 0..<repetitions {
+        let start = seconds()
+        for _ in 0..<count {
+            try send()
+            try check(try receiveUser(vm))
+        }
+        oneWay.append((seconds() - start) / Double(2 * count))
+    }
+    return median(oneWay)
+}
+
+func latency(_ vm: VM, sizes: [Int]) throws {
+    guard let task = try vm.spawnFunction(bounce, args: 0, count: 1).first else { fatalError("latency needs 2 ranks") }
+    for size in sizes {
+        let payload = [UInt8](repeating: 0x5a, count: size)
+        let t = try pingPong(vm, task, repetitions: 5, count: roundTrips(size), { try vm.sendMessage(to: task, payload) }) { user in
+            let echoed = try user.decode(as: [UInt8].self)
+            precondition(echoed.count == size, "a bounced message came back with the wrong size")
+        }
+        emit("latency_\(size)", t * 1e6)
+        if size >= 1_000_000 { emit("bandwidth_\(size)", Double(size) / t / 1e6) }
+    }
+    for size in sizes {
+        let blob = Blob(bytes: [UInt8](repeating: 0x5a, count: size))
+        // Encoding dominates large Codable values: fewer round trips keep the run short.
+        let count = size >= 1_000_000 ? 2 : roundTrips(size) / (size >= 100_000 ? 4 : 2)
+        let t = try pingPong(vm, task, repetitions: size >= 1_000_000 ? 3 : 5, count: count, { try vm.sendMessage(to: task, blob) }) { user in
+            let echoed = try user.decode(as: Blob.self)
+            precondition(echoed.bytes.count == size, "a bounced message came back with the wrong size")
+        }
+        emit("latency_codable_\(size)", t * 1e6)
+        if t > 0.1 {
+            FileHandle.standardError.write(Data("vm-bench: Codable values above \(size) bytes skipped: one-way \(t) s\n".utf8))
+            break
+        }
+    }
+    try stopBounce(vm, task)
+}
+
+/// Farms `n` doubles with spawnFunction, a new task in each slot as soon as its task exits.
+func spawnFarm(_ vm: VM, _ n: Int) throws {
+    var next = 0
+    var results = 0
+    var sum = 0
+    while next < n, vm.freeSlots() > 0 {
+        try vm.spawnFunction(double, args: next, count: 1)
+        next += 1
+    }
+    while results < n || vm.freeSlots() < vm.slots() - 1 {
+        guard let (_, message) = try vm.receiveMessage(timeout: 120) else { fatalError("a task stopped answering") }
+        switch message {
+        case .taskResult(let result):
+            sum += try result.value(as: Int.self)
+            results += 1
+        case .taskExit where next < n:
+            try vm.spawnFunction(double, args: next, count: 1)
+            next += 1
+        default:
+            break
+        }
+    }
+    precondition(sum == (n - 1) * n, "wrong sum of doubles")
+}
+
+func dispatchFarm(_ vm: VM, _ n: Int, chunkSize: Int) async throws {
+    let results = try await vm.dispatch((0..<n).map { Job(double, args: $0) }, chunkSize: chunkSize)
+    precondition(results.count == n && results[n - 1].value == 2 * (n - 1), "wrong dispatch results")
+}
+
+func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async rethrows -> Double {
+    try await body()  // warm-up
+    var rates: [Double] = []
+    for _ in 0..<repetitions {
+        let start = seconds()
+        try await body()
+        rates.append(Double(n) / (seconds() - start))
+    }
+    return median(rates)
+}
+
+func tasks(_ vm: VM, _ n: Int) async throws {
+    let workers = vm.slots() - 1
+    emit("tasks_spawn_w\(workers)", try await rate(repetitions: 5, n) { try spawnFarm(vm, n) })
+    emit("tasks_dispatch_w\(workers)", try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) })
+    let chunked = 10 * n
+    emit("tasks_dispatch_chunked_w\(workers)", try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) })
+}
+
+/// utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15).
+func cpuSeconds(of pid: Int32) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { fatalError("cannot read /proc/\(pid)/stat") }
+    // Fields after the command name start with field 3 (state).
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+    return (Double(fields[11])! + Double(fields[12])!) / ticks
+}
+
+func idle(_ vm: VM, _ idleSeconds: Double) throws {
+    // The worker's PID; after this task it waits for work in its loop.
+    guard let pidTask = try vm.spawnFunction(processID, args: 0, count: 1).first else { fatalError("idle needs 2 ranks") }
+    var pid: Int32 = 0
+    while let (source, message) = try vm.receiveMessage(timeout: 120) {
+        if case .taskResult(let result) = message { pid = try result.value(as: Int32.self) }
+        if case .taskExit = message, source == pidTask { break }
+    }
+    let before = cpuSeconds(of: pid)
+    Thread.sleep(forTimeInterval: idleSeconds)
+    emit("idle_cpu_percent", 100 * (cpuSeconds(of: pid) - before) / idleSeconds)
+
+    // The first message after idling, against warm round trips, with a task waiting for messages.
+    guard let task = try vm.spawnFunction(bounce, args: 0, count: 1).first else { fatalError("no free slot") }
+    let token: [UInt8] = [1]
+    func roundTrip() throws -> Double {
+        let start = seconds()
+        try vm.sendMessage(to: task, token)
+        _ = try receiveUser(vm)
+        return seconds() - start
+    }
+    _ = try roundTrip()
+    var extra: [Double] = []
+    for _ in 0..<7 {
+        Thread.sleep(forTimeInterval: 0.2)
+        let first = try roundTrip()
+        let warm = median(try (0..<15).map { _ in try roundTrip() })
+        extra.append(first - warm)
+    }
+    emit("idle_first_message_extra_us", median(extra) * 1e6)
+    try stopBounce(vm, task)
+}
+
+/// Seconds from spawning `function` with `vm` in one slot to its exit: the task's mirroring plus a no-op.
+func timedTask(_ vm: VM) throws -> Double {
+    let start = seconds()
+    guard let task = try vm.spawnFunction(double, args: 1, count: 1).first else { fatalError("no free slot") }
+    while let (source, message) = try vm.receiveMessage(timeout: 600) {
+        if case .taskResult(let result) = message, !result.success { fatalError("mirroring failed: \(result)") }
+        if case .taskExit = message, source == task { return seconds() - start }
+    }
+    fatalError("the mirroring task did not end within 600 s")
+}
+
+/// Mirrors `source` into each task's local storage: cold (first task of a persistent VM object), warm (its
+/// next task, which reuses the storage). With `large`, only cold, without persistent storage.
+func mirror(_ source: String, name: String, warm: Bool) throws {
+    let mirrored = try VM(mirrorMap: [source: "data"], persistentStorage: warm)
+    emit("mirror_\(name)_cold", try timedTask(mirrored))
+    if warm { emit("mirror_\(name)_warm", median(try (0..<5).map { _ in try timedTask(mirrored) })) }
+}
+
+let vm = try VM(functions: [bounce, double, processID])
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "latency":
+    let sizes = arguments.dropFirst().compactMap { Int($0) }
+    try latency(vm, sizes: sizes.isEmpty ? [0, 8, 1_000, 100_000, 1_000_000, 10_000_000] : sizes)
+case "tasks":
+    try await tasks(vm, arguments.count > 1 ? Int(arguments[1])! : 20_000)
+case "idle":
+    try idle(vm, arguments.count > 1 ? Double(arguments[1])! : 5)
+case "mirror":
+    // vm-bench mirror NAME PATH [warm]: PATH must lie in PARALLEL_MIRRORED_STORAGE.
+    try mirror(arguments[2], name: arguments[1], warm: arguments.count > 3)
+default:
+    FileHandle.standardError.write(Data("usage: vm-bench latency [SIZE...] | tasks N | idle SECONDS | mirror NAME PATH [warm]\n".utf8))
+    try vm.finalize()
+    exit(2)
+}
+try vm.finalize()

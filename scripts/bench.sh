@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Builds the VM's benchmark (vm-bench, release) and the C references (bench/c, mpicc -O2), runs them
+# alternately under the same mpirun settings so that drift on a shared machine hits both, and prints one
+# table: the Swift figure, the C figure and their ratio per row (medians over the rounds; each program
+# already reports medians of its own repetitions).
+#
+# Usage: scripts/bench.sh [--json FILE] [--rounds N]
+#   BENCH_TASKS (default 5000): tasks per throughput run; the chunked dispatch runs 10 times as many.
+#   BENCH_IDLE (default 5): seconds an idle worker waits while its CPU time is measured.
+#   BENCH_LOW_IDLE (default 2000,1000): the PARALLELVM_WAIT value measured as the low-idle option.
+#   BENCH_DATA (default /tmp/parallelvm-bench): where the mirroring data is made (once) and copied to.
+set -euo pipefail
+
+json=""
+rounds=3
+while [ $# -gt 0 ]; do
+  case $1 in
+    --json) json=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--json FILE] [--rounds N]" >&2; exit 2 ;;
+  esac
+done
+tasks=${BENCH_TASKS:-5000}
+idle=${BENCH_IDLE:-5}
+low_idle=${BENCH_LOW_IDLE:-2000,1000}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scratch=${BENCH_SCRATCH:-.build-bench}
+echo "building vm-bench (release) and the C references..." >&2
+swift build --scratch-path "$scratch" -c release --product vm-bench >&2
+swift_bin="$root/$scratch/release/vm-bench"
+mkdir -p bench/c/bin
+for program in pingpong taskfarm idle; do
+  mpicc -O2 -Wall -o "bench/c/bin/$program" "bench/c/$program.c"
+done
+
+# Mirroring data, made once and kept between runs: 20,000 files of 4 KiB (200 folders of 100) and one
+# file of 200 MB. Both the VM and the references read it from the page cache.
+data=${BENCH_DATA:-/tmp/parallelvm-bench}
+if [ ! -f "$data/data/.complete" ]; then
+  echo "making mirroring data in $data..." >&2
+  rm -rf "$data"
+  mkdir -p "$data/data/small" "$data/data/large"
+  python3 - "$data/data/small" <<'EOF2'
+import os, sys
+block = os.urandom(4096)
+for i in range(200):
+    folder = os.path.join(sys.argv[1], f"{i:03d}")
+    os.mkdir(folder)
+    for j in range(100):
+        with open(os.path.join(folder, f"{j:03d}.bin"), "wb") as f:
+            f.write(block)
+EOF2
+  head -c 200000000 /dev/urandom >"$data/data/large/big.bin"
+  touch "$data/data/.complete"
+fi
+local_storage="$data/local"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+mpi() { "$root/scripts/mpirun.sh" "$@"; }
+# Prints `NAME seconds-since-START` (START from $EPOCHREALTIME).
+elapsed() { awk -v name="$1" -v start="$2" -v now="$EPOCHREALTIME" 'BEGIN { printf "%s %.6f\n", name, now - start }'; }
+# Runs one program and appends its `name value` lines, renamed with an optional prefix, to a file.
+record() {
+  local file=$1 prefix=$2
+  shift 2
+  "$@" | awk -v p="$prefix" 'NF == 2 { print p $1, $2 }' >>"$out/$file"
+}
+
+for round in $(seq 1 "$rounds"); do
+  echo "round $round of $rounds..." >&2
+  record ref "" mpi -n 2 bench/c/bin/pingpong
+  record swift "" mpi -n 2 -x PARALLELVM_WAIT= "$swift_bin" latency
+  for ranks in 2 3; do
+    record ref "" mpi -n "$ranks" bench/c/bin/taskfarm $((tasks * 20))
+    record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= "$swift_bin" tasks "$tasks"
+  done
+  record ref "" mpi -n 2 bench/c/bin/idle "$idle"
+  record swift "" mpi -n 2 -x PARALLELVM_WAIT= "$swift_bin" idle "$idle"
+  record swift "lowidle_" mpi -n 2 -x PARALLELVM_WAIT="$low_idle" "$swift_bin" idle "$idle"
+  record swift "busy_" mpi -n 2 -x PARALLELVM_WAIT=busy "$swift_bin" idle "$idle"
+  # Mirroring: the VM (cold: first task; warm: a later task of a persistentStorage VM), tar c | tar x, cp -r.
+  rm -rf "$local_storage" && mkdir -p "$local_storage"
+  mirror_env=(-x PARALLELVM_WAIT= -x PARALLEL_MIRRORED_STORAGE="$data/data" -x PARALLEL_LOCAL_STORAGE="$local_storage")
+  record swift "" mpi -n 2 "${mirror_env[@]}" "$swift_bin" mirror small "$data/data/small" warm
+  record swift "" mpi -n 2 "${mirror_env[@]}" "$swift_bin" mirror large "$data/data/large"
+  for set in small large; do
+    rm -rf "$local_storage" && mkdir -p "$local_storage/tar"
+    start=$EPOCHREALTIME
+    tar -C "$data/data" -c "$set" | tar -C "$local_storage/tar" -x
+    elapsed mirror_"$set" "$start" >>"$out/ref"
+    rm -rf "$local_storage" && mkdir -p "$local_storage"
+    start=$EPOCHREALTIME
+    cp -r "$data/data/$set" "$local_storage/cp"
+    elapsed cp_mirror_"$set" "$start" >>"$out/ref"
+  done
+  rm -rf "$local_storage"
+done
+note="mirror rows: page cache warm for the VM and the references alike; the VM figures are spawn to exit of a task"
+
+python3 - "$out/swift" "$out/ref" "$json" "$low_idle" "$note" <<'EOF'
+import json, statistics, sys
+
+swift_file, ref_file, json_file, low_idle, note = sys.argv[1:6]
+
+def medians(path):
+    values = {}
+    with open(path) as f:
+        for line in f:
+            name, value = line.split()
+            values.setdefault(name, []).append(float(value))
+    return {name: statistics.median(v) for name, v in values.items()}
+
+swift, ref = medians(swift_file), medians(ref_file)
+sizes = [0, 8, 1000, 100000, 1000000, 10000000]
+# name, unit, Swift figure, reference figure, what the reference is
+rows = []
+for size in sizes:
+    rows.append((f"latency_{size}", "us", swift.get(f"latency_{size}"), ref.get(f"latency_{size}"), "C ping-pong"))
+for size in (1000000, 10000000):
+    rows.append((f"bandwidth_{size}", "MB/s", swift.get(f"bandwidth_{size}"), ref.get(f"bandwidth_{size}"), "C ping-pong"))
+for size in sizes:
+    rows.append((f"latency_codable_{size}", "us", swift.get(f"latency_codable_{size}"), ref.get(f"latency_{size}"), "C ping-pong"))
+for workers in (1, 2):
+    for kind in ("spawn", "dispatch", "dispatch_chunked"):
+        rows.append((f"tasks_{kind}_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_w{workers}"), ref.get(f"tasks_w{workers}"), "C task farm"))
+rows += [
+    ("mirror_small_cold", "s", swift.get("mirror_small_cold"), ref.get("mirror_small"), "tar c | tar x"),
+    ("mirror_small_warm", "s", swift.get("mirror_small_warm"), ref.get("mirror_small"), "tar c | tar x"),
+    ("mirror_large_cold", "s", swift.get("mirror_large_cold"), ref.get("mirror_large"), "tar c | tar x"),
+    ("mirror_small_cold_vs_cp", "s", swift.get("mirror_small_cold"), ref.get("cp_mirror_small"), "cp -r"),
+    ("mirror_large_cold_vs_cp", "s", swift.get("mirror_large_cold"), ref.get("cp_mirror_large"), "cp -r"),
+]
+rows += [
+    ("idle_cpu_percent", "%", swift.get("idle_cpu_percent"), ref.get("idle_cpu_percent"), "C, MPI_Recv busy wait"),
+    ("idle_cpu_percent_lowidle", "%", swift.get("lowidle_idle_cpu_percent"), ref.get("idle_cpu_percent"), f"C; PARALLELVM_WAIT={low_idle}"),
+    ("idle_cpu_percent_busy", "%", swift.get("busy_idle_cpu_percent"), ref.get("idle_cpu_percent"), "C; PARALLELVM_WAIT=busy"),
+    ("idle_first_message_extra_us", "us", swift.get("idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C, MPI_Recv busy wait"),
+    ("idle_first_message_extra_us_lowidle", "us", swift.get("lowidle_idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), f"C; PARALLELVM_WAIT={low_idle}"),
+    ("idle_first_message_extra_us_busy", "us", swift.get("busy_idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; PARALLELVM_WAIT=busy"),
+]
+
+def ratio(s, r):
+    return None if s is None or r is None or r == 0 else s / r
+
+table = [{"name": n, "unit": u, "swift": s, "reference": r, "ratio": ratio(s, r), "reference_is": what}
+         for n, u, s, r, what in rows if s is not None or r is not None]
+
+def fmt(x, digits=3):
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+
+print(f"{'row':38} {'unit':8} {'swift':>12} {'C':>12} {'ratio':>8}  reference")
+for row in table:
+    print(f"{row['name']:38} {row['unit']:8} {fmt(row['swift'], 4):>12} {fmt(row['reference'], 4):>12} "
+          f"{fmt(row['ratio'], 3):>8}  {row['reference_is']}")
+print(note)
+if json_file:
+    with open(json_file, "w") as f:
+        json.dump({"rows": table, "notes": [note]}, f, indent=2)
+    print(f"wrote {json_file}", file=sys.stderr)
+EOF
