@@ -51,16 +51,17 @@ final class Transport: @unchecked Sendable {
             var done = try first.test()
             if done, second != nil { done = try second!.test() }
             if done { return }
-            if let envelope = try pollLocked() { pending.append(envelope) }
+            pending.append(contentsOf: try pollLocked())
             lock.unlock()
             backoff.pause()
             lock.lock()
         }
     }
 
-    /// Takes one frame off the wire if one is waiting. Caller holds `lock`.
-    private func pollLocked() throws(MPIError) -> Envelope? {
-        guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return nil }
+    /// Takes one frame off the wire if one is waiting and returns what it carries: nothing, the frame, or for
+    /// a result that also ends its task, the result and then a TaskExit. Caller holds `lock`.
+    private func pollLocked() throws(MPIError) -> [Envelope] {
+        guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return [] }
         let source = message.source
         let frame = try message.receive()
         var payload: [UInt8]? = nil
@@ -68,13 +69,20 @@ final class Transport: @unchecked Sendable {
             // The sender posted the payload right after the header on the same tag, so it is next from them.
             payload = try communicator.matchedProbe(from: source, tag: Wire.tag).receive()
         }
+        let envelope: Envelope
         do {
-            return try Envelope(sourceRank: Int(source.rawValue), frame: frame, payload: payload)
+            envelope = try Envelope(sourceRank: Int(source.rawValue), frame: frame, payload: payload)
         } catch {
             // A frame we cannot parse is reported and dropped rather than stopping the process.
             FileHandle.standardError.write(Data("ParallelVM: \(error)\n".utf8))
-            return nil
+            return []
         }
+        guard envelope.kind == .taskResult, envelope.flags & Wire.flagEndsTask != 0 else { return [envelope] }
+        let exit = WireWriter(kind: .taskExit, sourceTask: envelope.sourceTask, destinationTask: envelope.destinationTask)
+        guard let exitEnvelope = try? Envelope(sourceRank: envelope.sourceRank, frame: exit.bytes, payload: nil) else {
+            return [envelope]
+        }
+        return [envelope, exitEnvelope]
     }
 
     /// Returns the first frame that satisfies `matching`, waiting up to `timeout` seconds (nil or negative:
@@ -93,19 +101,26 @@ final class Transport: @unchecked Sendable {
                 }
                 checked = pending.count
             }
-            let polled: Envelope?
+            let polled: [Envelope]
             do {
                 polled = try pollLocked()
             } catch {
                 lock.unlock()
                 throw VMError(.mpi, "receiving failed: \(error)")
             }
-            if let polled {
-                if matching(polled) {
-                    lock.unlock()
-                    return polled
+            if !polled.isEmpty {
+                var found: Envelope? = nil
+                for envelope in polled {
+                    if found == nil, matching(envelope) {
+                        found = envelope
+                    } else {
+                        pending.append(envelope)
+                    }
                 }
-                pending.append(polled)
+                if let found {
+                    lock.unlock()
+                    return found
+                }
                 checked = pending.count
                 lock.unlock()
                 continue
@@ -121,7 +136,7 @@ final class Transport: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         do {
-            while let polled = try pollLocked() { pending.append(polled) }
+            while case let polled = try pollLocked(), !polled.isEmpty { pending.append(contentsOf: polled) }
         } catch {
             throw VMError(.mpi, "probing for messages failed: \(error)")
         }

@@ -31,6 +31,8 @@ public final class VM: Sendable {
     /// Warnings from validating the mirror map (sources that matched nothing, with `.warn`).
     public let storageWarnings: [String]
     let storage: StorageRequest?
+    /// The settings every spawn request of this VM object carries, encoded once.
+    let encodedSettings: [UInt8]
 
     /// Starts the VM (MPI and, on workers, the worker loop) on first use and makes a VM object.
     ///
@@ -76,6 +78,7 @@ public final class VM: Sendable {
             self.storage = request
             self.storageWarnings = warnings
         }
+        self.encodedSettings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage))
         runtime.raiseSpawnerLogLevel(to: Logger.Level(debug: debug))
         for warning in storageWarnings { runtime.logger.warning("\(warning)") }
     }
@@ -195,12 +198,7 @@ public final class VM: Sendable {
         } catch {
             throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)")
         }
-        let settings: [UInt8]
-        do {
-            settings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage))
-        } catch {
-            throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode the VM settings: \(error)")
-        }
+        let settings = encodedSettings
 
         let placed: [TaskID] = runtime.withBook { book in
             let slots = book.freeSlots(on: targetSet).prefix(count ?? Int.max)

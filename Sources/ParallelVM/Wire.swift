@@ -39,6 +39,9 @@ enum Wire {
     static let separatePayloadThreshold = 32 * 1024
     /// Flag bit: a payload message follows the header.
     static let flagSeparatePayload: UInt8 = 1
+    /// Flag bit on a task result: the task has also ended. The receiving transport turns the frame into the
+    /// result and a TaskExit right after it, so a task costs two MPI messages instead of three.
+    static let flagEndsTask: UInt8 = 2
 }
 
 /// Appends little-endian values to a byte array.
@@ -73,7 +76,7 @@ struct WireWriter {
         bytes.append(contentsOf: data)
     }
 
-    mutating func setFlags(_ flags: UInt8) { bytes[1] = flags }
+    mutating func insertFlags(_ flags: UInt8) { bytes[1] |= flags }
 }
 
 /// Reads little-endian values from a received frame; every read is bounds-checked and throws.

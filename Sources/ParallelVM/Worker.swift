@@ -53,7 +53,14 @@ extension Runtime {
         do {
             sendBack = try reader.readBool()
             name = try reader.readString()
-            settings = try BinaryDecoder.decode(SpawnSettings.self, from: try reader.readLengthPrefixed())
+            let settingsBytes = try reader.readLengthPrefixed()
+            // Every spawn of one VM object carries the same settings: decode them once.
+            if let cached = lastSettings, cached.bytes == settingsBytes {
+                settings = cached.settings
+            } else {
+                settings = try BinaryDecoder.decode(SpawnSettings.self, from: settingsBytes)
+                lastSettings = (settingsBytes, settings)
+            }
             arguments = envelope.payload(after: &reader)
         } catch {
             forwardLog(.error, "task \(taskID): malformed spawn request: \(error)")
@@ -108,12 +115,18 @@ extension Runtime {
         }
         forwardLog(.debug, "task \(taskID) finished '\(name)' in \(String(format: "%.6f", monotonicSeconds() - started)) s")
 
+        guard sendBack else {
+            sendExit(task: number, transport: transport)
+            return
+        }
+        // The result frame also says the task has ended: one message instead of a result and an exit.
+        frame.insertFlags(Wire.flagEndsTask)
         do {
-            if sendBack { try transport.sendFrame(&frame, payload: payload, to: 0) }
+            try transport.sendFrame(&frame, payload: payload, to: 0)
         } catch {
             forwardLog(.error, "task \(taskID) could not send its result: \(error)")
+            sendExit(task: number, transport: transport)
         }
-        sendExit(task: number, transport: transport)
     }
 
     private func sendExit(task number: Int, transport: Transport) {
