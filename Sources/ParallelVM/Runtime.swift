@@ -9,7 +9,7 @@ import MPI
 final class Runtime: @unchecked Sendable {
     // Invariant for @unchecked Sendable: the `let` properties never change after init; `book`,
     // `finalized` and `logger` are guarded by `lock`; `currentTask`, `lastServedTask`, `workerDebug`,
-    // `workerStorage`, `lastSettings` and `finalizeRequested` are only touched by
+    // `workerStorage`, `lastSettings`, `doorbellArmed` and `finalizeRequested` are only touched by
     // the worker's main thread while it serves a task.
     nonisolated(unsafe) private static var shared: Runtime?
     private static let startLock = NSLock()
@@ -20,6 +20,8 @@ final class Runtime: @unchecked Sendable {
     let size: Int
     let host: HostID
     let functions: FunctionTable
+    /// This process's doorbell: workers wait on it when idle, the spawner uses it to ring theirs.
+    let doorbell: Doorbell?
 
     private let lock = NSLock()
     private var book: SlotBook
@@ -33,10 +35,16 @@ final class Runtime: @unchecked Sendable {
     var workerDebug = 0
     var workerStorage = WorkerStorageState()
     var lastSettings: (bytes: [UInt8], settings: SpawnSettings)?
+    /// Whether this idle worker waits on its doorbell (it shares the spawner's host).
+    var doorbellArmed = false
 
     var isSpawner: Bool { rank == 0 }
 
-    private init(transport: Transport?, host: HostID, functions: FunctionTable, book: SlotBook, logger: Logger) {
+    private init(
+        transport: Transport?, host: HostID, functions: FunctionTable, book: SlotBook, logger: Logger,
+        doorbell: Doorbell? = nil
+    ) {
+        self.doorbell = doorbell
         self.transport = transport
         self.rank = transport?.rank ?? 0
         self.size = transport?.size ?? 1
@@ -94,18 +102,21 @@ final class Runtime: @unchecked Sendable {
             throw VMError(.mpi, "starting MPI failed: \(error)")
         }
 
+        let doorbell = policy.spin.isInfinite ? nil : Doorbell()
         if transport.rank != 0 {
             var hello = WireWriter(kind: .hello, sourceTask: 0, destinationTask: 0)
             hello.append(host.name)
             hello.append(Int32(cpus))
             hello.append(Int32(pid))
+            hello.append(doorbell?.token ?? 0)
             do {
                 try transport.send(hello.bytes, to: 0)
             } catch {
                 FileHandle.standardError.write(Data("ParallelVM rank \(transport.rank): \(error)\n".utf8))
                 MPIEnvironment.abort(code: 1)
             }
-            let runtime = Runtime(transport: transport, host: host, functions: table, book: SlotBook(slots: []), logger: logger)
+            let runtime = Runtime(
+                transport: transport, host: host, functions: table, book: SlotBook(slots: []), logger: logger, doorbell: doorbell)
             shared = runtime
             startLock.unlock()
             runtime.serve()
@@ -118,9 +129,17 @@ final class Runtime: @unchecked Sendable {
             let workerHost = HostID(try reader.readString())
             let workerCPUs = Int(try reader.read(Int32.self))
             let workerPID = try reader.read(Int32.self)
-            slots[envelope.sourceRank] = .init(host: workerHost, cpus: workerCPUs, pid: workerPID, task: nil)
+            let token = try reader.read(UInt64.self)
+            slots[envelope.sourceRank] = .init(host: workerHost, cpus: workerCPUs, pid: workerPID, task: nil, doorbell: token)
         }
-        let runtime = Runtime(transport: transport, host: host, functions: table, book: SlotBook(slots: slots), logger: logger)
+        // Tell every worker where the spawner runs: those on its host can wait on their doorbells.
+        var welcome = WireWriter(kind: .welcome, sourceTask: 0, destinationTask: 0)
+        welcome.append(host.name)
+        welcome.append(Int32(pid))
+        welcome.append(doorbell?.token ?? 0)
+        for worker in 1..<transport.size { try transport.send(welcome.bytes, to: worker) }
+        let runtime = Runtime(
+            transport: transport, host: host, functions: table, book: SlotBook(slots: slots), logger: logger, doorbell: doorbell)
         shared = runtime
         // A program that forgets finalize() must not leave its workers waiting and mpirun hanging.
         atexit {
@@ -211,6 +230,37 @@ final class Runtime: @unchecked Sendable {
         try transport.sendFrame(&frame, payload: payload, to: destination.slot)
     }
 
+    /// Frees the slot of the task whose exit `envelope` is, as of the moment the worker sent it.
+    func taskExited(_ envelope: Envelope) {
+        withBook { _ = $0.release(envelope.sourceID, at: envelope.sentAt ?? monotonicSeconds()) }
+    }
+
+    // MARK: - Doorbells
+
+    /// Rings the doorbell of the worker in `slot` just before a message to it, when it shares this host and
+    /// may be asleep: it has been free for longer than half the spin time (`always`: whatever its state).
+    /// A woken worker spins again for the spin time, so the message that follows finds it awake.
+    func ringDoorbell(of slot: Int, always: Bool = false) {
+        guard let doorbell, let transport else { return }
+        let target: (pid: Int32, token: UInt64)? = lock.withLock {
+            guard book.slots.indices.contains(slot) else { return nil }
+            let entry = book.slots[slot]
+            guard entry.doorbell != 0, entry.host == host else { return nil }
+            guard always || monotonicSeconds() - entry.freedAt > transport.waitPolicy.spin / 2 else { return nil }
+            return (entry.pid, entry.doorbell)
+        }
+        if let target { doorbell.ring(pid: target.pid, token: target.token) }
+    }
+
+    /// How the spawner waits once its spin time is over: on its doorbell when every worker shares its
+    /// host (they ring it), otherwise by sleeping between polls (nil).
+    var spawnerIdleWait: (() -> Bool)? {
+        guard let doorbell, isSpawner else { return nil }
+        let everyWorkerHere = withBook { book in book.slots.allSatisfy { $0.host == host && ($0.doorbell != 0 || $0.task == 0) } }
+        guard everyWorkerHere, size > 1 else { return nil }
+        return { doorbell.wait(milliseconds: 10) }
+    }
+
     // MARK: - Finalize
 
     /// Tells every worker to leave its loop, then finalizes MPI. Safe to call more than once.
@@ -224,6 +274,7 @@ final class Runtime: @unchecked Sendable {
         for worker in 1..<size {
             let frame = WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0)
             do {
+                ringDoorbell(of: worker, always: true)
                 try transport.send(frame.bytes, to: worker)
             } catch {
                 failures.append("rank \(worker): \(error)")

@@ -7,6 +7,10 @@ struct SlotBook: Sendable {
         let cpus: Int
         let pid: Int32
         var task: Int?
+        /// The worker's doorbell token (0: it has none).
+        var doorbell: UInt64 = 0
+        /// When the slot last became free (monotonic seconds; 0: never used).
+        var freedAt: Double = 0
     }
 
     private(set) var slots: [Slot]
@@ -52,9 +56,10 @@ struct SlotBook: Sendable {
 
     /// Frees the slot if `task` still occupies it; returns whether it did.
     @discardableResult
-    mutating func release(_ task: TaskID) -> Bool {
+    mutating func release(_ task: TaskID, at time: Double = monotonicSeconds()) -> Bool {
         guard task.slot > 0, isRunning(task) else { return false }
         slots[task.slot].task = nil
+        slots[task.slot].freedAt = time
         return true
     }
 

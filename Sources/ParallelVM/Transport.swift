@@ -14,6 +14,11 @@ final class Transport: @unchecked Sendable {
     let waitPolicy: WaitPolicy
     private let lock = NSLock()
     private var pending: [Envelope] = []
+    /// When a frame from rank 0 last arrived (guarded by `lock`).
+    private var lastHeardFromSpawner = 0.0
+    /// On a worker that shares the spawner's host: the spawner's doorbell, rung after a send to rank 0 when
+    /// the spawner may have gone to sleep. Set once, by the worker loop, before tasks run.
+    var spawnerDoorbell: (doorbell: Doorbell, pid: Int32, token: UInt64)?
 
     init(communicator: Communicator, waitPolicy: WaitPolicy) {
         self.communicator = communicator
@@ -29,6 +34,13 @@ final class Transport: @unchecked Sendable {
     func send(_ frame: [UInt8], payload: [UInt8]? = nil, to rank: Int) throws(VMError) {
         guard rank >= 0, rank < size else {
             throw VMError(.invalidDestination, "rank \(rank) does not exist (the VM has ranks 0...\(size - 1))")
+        }
+        // The spawner sleeps only after `spin` without messages, and it last sent to us (so it was awake)
+        // when we last heard from it: within half the spin time it cannot be asleep yet. Ring before
+        // sending: a message above MPI's eager limit completes only once the spawner takes it.
+        if rank == 0, let bell = spawnerDoorbell {
+            let quiet = lock.withLock { monotonicSeconds() - lastHeardFromSpawner }
+            if quiet > waitPolicy.spin / 2 { bell.doorbell.ring(pid: bell.pid, token: bell.token) }
         }
         do {
             try frame.withUnsafeBytes { frameBytes in
@@ -64,6 +76,7 @@ final class Transport: @unchecked Sendable {
         guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return [] }
         let source = message.source
         let frame = try message.receive()
+        if source.rawValue == 0, spawnerDoorbell != nil { lastHeardFromSpawner = monotonicSeconds() }
         var payload: [UInt8]? = nil
         if frame.count > 1, frame[1] & Wire.flagSeparatePayload != 0 {
             // The sender posted the payload right after the header on the same tag, so it is next from them.
@@ -78,7 +91,8 @@ final class Transport: @unchecked Sendable {
             return []
         }
         guard envelope.kind == .taskResult, envelope.flags & Wire.flagEndsTask != 0 else { return [envelope] }
-        let exit = WireWriter(kind: .taskExit, sourceTask: envelope.sourceTask, destinationTask: envelope.destinationTask)
+        var exit = WireWriter(kind: .taskExit, sourceTask: envelope.sourceTask, destinationTask: envelope.destinationTask)
+        exit.append((envelope.sentAt ?? monotonicSeconds()).bitPattern)
         guard let exitEnvelope = try? Envelope(sourceRank: envelope.sourceRank, frame: exit.bytes, payload: nil) else {
             return [envelope]
         }
@@ -87,9 +101,12 @@ final class Transport: @unchecked Sendable {
 
     /// Returns the first frame that satisfies `matching`, waiting up to `timeout` seconds (nil or negative:
     /// forever; 0: just look). Frames that do not match stay queued in arrival order.
-    func receive(timeout: Double?, matching: (Envelope) -> Bool = { _ in true }) throws(VMError) -> Envelope? {
+    /// `idleWait`, when given, replaces the sleep between polls once the spin time is over.
+    func receive(
+        timeout: Double?, matching: (Envelope) -> Bool = { _ in true }, idleWait: (() -> Bool)? = nil
+    ) throws(VMError) -> Envelope? {
         let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
-        var backoff = Backoff(waitPolicy)
+        var backoff = Backoff(waitPolicy, idleWait: idleWait)
         var checked = 0
         while true {
             lock.lock()

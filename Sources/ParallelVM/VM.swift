@@ -210,6 +210,8 @@ public final class VM: Sendable {
             frame.append(name)
             frame.append(lengthPrefixed: settings)
             do {
+                // Ring first: a request above MPI's eager limit completes only once the worker takes it.
+                runtime.ringDoorbell(of: task.slot)
                 try transport.sendFrame(&frame, payload: arguments, to: task.slot)
             } catch {
                 runtime.withBook { book in
@@ -258,9 +260,11 @@ public final class VM: Sendable {
             return nil
         }
         let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
+        let idleWait = runtime.spawnerIdleWait
         while true {
             let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
-            guard let envelope = try transport.receive(timeout: remaining, matching: { $0.kind != .clearStorageReport && $0.kind != .hello }) else {
+            let matching: (Envelope) -> Bool = { $0.kind != .clearStorageReport && $0.kind != .hello }
+            guard let envelope = try transport.receive(timeout: remaining, matching: matching, idleWait: idleWait) else {
                 return nil
             }
             if let delivered = try deliver(envelope) { return delivered }
@@ -272,7 +276,7 @@ public final class VM: Sendable {
         let source = envelope.sourceID
         switch envelope.kind {
         case .taskExit:
-            runtime.withBook { _ = $0.release(source) }
+            runtime.taskExited(envelope)
             return (source, .taskExit)
         case .taskResult:
             return (source, .taskResult(try TaskResult(envelope, host: hostID(source) ?? HostID("rank \(source.slot)"))))
@@ -282,7 +286,7 @@ public final class VM: Sendable {
         case .log:
             runtime.printForwardedLog(envelope)
             return nil
-        case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport:
+        case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome:
             return nil
         }
     }
@@ -313,6 +317,7 @@ public final class VM: Sendable {
         if let transport = runtime.transport {
             let workers = 1..<runtime.size
             for worker in workers {
+                runtime.ringDoorbell(of: worker, always: true)
                 try transport.send(WireWriter(kind: .clearStorage, sourceTask: 0, destinationTask: 0).bytes, to: worker)
             }
             var waiting = Set(workers)

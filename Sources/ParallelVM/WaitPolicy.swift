@@ -3,7 +3,10 @@ import Glibc
 /// How a process waits for messages.
 ///
 /// MPI's own blocking calls spin at 100% of a core. A VM process instead polls with a matched probe and
-/// pauses between polls as this policy says, so that idle workers can leave their core to others.
+/// pauses between polls as this policy says, so that idle workers can leave their core to others. After
+/// `spin`, an idle worker on the spawner's host (one waiting for its next task) blocks on a ``Doorbell``
+/// that the spawner rings, instead of sleeping `sleep` between polls: it costs no CPU while idle and
+/// wakes within microseconds. `busy` never stops spinning.
 public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
     /// How long to keep polling without pausing after the last message, in seconds.
     public var spin: Double
@@ -18,7 +21,7 @@ public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
 
     /// Poll continuously, yielding the core between polls: lowest latency, a full core per waiting process.
     public static let busy = WaitPolicy(spin: .infinity, sleep: 0)
-    /// Poll for 2 ms, then sleep 50 µs between polls: a few percent of a core while idle.
+    /// Poll for 2 ms, then sleep 50 µs between polls, or block on the doorbell when idle on the spawner's host.
     public static let adaptive = WaitPolicy(spin: 0.002, sleep: 0.000_05)
 
     /// Reads `PARALLELVM_WAIT`: `busy`, `adaptive`, or `SPIN_US,SLEEP_US` in microseconds.
@@ -56,7 +59,15 @@ struct Backoff {
     private var idleSince = 0.0
     private var sleeping = false
 
-    init(_ policy: WaitPolicy) { self.policy = policy }
+    /// Replaces the sleep once the spin time is over (the doorbell wait of an idle worker). It returns
+    /// whether it was woken on purpose; then polling spins again, since the message may take a few polls
+    /// to show (and a ring meant for a moment we were still spinning must not put us back to sleep).
+    private let idleWait: (() -> Bool)?
+
+    init(_ policy: WaitPolicy, idleWait: (() -> Bool)? = nil) {
+        self.policy = policy
+        self.idleWait = idleWait
+    }
 
     mutating func pause() {
         polls += 1
@@ -64,12 +75,19 @@ struct Backoff {
         if polls < 64 { return }
         if polls == 64 { idleSince = monotonicSeconds() }
         if sleeping {
+            if let idleWait {
+                if idleWait() {
+                    sleeping = false
+                    polls = 0
+                }
+                return
+            }
             var interval = timespec(tv_sec: 0, tv_nsec: Int(policy.sleep * 1e9))
             nanosleep(&interval, nil)
             return
         }
         // Reading the clock costs more than a poll, so look at it every 16th pause only.
-        if policy.sleep > 0, polls & 15 == 0, monotonicSeconds() - idleSince > policy.spin {
+        if policy.sleep > 0 || idleWait != nil, polls & 15 == 0, monotonicSeconds() - idleSince > policy.spin {
             sleeping = true
         }
         sched_yield()

@@ -29,6 +29,8 @@ enum MessageKind: UInt8 {
     case clearStorage = 8
     /// Worker to spawner: what clearing local storage removed.
     case clearStorageReport = 9
+    /// Spawner to worker, once at start: the spawner's host, so that a worker on it can wait on its doorbell.
+    case welcome = 10
 }
 
 enum Wire {
@@ -77,6 +79,15 @@ struct WireWriter {
     }
 
     mutating func insertFlags(_ flags: UInt8) { bytes[1] |= flags }
+
+    /// Writes the monotonic clock at `offset` (into 8 bytes reserved there). Task results and exits carry
+    /// the moment the worker sent them: the spawner's host shares that clock and uses it to tell whether
+    /// the worker may have gone to sleep since.
+    mutating func stampTime(at offset: Int) {
+        withUnsafeBytes(of: monotonicSeconds().bitPattern.littleEndian) { time in
+            bytes.replaceSubrange(offset..<offset + 8, with: time)
+        }
+    }
 }
 
 /// Reads little-endian values from a received frame; every read is bounds-checked and throws.
@@ -159,5 +170,12 @@ struct Envelope {
     }
 
     var reader: WireReader { WireReader(frame) }
+
+    /// When the worker sent a task result or exit (its monotonic clock), read from the first body bytes.
+    var sentAt: Double? {
+        guard kind == .taskResult || kind == .taskExit else { return nil }
+        var reader = self.reader
+        return (try? reader.read(UInt64.self)).map(Double.init(bitPattern:))
+    }
     var sourceID: TaskID { TaskID(slot: sourceRank, number: sourceTask) }
 }

@@ -12,7 +12,11 @@ extension Runtime {
                 // A user message for a task this slot has not started yet may overtake its spawn request (MPI
                 // orders messages per sender only), so it stays queued until that task runs.
                 let served = lastServedTask
-                envelope = try transport.receive(timeout: nil) { $0.kind != .user || $0.destinationTask <= served }
+                // An idle worker on the spawner's host blocks on its doorbell once the spin time is over. The
+                // spawner rings it; the 10 ms limit only bounds the delay should a ring ever be missed.
+                let idleWait: (() -> Bool)? = if doorbellArmed, let doorbell { { doorbell.wait(milliseconds: 10) } } else { nil }
+                envelope = try transport.receive(
+                    timeout: nil, matching: { $0.kind != .user || $0.destinationTask <= served }, idleWait: idleWait)
             } catch {
                 FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(error)\n".utf8))
                 MPIEnvironment.abort(code: 1)
@@ -25,6 +29,13 @@ extension Runtime {
                 finalizeRequested = true
             case .clearStorage:
                 clearStorageOnWorker(envelope)
+            case .welcome:
+                var reader = envelope.reader
+                guard let doorbell, let spawnerHost = try? reader.readString(), spawnerHost == host.name,
+                    let spawnerPID = try? reader.read(Int32.self), let spawnerToken = try? reader.read(UInt64.self)
+                else { continue }
+                doorbellArmed = true
+                if spawnerToken != 0 { transport.spawnerDoorbell = (doorbell, spawnerPID, spawnerToken) }
             case .user:
                 forwardLog(.debug, "dropped a \(envelope.kind) message for task \(rank):\(envelope.destinationTask), which is not running")
             case .hello, .taskResult, .taskExit, .log, .clearStorageReport:
@@ -80,6 +91,7 @@ extension Runtime {
         forwardLog(.debug, "task \(taskID) runs '\(name)'")
 
         var frame = WireWriter(kind: .taskResult, sourceTask: number, destinationTask: 0)
+        frame.append(UInt64(0))  // the send time, stamped below
         frame.append(name)
         var payload: [UInt8] = []
         let started = monotonicSeconds()
@@ -121,6 +133,7 @@ extension Runtime {
         }
         // The result frame also says the task has ended: one message instead of a result and an exit.
         frame.insertFlags(Wire.flagEndsTask)
+        frame.stampTime(at: Wire.headerSize)
         do {
             try transport.sendFrame(&frame, payload: payload, to: 0)
         } catch {
@@ -130,7 +143,9 @@ extension Runtime {
     }
 
     private func sendExit(task number: Int, transport: Transport) {
-        let exitFrame = WireWriter(kind: .taskExit, sourceTask: number, destinationTask: 0)
+        var exitFrame = WireWriter(kind: .taskExit, sourceTask: number, destinationTask: 0)
+        exitFrame.append(UInt64(0))
+        exitFrame.stampTime(at: Wire.headerSize)
         do {
             try transport.send(exitFrame.bytes, to: 0)
         } catch {
@@ -190,6 +205,7 @@ extension TaskResult {
     /// bytes, or the error's type and text.
     init(_ envelope: Envelope, host: HostID) throws(VMError) {
         var reader = envelope.reader
+        _ = try reader.read(UInt64.self)  // the send time
         let function = try reader.readString()
         if try reader.readBool() {
             let valueType = try reader.readString()

@@ -567,7 +567,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             complete(results(of: unit, task: task, envelope: envelope), unitFinished: true)
         case .taskExit:
             // As VM.receiveMessage does: the exit frees the slot in the book.
-            vm.runtime.withBook { _ = $0.release(task) }
+            vm.runtime.taskExited(envelope)
             guard let unit = running.removeValue(forKey: task) else { return }
             if resulted.remove(task) == nil {
                 let error = VMError(.mpi, "task \(task) ended without sending a result")
