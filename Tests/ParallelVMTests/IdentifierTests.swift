@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import ParallelVM
 
@@ -129,5 +130,23 @@ import Testing
             try table.register(RemoteFunction("f") { (x: String, _: TaskContext) in x }.erased)
         }
         #expect(table.names == ["f"])
+    }
+}
+
+@Suite struct DoorbellTests {
+    @Test func ringingWakesTheWaiterAndWaitingAloneTimesOut() throws {
+        let bell = try #require(Doorbell())
+        #expect(!bell.wait(milliseconds: 1))
+        bell.ring(pid: getpid(), token: bell.token)
+        bell.ring(pid: getpid(), token: bell.token)
+        #expect(bell.wait(milliseconds: 1000))
+        // Both rings were emptied by one wait.
+        #expect(!bell.wait(milliseconds: 1))
+    }
+
+    @Test func aRingForAnotherTokenDoesNotWakeUs() throws {
+        let bell = try #require(Doorbell())
+        bell.ring(pid: getpid(), token: bell.token &+ 1)
+        #expect(!bell.wait(milliseconds: 5))
     }
 }

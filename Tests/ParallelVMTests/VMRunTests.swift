@@ -126,6 +126,15 @@ struct VMRunTests {
         #expect(!run.stdout.contains("chatty info"))
     }
 
+    @Test(arguments: ["adaptive", "busy", "3000,100"])
+    func idleWorkersServeRequestsOfAnySizeUnderEveryWaitPolicy(policy: String) throws {
+        let run = try MPIRun.scenario("after-idle", ranks: 3, environment: ["PARALLELVM_WAIT": policy])
+        #expect(run.status == 0, "\(run)")
+        #expect(run.value("spawned") == "2")
+        #expect(run.value("correct") == "2")
+        #expect(run.value("again") == "8,8")
+    }
+
     @Test func creatingAVMInsideATaskIsRefusedClearly() throws {
         let run = try MPIRun.scenario("vm-in-task", ranks: 2)
         #expect(run.status == 0, "\(run)")

@@ -334,6 +334,26 @@ let foundationScenarios: [String: Scenario] = [
         report("freeAtEnd", vm.freeSlots())
     },
 
+    // Workers that have idled (asleep on their doorbells) serve requests again, small and large.
+    "after-idle": { vm, _ in
+        usleep(300_000)
+        let big = [Int](0..<5_000)
+        let tasks = try vm.spawnFunction(Scaler(factor: 2, values: big))
+        var correct = 0
+        for (_, message) in try collect(vm, tasks) {
+            if case .taskResult(let result) = message, try result.value(as: [Int].self) == big.map({ $0 * 2 }) { correct += 1 }
+        }
+        report("spawned", tasks.count)
+        report("correct", correct)
+        usleep(300_000)
+        let again = try vm.spawnFunction(double, args: 4)
+        var values: [Int] = []
+        for (_, message) in try collect(vm, again) {
+            if case .taskResult(let result) = message { values.append(try result.value(as: Int.self)) }
+        }
+        report("again", values.map(String.init).joined(separator: ","))
+    },
+
     // Exits without finalize: the run must still end, cleanly.
     "forget-finalize": { vm, _ in
         let tasks = try vm.spawnFunction(double, args: 2)
