@@ -140,6 +140,8 @@ rows += [
     ("idle_first_message_extra_us", "us", swift.get("idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C, MPI_Recv busy wait"),
     ("idle_first_message_extra_us_lowidle", "us", swift.get("lowidle_idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), f"C; PARALLELVM_WAIT={low_idle}"),
     ("idle_first_message_extra_us_busy", "us", swift.get("busy_idle_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; PARALLELVM_WAIT=busy"),
+    ("idle_task_first_message_extra_us", "us", swift.get("idle_task_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; a task waiting in receiveMessage"),
+    ("idle_task_first_message_extra_us_busy", "us", swift.get("busy_idle_task_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; same, PARALLELVM_WAIT=busy"),
 ]
 
 def ratio(s, r):
