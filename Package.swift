@@ -8,7 +8,7 @@ let package = Package(
         .library(name: "MPI", targets: ["MPI"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2")
     ],
     targets: [
         // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.
@@ -33,7 +33,10 @@ let package = Package(
 )
 
 // Demos: executable targets under demo/, one folder each.
-for demo in ["01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch", "08-dyndispatch", "09-asyncloop"] {
+for demo in [
+    "01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch",
+    "08-dyndispatch", "09-asyncloop",
+] {
     package.targets.append(
         .executableTarget(
             name: "demo-\(demo)",
@@ -44,9 +47,10 @@ for demo in ["01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-c
 }
 
 for target in package.targets where target.type != .system {
-    target.swiftSettings = (target.swiftSettings ?? []) + [
-        .enableUpcomingFeature("InternalImportsByDefault"),
-        .enableUpcomingFeature("ExistentialAny"),
-        .enableUpcomingFeature("MemberImportVisibility"),
-    ]
+    target.swiftSettings =
+        (target.swiftSettings ?? []) + [
+            .enableUpcomingFeature("InternalImportsByDefault"),
+            .enableUpcomingFeature("ExistentialAny"),
+            .enableUpcomingFeature("MemberImportVisibility"),
+        ]
 }

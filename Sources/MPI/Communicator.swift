@@ -64,7 +64,10 @@ public final class Communicator: @unchecked Sendable {
     public func startSend(_ bytes: UnsafeRawBufferPointer, to peer: Rank, tag: Tag) throws(MPIError) -> SendRequest {
         try validate(peer, "MPI_Isend")
         guard bytes.count <= Int(Int32.max) else {
-            throw MPIError(routine: "MPI_Isend", message: "message of \(bytes.count) bytes exceeds the 2 GiB MPI count limit")
+            throw MPIError(
+                routine: "MPI_Isend",
+                message: "message of \(bytes.count) bytes exceeds the 2 GiB MPI count limit"
+            )
         }
         var request: MPI_Request? = MPI_REQUEST_NULL
         try check(
@@ -122,7 +125,10 @@ public struct MatchedMessage: ~Copyable {
     /// Receives the message into `buffer`, which must hold at least `count` bytes (`MPI_Mrecv`).
     public consuming func receive(into buffer: UnsafeMutableRawBufferPointer) throws(MPIError) {
         guard buffer.count >= count else {
-            throw MPIError(routine: "MPI_Mrecv", message: "buffer of \(buffer.count) bytes is smaller than the \(count)-byte message")
+            throw MPIError(
+                routine: "MPI_Mrecv",
+                message: "buffer of \(buffer.count) bytes is smaller than the \(count)-byte message"
+            )
         }
         var message = handle
         try check(MPI_Mrecv(buffer.baseAddress, Int32(count), MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv")

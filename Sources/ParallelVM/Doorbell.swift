@@ -16,7 +16,11 @@ final class Doorbell: @unchecked Sendable {
 
     /// Opens and binds this process's doorbell, or returns nil when the system does not allow it.
     init?() {
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            AF_UNIX,
+            Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+            0
+        )
         guard fd >= 0 else { return nil }
         let token = UInt64.random(in: 1...UInt64.max)
         var (address, length) = Doorbell.address(pid: getpid(), token: token)
@@ -51,7 +55,9 @@ final class Doorbell: @unchecked Sendable {
         var (address, length) = Doorbell.address(pid: pid, token: token)
         var byte: UInt8 = 1
         _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(descriptor, &byte, 1, Int32(MSG_DONTWAIT), $0, length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(descriptor, &byte, 1, Int32(MSG_DONTWAIT), $0, length)
+            }
         }
     }
 
@@ -62,7 +68,9 @@ final class Doorbell: @unchecked Sendable {
         _ = poll(&request, 1, milliseconds)
         var rang = false
         var buffer = (UInt64(0), UInt64(0))
-        while withUnsafeMutableBytes(of: &buffer, { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {
+        while withUnsafeMutableBytes(of: &buffer, { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) })
+            > 0
+        {
             rang = true
         }
         return rang

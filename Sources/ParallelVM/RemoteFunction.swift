@@ -7,7 +7,9 @@
 /// ```swift
 /// let double = RemoteFunction("double") { (x: Int, task: TaskContext) in 2 * x }
 /// ```
-public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Sendable>: Sendable, RemoteFunctionConvertible {
+public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Sendable>: Sendable,
+    RemoteFunctionConvertible
+{
     /// The name the function is registered under on every rank.
     public let name: String
     let body: @Sendable (Arguments, TaskContext) throws -> Result
@@ -33,7 +35,8 @@ public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Se
             } catch {
                 throw InvocationFailure(
                     typeName: "ParallelVM.VMError",
-                    message: "function '\(name)' could not decode its arguments as \(_typeName(Arguments.self, qualified: true)): \(error)"
+                    message:
+                        "function '\(name)' could not decode its arguments as \(_typeName(Arguments.self, qualified: true)): \(error)"
                 )
             }
             let result = try body(decoded, context)
@@ -42,7 +45,8 @@ public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Se
             } catch {
                 throw InvocationFailure(
                     typeName: "ParallelVM.VMError",
-                    message: "function '\(name)' could not encode its result of type \(_typeName(Result.self, qualified: true)): \(error)"
+                    message:
+                        "function '\(name)' could not encode its result of type \(_typeName(Result.self, qualified: true)): \(error)"
                 )
             }
         }
@@ -94,7 +98,12 @@ public struct AnyRemoteFunction: Sendable, RemoteFunctionConvertible {
     public let resultType: String
     let invoke: @Sendable ([UInt8], TaskContext) throws -> [UInt8]
 
-    init(name: String, argumentType: String, resultType: String, invoke: @escaping @Sendable ([UInt8], TaskContext) throws -> [UInt8]) {
+    init(
+        name: String,
+        argumentType: String,
+        resultType: String,
+        invoke: @escaping @Sendable ([UInt8], TaskContext) throws -> [UInt8]
+    ) {
         self.name = name
         self.argumentType = argumentType
         self.resultType = resultType

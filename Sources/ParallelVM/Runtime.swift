@@ -41,7 +41,11 @@ final class Runtime: @unchecked Sendable {
     var isSpawner: Bool { rank == 0 }
 
     private init(
-        transport: Transport?, host: HostID, functions: FunctionTable, book: SlotBook, logger: Logger,
+        transport: Transport?,
+        host: HostID,
+        functions: FunctionTable,
+        book: SlotBook,
+        logger: Logger,
         doorbell: Doorbell? = nil
     ) {
         self.doorbell = doorbell
@@ -61,11 +65,17 @@ final class Runtime: @unchecked Sendable {
         defer { startLock.unlock() }
         if let shared {
             guard shared.isSpawner else {
-                throw VMError(.notSpawner, "a VM cannot be created inside a task on rank \(shared.rank); use the TaskContext the function receives")
+                throw VMError(
+                    .notSpawner,
+                    "a VM cannot be created inside a task on rank \(shared.rank); use the TaskContext the function receives"
+                )
             }
             guard !shared.finalized else { throw VMError(.finalized, "the VM runtime has been finalized") }
             for function in functions where shared.functions[function.erased.name] == nil {
-                throw VMError(.unknownFunction, "function '\(function.erased.name)' must be registered with the first VM, before the workers start")
+                throw VMError(
+                    .unknownFunction,
+                    "function '\(function.erased.name)' must be registered with the first VM, before the workers start"
+                )
             }
             return shared
         }
@@ -81,8 +91,11 @@ final class Runtime: @unchecked Sendable {
         guard Runtime.launchedByMPI(environment) else {
             let host = HostID(ProcessInfo.processInfo.hostName)
             let runtime = Runtime(
-                transport: nil, host: host, functions: table,
-                book: SlotBook(slots: [.init(host: host, cpus: cpus, pid: pid, task: 0)]), logger: logger
+                transport: nil,
+                host: host,
+                functions: table,
+                book: SlotBook(slots: [.init(host: host, cpus: cpus, pid: pid, task: 0)]),
+                logger: logger
             )
             shared = runtime
             return runtime
@@ -116,13 +129,22 @@ final class Runtime: @unchecked Sendable {
                 MPIEnvironment.abort(code: 1)
             }
             let runtime = Runtime(
-                transport: transport, host: host, functions: table, book: SlotBook(slots: []), logger: logger, doorbell: doorbell)
+                transport: transport,
+                host: host,
+                functions: table,
+                book: SlotBook(slots: []),
+                logger: logger,
+                doorbell: doorbell
+            )
             shared = runtime
             startLock.unlock()
             runtime.serve()
         }
 
-        var slots = [SlotBook.Slot](repeating: .init(host: host, cpus: cpus, pid: pid, task: nil), count: transport.size)
+        var slots = [SlotBook.Slot](
+            repeating: .init(host: host, cpus: cpus, pid: pid, task: nil),
+            count: transport.size
+        )
         for _ in 1..<transport.size {
             guard let envelope = try transport.receive(timeout: nil, matching: { $0.kind == .hello }) else { continue }
             var reader = envelope.reader
@@ -130,7 +152,13 @@ final class Runtime: @unchecked Sendable {
             let workerCPUs = Int(try reader.read(Int32.self))
             let workerPID = try reader.read(Int32.self)
             let token = try reader.read(UInt64.self)
-            slots[envelope.sourceRank] = .init(host: workerHost, cpus: workerCPUs, pid: workerPID, task: nil, doorbell: token)
+            slots[envelope.sourceRank] = .init(
+                host: workerHost,
+                cpus: workerCPUs,
+                pid: workerPID,
+                task: nil,
+                doorbell: token
+            )
         }
         // Tell every worker where the spawner runs: those on its host can wait on their doorbells.
         var welcome = WireWriter(kind: .welcome, sourceTask: 0, destinationTask: 0)
@@ -139,7 +167,13 @@ final class Runtime: @unchecked Sendable {
         welcome.append(doorbell?.token ?? 0)
         for worker in 1..<transport.size { try transport.send(welcome.bytes, to: worker) }
         let runtime = Runtime(
-            transport: transport, host: host, functions: table, book: SlotBook(slots: slots), logger: logger, doorbell: doorbell)
+            transport: transport,
+            host: host,
+            functions: table,
+            book: SlotBook(slots: slots),
+            logger: logger,
+            doorbell: doorbell
+        )
         shared = runtime
         // A program that forgets finalize() must not leave its workers waiting and mpirun hanging.
         atexit {
@@ -192,7 +226,8 @@ final class Runtime: @unchecked Sendable {
     func printForwardedLog(_ envelope: Envelope) {
         var reader = envelope.reader
         guard let levelByte = try? reader.read(UInt8.self), let text = try? reader.readString() else { return }
-        let level = Logger.Level.allCases.indices.contains(Int(levelByte)) ? Logger.Level.allCases[Int(levelByte)] : .info
+        let level =
+            Logger.Level.allCases.indices.contains(Int(levelByte)) ? Logger.Level.allCases[Int(levelByte)] : .info
         let host = lock.withLock { book.host(of: envelope.sourceRank) }?.name ?? "rank \(envelope.sourceRank)"
         logger.log(level: level, "\(text)", metadata: ["host": "\(host)", "task": "\(envelope.sourceID)"])
     }
@@ -211,7 +246,10 @@ final class Runtime: @unchecked Sendable {
 
     func sendUser<T: Encodable>(_ value: T, from sourceTask: Int, to destination: TaskID) throws(VMError) {
         guard let transport else {
-            throw VMError(.invalidDestination, "task \(destination) does not exist: the VM runs without workers (not under mpirun)")
+            throw VMError(
+                .invalidDestination,
+                "task \(destination) does not exist: the VM runs without workers (not under mpirun)"
+            )
         }
         let raw = T.self == [UInt8].self
         let payload: [UInt8]
@@ -221,10 +259,18 @@ final class Runtime: @unchecked Sendable {
             do {
                 payload = try BinaryEncoder.encode(value)
             } catch {
-                throw VMError(.encoding, "cannot encode a message of type \(_typeName(T.self, qualified: true)) for task \(destination): \(error)")
+                throw VMError(
+                    .encoding,
+                    "cannot encode a message of type \(_typeName(T.self, qualified: true)) for task \(destination): \(error)"
+                )
             }
         }
-        var frame = WireWriter(kind: .user, sourceTask: sourceTask, destinationTask: destination.number, capacity: 64 + payload.count)
+        var frame = WireWriter(
+            kind: .user,
+            sourceTask: sourceTask,
+            destinationTask: destination.number,
+            capacity: 64 + payload.count
+        )
         frame.append(_typeName(T.self, qualified: true))
         frame.append(raw)
         try transport.sendFrame(&frame, payload: payload, to: destination.slot)
@@ -256,7 +302,9 @@ final class Runtime: @unchecked Sendable {
     /// host (they ring it), otherwise by sleeping between polls (nil).
     var spawnerIdleWait: (() -> Bool)? {
         guard let doorbell, isSpawner else { return nil }
-        let everyWorkerHere = withBook { book in book.slots.allSatisfy { $0.host == host && ($0.doorbell != 0 || $0.task == 0) } }
+        let everyWorkerHere = withBook { book in
+            book.slots.allSatisfy { $0.host == host && ($0.doorbell != 0 || $0.task == 0) }
+        }
         guard everyWorkerHere, size > 1 else { return nil }
         return { doorbell.wait(milliseconds: 10) }
     }

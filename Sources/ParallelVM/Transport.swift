@@ -53,11 +53,17 @@ final class Transport: @unchecked Sendable {
         }
     }
 
-    private func transfer(_ frame: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer?, to rank: Rank) throws(MPIError) {
+    private func transfer(
+        _ frame: UnsafeRawBufferPointer,
+        payload: UnsafeRawBufferPointer?,
+        to rank: Rank
+    ) throws(MPIError) {
         lock.lock()
         defer { lock.unlock() }
         var first = try communicator.startSend(frame, to: rank, tag: Wire.tag)
-        var second = try payload.map { (bytes) throws(MPIError) in try communicator.startSend(bytes, to: rank, tag: Wire.tag) }
+        var second = try payload.map { (bytes) throws(MPIError) in
+            try communicator.startSend(bytes, to: rank, tag: Wire.tag)
+        }
         var backoff = Backoff(waitPolicy)
         while true {
             var done = try first.test()
@@ -91,7 +97,11 @@ final class Transport: @unchecked Sendable {
             return []
         }
         guard envelope.kind == .taskResult, envelope.flags & Wire.flagEndsTask != 0 else { return [envelope] }
-        var exit = WireWriter(kind: .taskExit, sourceTask: envelope.sourceTask, destinationTask: envelope.destinationTask)
+        var exit = WireWriter(
+            kind: .taskExit,
+            sourceTask: envelope.sourceTask,
+            destinationTask: envelope.destinationTask
+        )
         exit.append((envelope.sentAt ?? monotonicSeconds()).bitPattern)
         guard let exitEnvelope = try? Envelope(sourceRank: envelope.sourceRank, frame: exit.bytes, payload: nil) else {
             return [envelope]
@@ -103,7 +113,9 @@ final class Transport: @unchecked Sendable {
     /// forever; 0: just look). Frames that do not match stay queued in arrival order.
     /// `idleWait`, when given, replaces the sleep between polls once the spin time is over.
     func receive(
-        timeout: Double?, matching: (Envelope) -> Bool = { _ in true }, idleWait: (() -> Bool)? = nil
+        timeout: Double?,
+        matching: (Envelope) -> Bool = { _ in true },
+        idleWait: (() -> Bool)? = nil
     ) throws(VMError) -> Envelope? {
         let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
         var backoff = Backoff(waitPolicy, idleWait: idleWait)

@@ -71,9 +71,13 @@ public final class VM: Sendable {
             self.storageWarnings = []
         } else {
             let (request, warnings) = try StorageRequest.make(
-                mirrorMap: mirrorMap, startupDir: startupDir, translateStartupDir: translateStartupDir,
-                persistent: persistentStorage, vmIndex: vmIndex,
-                mirrored: MirroredStorage(environment: ProcessInfo.processInfo.environment), missing: missingMirrorSources
+                mirrorMap: mirrorMap,
+                startupDir: startupDir,
+                translateStartupDir: translateStartupDir,
+                persistent: persistentStorage,
+                vmIndex: vmIndex,
+                mirrored: MirroredStorage(environment: ProcessInfo.processInfo.environment),
+                missing: missingMirrorSources
             )
             self.storage = request
             self.storageWarnings = warnings
@@ -172,7 +176,11 @@ public final class VM: Sendable {
     }
 
     private func spawn<Arguments: Encodable>(
-        named name: String, args: Arguments, count: Int?, targets: [HostID]?, sendBack: Bool
+        named name: String,
+        args: Arguments,
+        count: Int?,
+        targets: [HostID]?,
+        sendBack: Bool
     ) throws(VMError) -> [TaskID] {
         try requireLive("spawnFunction")
         if let count, count <= 0 {
@@ -196,7 +204,10 @@ public final class VM: Sendable {
         do {
             arguments = try BinaryEncoder.encode(args)
         } catch {
-            throw VMError(.encoding, "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)")
+            throw VMError(
+                .encoding,
+                "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)"
+            )
         }
         let settings = encodedSettings
 
@@ -205,7 +216,12 @@ public final class VM: Sendable {
             return slots.map { book.occupy($0) }
         }
         for (index, task) in placed.enumerated() {
-            var frame = WireWriter(kind: .spawn, sourceTask: 0, destinationTask: task.number, capacity: 64 + name.utf8.count + settings.count + arguments.count)
+            var frame = WireWriter(
+                kind: .spawn,
+                sourceTask: 0,
+                destinationTask: task.number,
+                capacity: 64 + name.utf8.count + settings.count + arguments.count
+            )
             frame.append(sendBack)
             frame.append(name)
             frame.append(lengthPrefixed: settings)
@@ -240,7 +256,9 @@ public final class VM: Sendable {
             let state = runtime.withBook { book -> String in
                 guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
                 if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
-                if let other = book.task(in: task.slot) { return "slot \(task.slot) now runs task \(task.slot):\(other)" }
+                if let other = book.task(in: task.slot) {
+                    return "slot \(task.slot) now runs task \(task.slot):\(other)"
+                }
                 return "slot \(task.slot) is free"
             }
             throw VMError(.invalidDestination, "cannot send to task \(task): it is not running (\(state))")
@@ -264,7 +282,8 @@ public final class VM: Sendable {
         while true {
             let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
             let matching: (Envelope) -> Bool = { $0.kind != .clearStorageReport && $0.kind != .hello }
-            guard let envelope = try transport.receive(timeout: remaining, matching: matching, idleWait: idleWait) else {
+            guard let envelope = try transport.receive(timeout: remaining, matching: matching, idleWait: idleWait)
+            else {
                 return nil
             }
             if let delivered = try deliver(envelope) { return delivered }
@@ -279,7 +298,9 @@ public final class VM: Sendable {
             runtime.taskExited(envelope)
             return (source, .taskExit)
         case .taskResult:
-            return (source, .taskResult(try TaskResult(envelope, host: hostID(source) ?? HostID("rank \(source.slot)"))))
+            return (
+                source, .taskResult(try TaskResult(envelope, host: hostID(source) ?? HostID("rank \(source.slot)")))
+            )
         case .user:
             guard envelope.destinationTask == 0 else { return nil }
             return (source, .user(try UserMessage(envelope)))
@@ -324,18 +345,39 @@ public final class VM: Sendable {
             let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
             while !waiting.isEmpty {
                 let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
-                guard let envelope = try transport.receive(timeout: remaining, matching: { $0.kind == .clearStorageReport }) else { break }
+                guard
+                    let envelope = try transport.receive(
+                        timeout: remaining,
+                        matching: { $0.kind == .clearStorageReport }
+                    )
+                else { break }
                 waiting.remove(envelope.sourceRank)
                 do {
-                    reports.append(try BinaryDecoder.decode(ClearReport.self, from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...])))
+                    reports.append(
+                        try BinaryDecoder.decode(
+                            ClearReport.self,
+                            from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...])
+                        )
+                    )
                 } catch {
-                    let host = hostID(TaskID(slot: envelope.sourceRank, number: 0))?.name ?? "rank \(envelope.sourceRank)"
-                    reports.append(ClearReport(host: host, failures: ["rank \(envelope.sourceRank)": "unreadable report: \(error)"]))
+                    let host =
+                        hostID(TaskID(slot: envelope.sourceRank, number: 0))?.name ?? "rank \(envelope.sourceRank)"
+                    reports.append(
+                        ClearReport(
+                            host: host,
+                            failures: ["rank \(envelope.sourceRank)": "unreadable report: \(error)"]
+                        )
+                    )
                 }
             }
             for worker in waiting.sorted() {
                 let host = hostID(TaskID(slot: worker, number: 0))?.name ?? "rank \(worker)"
-                reports.append(ClearReport(host: host, failures: ["rank \(worker)": "no answer within \(timeout ?? 0) s (busy with a long task?)"]))
+                reports.append(
+                    ClearReport(
+                        host: host,
+                        failures: ["rank \(worker)": "no answer within \(timeout ?? 0) s (busy with a long task?)"]
+                    )
+                )
             }
         }
         // One report per host: ranks on one host usually share the folder, and the first one empties it.

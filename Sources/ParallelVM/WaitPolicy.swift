@@ -32,7 +32,8 @@ public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
         case "adaptive": return .adaptive
         default:
             let parts = text.split(separator: ",")
-            guard parts.count == 2, let spin = Double(parts[0]), let sleep = Double(parts[1]), spin >= 0, sleep >= 0 else {
+            guard parts.count == 2, let spin = Double(parts[0]), let sleep = Double(parts[1]), spin >= 0, sleep >= 0
+            else {
                 throw VMError(.configuration, "PARALLELVM_WAIT=\(text) is not 'busy', 'adaptive' or 'SPIN_US,SLEEP_US'")
             }
             return WaitPolicy(spin: spin / 1e6, sleep: sleep / 1e6)

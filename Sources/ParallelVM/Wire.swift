@@ -104,7 +104,10 @@ struct WireReader {
     // far more than the read itself, so it is only worked out for the error.
     private func need(_ count: Int, _ what: @autoclosure () -> String) throws(VMError) {
         guard count >= 0, bytes.count - offset >= count else {
-            throw VMError(.encoding, "malformed VM message: \(what()) needs \(count) bytes, \(bytes.count - offset) left")
+            throw VMError(
+                .encoding,
+                "malformed VM message: \(what()) needs \(count) bytes, \(bytes.count - offset) left"
+            )
         }
     }
 
@@ -113,7 +116,9 @@ struct WireReader {
         var value = I.zero
         withUnsafeMutableBytes(of: &value) { target in
             bytes.withUnsafeBytes { source in
-                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + MemoryLayout<I>.size]))
+                target.copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + MemoryLayout<I>.size])
+                )
             }
         }
         offset += MemoryLayout<I>.size

@@ -16,12 +16,22 @@ extension Runtime {
         let environment = ProcessInfo.processInfo.environment
         let mirrored = MirroredStorage(environment: environment)
         let root = try LocalStorageRoot(environment: environment)
-        let prepared = try TaskStorage.prepare(request, mirrored: mirrored, root: root, servedBefore: &workerStorage.servedVMs)
+        let prepared = try TaskStorage.prepare(
+            request,
+            mirrored: mirrored,
+            root: root,
+            servedBefore: &workerStorage.servedVMs
+        )
         if let directory = prepared.workingDirectory {
             guard chdir(directory) == 0 else {
                 let reason = String(cString: strerror(errno))
                 try? prepared.cleanup()
-                throw StorageError(.ioFailure, path: directory, reason: "cannot be entered: \(reason)", subject: "working folder")
+                throw StorageError(
+                    .ioFailure,
+                    path: directory,
+                    reason: "cannot be entered: \(reason)",
+                    subject: "working folder"
+                )
             }
         }
         if prepared.folder != nil {

@@ -14,9 +14,13 @@ extension Runtime {
                 let served = lastServedTask
                 // An idle worker on the spawner's host blocks on its doorbell once the spin time is over. The
                 // spawner rings it; the 10 ms limit only bounds the delay should a ring ever be missed.
-                let idleWait: (() -> Bool)? = if doorbellArmed, let doorbell { { doorbell.wait(milliseconds: 10) } } else { nil }
+                let idleWait: (() -> Bool)? =
+                    if doorbellArmed, let doorbell { { doorbell.wait(milliseconds: 10) } } else { nil }
                 envelope = try transport.receive(
-                    timeout: nil, matching: { $0.kind != .user || $0.destinationTask <= served }, idleWait: idleWait)
+                    timeout: nil,
+                    matching: { $0.kind != .user || $0.destinationTask <= served },
+                    idleWait: idleWait
+                )
             } catch {
                 FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(error)\n".utf8))
                 MPIEnvironment.abort(code: 1)
@@ -37,7 +41,10 @@ extension Runtime {
                 doorbellArmed = true
                 if spawnerToken != 0 { transport.spawnerDoorbell = (doorbell, spawnerPID, spawnerToken) }
             case .user:
-                forwardLog(.debug, "dropped a \(envelope.kind) message for task \(rank):\(envelope.destinationTask), which is not running")
+                forwardLog(
+                    .debug,
+                    "dropped a \(envelope.kind) message for task \(rank):\(envelope.destinationTask), which is not running"
+                )
             case .hello, .taskResult, .taskExit, .log, .clearStorageReport:
                 forwardLog(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
             }
@@ -99,7 +106,8 @@ extension Runtime {
             guard let function = functions[name] else {
                 throw InvocationFailure(
                     typeName: "ParallelVM.VMError",
-                    message: "function '\(name)' is not registered on rank \(rank) (host \(host)); registered: \(functions.names.joined(separator: ", "))"
+                    message:
+                        "function '\(name)' is not registered on rank \(rank) (host \(host)); registered: \(functions.names.joined(separator: ", "))"
                 )
             }
             let prepared = try settings.storage.map { (request) throws -> PreparedStorage in
@@ -125,7 +133,10 @@ extension Runtime {
             frame.append(_typeName(type(of: error), qualified: true))
             frame.append(String(describing: error))
         }
-        forwardLog(.debug, "task \(taskID) finished '\(name)' in \(String(format: "%.6f", monotonicSeconds() - started)) s")
+        forwardLog(
+            .debug,
+            "task \(taskID) finished '\(name)' in \(String(format: "%.6f", monotonicSeconds() - started)) s"
+        )
 
         guard sendBack else {
             sendExit(task: number, transport: transport)
@@ -149,7 +160,9 @@ extension Runtime {
         do {
             try transport.send(exitFrame.bytes, to: 0)
         } catch {
-            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): cannot report the exit of task \(number): \(error)\n".utf8))
+            FileHandle.standardError.write(
+                Data("ParallelVM worker rank \(rank): cannot report the exit of task \(number): \(error)\n".utf8)
+            )
             MPIEnvironment.abort(code: 1)
         }
     }
@@ -178,11 +191,17 @@ extension Runtime {
             switch envelope.kind {
             case .finalize:
                 finalizeRequested = true
-                throw VMError(.finalized, "the spawner finalized the VM while task \(rank):\(number) was waiting for a message")
+                throw VMError(
+                    .finalized,
+                    "the spawner finalized the VM while task \(rank):\(number) was waiting for a message"
+                )
             case .user where envelope.destinationTask == number:
                 return (envelope.sourceID, .user(try UserMessage(envelope)))
             default:
-                forwardLog(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
+                forwardLog(
+                    .debug,
+                    "dropped a message for task \(rank):\(envelope.destinationTask), which is not running"
+                )
             }
         }
     }
@@ -213,7 +232,13 @@ extension TaskResult {
         } else {
             let typeName = try reader.readString()
             let message = try reader.readString()
-            let error = RemoteError(function: function, typeName: typeName, message: message, task: envelope.sourceID, host: host)
+            let error = RemoteError(
+                function: function,
+                typeName: typeName,
+                message: message,
+                task: envelope.sourceID,
+                host: host
+            )
             self.init(function: function, error: error)
         }
     }

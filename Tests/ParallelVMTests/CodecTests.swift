@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import ParallelVM
 
 // MARK: - Fixtures
@@ -90,7 +91,10 @@ private final class Cat: Animal {
 }
 
 private enum Color: String, Codable { case red, green, blue }
-private enum Level: Int, Codable { case low = 1, high = 99 }
+private enum Level: Int, Codable {
+    case low = 1
+    case high = 99
+}
 
 private indirect enum Shape: Codable, Equatable {
     case circle(radius: Double)
@@ -309,7 +313,18 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
 @Suite struct CodecRoundTripTests {
     @Test func integersAtEveryWidth() throws {
         let lo = AllInts(i8: .min, i16: .min, i32: .min, i64: .min, i: .min, u8: 0, u16: 0, u32: 0, u64: 0, u: 0)
-        let hi = AllInts(i8: .max, i16: .max, i32: .max, i64: .max, i: .max, u8: .max, u16: .max, u32: .max, u64: .max, u: .max)
+        let hi = AllInts(
+            i8: .max,
+            i16: .max,
+            i32: .max,
+            i64: .max,
+            i: .max,
+            u8: .max,
+            u16: .max,
+            u32: .max,
+            u64: .max,
+            u: .max
+        )
         #expect(try roundTrip(lo) == lo)
         #expect(try roundTrip(hi) == hi)
         #expect(try roundTrip(Int8(-5)) == -5)
@@ -318,14 +333,21 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
         #expect(try roundTrip(UInt64.max) == .max)
         #expect(try roundTrip(UInt.max) == .max)
         #expect(try roundTrip(Int64(-1)) == -1)
-        struct Wide128: Codable, Equatable { var a: Int128; var b: UInt128; var c: [Int128] }
-        let w = Wide128(a: .min, b: .max, c: [-1, 0, 12345678901234567890123])
+        struct Wide128: Codable, Equatable {
+            var a: Int128
+            var b: UInt128
+            var c: [Int128]
+        }
+        let w = Wide128(a: .min, b: .max, c: [-1, 0, 12_345_678_901_234_567_890_123])
         #expect(try roundTrip(w) == w)
         #expect(try roundTrip(Int128.min) == .min)
     }
 
     @Test func floatingPointIncludingSpecials() throws {
-        for d in [0.0, -0.0, 1.5, -3.25e300, .pi, .infinity, -.infinity, .nan, .leastNonzeroMagnitude, .greatestFiniteMagnitude] {
+        for d in [
+            0.0, -0.0, 1.5, -3.25e300, .pi, .infinity, -.infinity, .nan, .leastNonzeroMagnitude,
+            .greatestFiniteMagnitude,
+        ] {
             #expect(try roundTrip(d).bitPattern == d.bitPattern)
         }
         for f: Float in [0, -0.0, 1.5, .infinity, -.infinity, .nan, .leastNonzeroMagnitude] {
@@ -338,7 +360,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
     @Test func boolsAndStrings() throws {
         #expect(try roundTrip(true) == true)
         #expect(try roundTrip(false) == false)
-        for s in ["", "a", "héllo wörld", "日本語テキスト", "emoji 👩‍👩‍👧‍👦🇫🇷", String(repeating: "x", count: 100_000), "nul\u{0}inside"] {
+        for s in [
+            "", "a", "héllo wörld", "日本語テキスト", "emoji 👩‍👩‍👧‍👦🇫🇷", String(repeating: "x", count: 100_000), "nul\u{0}inside",
+        ] {
             #expect(try roundTrip(s) == s)
         }
         #expect(try roundTrip([true, false, true]) == [true, false, true])
@@ -375,7 +399,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
         #expect(try roundTrip([String?]([nil, "a", nil])) == [nil, "a", nil])
         #expect(try roundTrip(MaybeName(nil)) == MaybeName(nil))
         #expect(try roundTrip(MaybeName("n")) == MaybeName("n"))
-        #expect(try roundTrip([MaybeName?]([nil, MaybeName(nil), MaybeName("z")])) == [nil, MaybeName(nil), MaybeName("z")])
+        #expect(
+            try roundTrip([MaybeName?]([nil, MaybeName(nil), MaybeName("z")])) == [nil, MaybeName(nil), MaybeName("z")]
+        )
     }
 
     @Test func omittedIfPresentFieldsAreReallyOmitted() throws {
@@ -425,8 +451,10 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
     @Test func enums() throws {
         #expect(try roundTrip(Color.green) == .green)
         #expect(try roundTrip([Level.low, .high]) == [.low, .high])
-        let shapes: [Shape] = [.circle(radius: 2), .rect(1, 2), .named("n", tags: nil), .named("t", tags: ["a"]),
-                               .nothing, .nested(nil), .nested(.nested(.circle(radius: 1)))]
+        let shapes: [Shape] = [
+            .circle(radius: 2), .rect(1, 2), .named("n", tags: nil), .named("t", tags: ["a"]),
+            .nothing, .nested(nil), .nested(.nested(.circle(radius: 1))),
+        ]
         for s in shapes {
             #expect(try roundTrip(s) == s)
         }
@@ -443,7 +471,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
         }
         let n = Nested(id: 9, coords: [1, 2.5, -3], meta: ["k": "v"])
         #expect(try roundTrip(n) == n)
-        for t in [Tuple(a: 1, b: nil, c: Point(x: 5, y: 6), d: [-1, 2]), Tuple(a: 2, b: "b", c: Point(x: 0, y: 0), d: [])] {
+        for t in [
+            Tuple(a: 1, b: nil, c: Point(x: 5, y: 6), d: [-1, 2]), Tuple(a: 2, b: "b", c: Point(x: 0, y: 0), d: []),
+        ] {
             #expect(try roundTrip(t) == t)
         }
         let w = try BinaryDecoder.decode(WideReversed.self, from: BinaryEncoder.encode(Wide()))
@@ -451,10 +481,12 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
     }
 
     @Test func foundationTypes() throws {
-        let v = Foundationy(date: Date(timeIntervalSince1970: 1_700_000_000.25),
-                            url: URL(string: "https://example.com/a?b=c#d")!,
-                            data: Data([1, 2, 3, 0xFF]),
-                            relative: URL(string: "sub/path", relativeTo: URL(string: "file:///base/"))!)
+        let v = Foundationy(
+            date: Date(timeIntervalSince1970: 1_700_000_000.25),
+            url: URL(string: "https://example.com/a?b=c#d")!,
+            data: Data([1, 2, 3, 0xFF]),
+            relative: URL(string: "sub/path", relativeTo: URL(string: "file:///base/"))!
+        )
         #expect(try roundTrip(v) == v)
         #expect(try roundTrip(Data()) == Data())
         #expect(try roundTrip(Data(repeating: 7, count: 1000)) == Data(repeating: 7, count: 1000))
@@ -462,9 +494,17 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
     }
 
     @Test func fastPathArraysInsideStructs() throws {
-        let v = WithBlob(name: "b", samples: (0..<1000).map { Double($0) * 0.5 }, bytes: Array(0...255),
-                         data: Data([9, 8, 7]), floats: [1, .nan, -2], ints: [.min, 0, .max],
-                         i32: [.min, .max], i64: [-1, 1], u16: [0, 65535])
+        let v = WithBlob(
+            name: "b",
+            samples: (0..<1000).map { Double($0) * 0.5 },
+            bytes: Array(0...255),
+            data: Data([9, 8, 7]),
+            floats: [1, .nan, -2],
+            ints: [.min, 0, .max],
+            i32: [.min, .max],
+            i64: [-1, 1],
+            u16: [0, 65535]
+        )
         let back = try roundTrip(v)
         #expect(back.samples == v.samples && back.bytes == v.bytes && back.data == v.data)
         #expect(back.floats.map(\.bitPattern) == v.floats.map(\.bitPattern))
@@ -504,7 +544,10 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
     }
 
     @Test func decoderRecoversAfterCaughtErrors() throws {
-        struct Source: Codable { var p: [String: String]; var name: String }
+        struct Source: Codable {
+            var p: [String: String]
+            var name: String
+        }
         struct Fallback: Decodable {
             var point: Point?
             var name: String
@@ -520,14 +563,22 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
         #expect(f.point == nil && f.name == "ok")
 
         enum Either: Decodable, Equatable {
-            case point(Point), text(String)
+            case point(Point)
+            case text(String)
             init(from decoder: any Decoder) throws {
                 let c = try decoder.singleValueContainer()
-                if let p = try? c.decode(Point.self) { self = .point(p) } else { self = .text(try c.decode(String.self)) }
+                if let p = try? c.decode(Point.self) {
+                    self = .point(p)
+                } else {
+                    self = .text(try c.decode(String.self))
+                }
             }
         }
         #expect(try BinaryDecoder.decode(Either.self, from: BinaryEncoder.encode("t")) == .text("t"))
-        #expect(try BinaryDecoder.decode(Either.self, from: BinaryEncoder.encode(Point(x: 1, y: 2))) == .point(Point(x: 1, y: 2)))
+        #expect(
+            try BinaryDecoder.decode(Either.self, from: BinaryEncoder.encode(Point(x: 1, y: 2)))
+                == .point(Point(x: 1, y: 2))
+        )
     }
 
     @Test func swallowedEncodeErrorStillFailsTheEncode() throws {
@@ -629,7 +680,11 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
             #expect(error.typeName == "Swift.Int")
             #expect(error.description.contains("Swift.Int"))
         }
-        struct Other: Decodable, Equatable { var i: String; var d: Double; var s: String }
+        struct Other: Decodable, Equatable {
+            var i: String
+            var d: Double
+            var s: String
+        }
         do {
             _ = try BinaryDecoder.decode(Other.self, from: BinaryEncoder.encode(Mixed(i: 1, d: 2, s: "3")))
             Issue.record("expected failure")
@@ -662,7 +717,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
             #expect(error.codingPath == "b")
             #expect(error.description.contains("Int32") && error.description.contains("Int16"))
         }
-        #expect(throws: CodecError.self) { try BinaryDecoder.decode([Double].self, from: BinaryEncoder.encode([1, 2])) }
+        #expect(throws: CodecError.self) {
+            try BinaryDecoder.decode([Double].self, from: BinaryEncoder.encode([1, 2]))
+        }
         #expect(throws: CodecError.self) { try BinaryDecoder.decode(Point.self, from: BinaryEncoder.encode([1, 2])) }
         #expect(throws: CodecError.self) { try BinaryDecoder.decode(Int.self, from: BinaryEncoder.encode(Int?.none)) }
         do {
@@ -703,7 +760,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
             #expect(error.code == .corrupted)
         }
         // Overlong varint.
-        #expect(throws: CodecError.self) { try BinaryDecoder.decode(Int.self, from: [UInt8](repeating: 0xFF, count: 12)) }
+        #expect(throws: CodecError.self) {
+            try BinaryDecoder.decode(Int.self, from: [UInt8](repeating: 0xFF, count: 12))
+        }
         // Trailing bytes.
         #expect(throws: CodecError.self) { try BinaryDecoder.decode(Int.self, from: BinaryEncoder.encode(1) + [0]) }
         // Invalid UTF-8 and invalid Bool.
@@ -713,7 +772,9 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
 
     @Test func randomGarbageNeverTraps() throws {
         var rng = SystemRandomNumberGenerator()
-        let valid = try BinaryEncoder.encode(Optionals(a: 5, b: "hello", c: .some(nil), d: [1, nil], e: Point(x: 1, y: 2)))
+        let valid = try BinaryEncoder.encode(
+            Optionals(a: 5, b: "hello", c: .some(nil), d: [1, nil], e: Point(x: 1, y: 2))
+        )
         for _ in 0..<3000 {
             var bytes = valid
             for _ in 0..<Int.random(in: 1...4, using: &rng) {
@@ -751,7 +812,7 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
         var w = ByteWriter()
         w.write(UInt8(7))
         w.write(Int16(-2))
-        w.write(UInt32(0xDEADBEEF))
+        w.write(UInt32(0xDEAD_BEEF))
         w.write(Int64.min)
         w.write(3.5)
         w.write(Float(-1.25))
@@ -770,7 +831,7 @@ private func roundTrip<T: Codable>(_ v: T) throws -> T {
             var r = ByteReader(raw)
             #expect(try r.read(UInt8.self) == 7)
             #expect(try r.read(Int16.self) == -2)
-            #expect(try r.read(UInt32.self) == 0xDEADBEEF)
+            #expect(try r.read(UInt32.self) == 0xDEAD_BEEF)
             #expect(try r.read(Int64.self) == .min)
             #expect(try r.readDouble() == 3.5)
             #expect(try r.readFloat() == -1.25)

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @testable import ParallelVM
 
 @Suite struct IdentifierTests {
@@ -112,13 +113,17 @@ import Testing
                 }
             }
         }
-        #expect(throws: VMError.self) { try Envelope(sourceRank: 1, frame: [200] + Array(repeating: 0, count: 20), payload: nil) }
+        #expect(throws: VMError.self) {
+            try Envelope(sourceRank: 1, frame: [200] + Array(repeating: 0, count: 20), payload: nil)
+        }
     }
 
     @Test func waitPolicyIsReadFromTheEnvironment() throws {
         #expect(try WaitPolicy.fromEnvironment([:]) == .adaptive)
         #expect(try WaitPolicy.fromEnvironment(["PARALLELVM_WAIT": "busy"]) == .busy)
-        #expect(try WaitPolicy.fromEnvironment(["PARALLELVM_WAIT": "100,20"]) == WaitPolicy(spin: 0.0001, sleep: 0.00002))
+        #expect(
+            try WaitPolicy.fromEnvironment(["PARALLELVM_WAIT": "100,20"]) == WaitPolicy(spin: 0.0001, sleep: 0.00002)
+        )
         #expect(throws: VMError.self) { try WaitPolicy.fromEnvironment(["PARALLELVM_WAIT": "fast"]) }
     }
 

@@ -20,7 +20,10 @@ struct StorageFixture {
             try "alpha".write(to: data.appendingPathComponent("a.txt"), atomically: true, encoding: .utf8)
             try "beta".write(to: data.appendingPathComponent("b.txt"), atomically: true, encoding: .utf8)
             try Data(repeating: 7, count: 300_000).write(to: data.appendingPathComponent("sub/c.bin"))
-            try manager.createSymbolicLink(atPath: data.appendingPathComponent("link").path, withDestinationPath: "a.txt")
+            try manager.createSymbolicLink(
+                atPath: data.appendingPathComponent("link").path,
+                withDestinationPath: "a.txt"
+            )
         }
         try manager.createDirectory(atPath: outside, withIntermediateDirectories: true)
         _ = manager.createFile(atPath: outside + "/keep-me", contents: Data("keep".utf8))
@@ -49,7 +52,10 @@ struct StorageRunTests {
         let fixture = try StorageFixture()
         defer { fixture.remove() }
         let run = try MPIRun.scenario(
-            "storage-mirror", rankEnvironments: fixture.environments(ranks: ranks), arguments: [fixture.shareA + "/data"])
+            "storage-mirror",
+            rankEnvironments: fixture.environments(ranks: ranks),
+            arguments: [fixture.shareA + "/data"]
+        )
         #expect(run.status == 0, "\(run)")
         #expect(run.value("tasks") == "\(ranks - 1)")
         for slot in 1..<ranks {
@@ -57,7 +63,8 @@ struct StorageRunTests {
             #expect(run.value("mount\(slot)") == "B", "\(run)")
             #expect(
                 run.value("entries\(slot)")
-                    == "d:data,f:data/a.txt,f:data/b.txt,l:data/link->a.txt,d:data/sub,f:data/sub/c.bin,f:data/which-mount")
+                    == "d:data,f:data/a.txt,f:data/b.txt,l:data/link->a.txt,d:data/sub,f:data/sub/c.bin,f:data/which-mount"
+            )
             #expect(run.value("inside\(slot)") == "true")
             #expect(run.value("removedAfter\(slot)") == "true")
         }
@@ -70,8 +77,10 @@ struct StorageRunTests {
         let fixture = try StorageFixture()
         defer { fixture.remove() }
         let run = try MPIRun.scenario(
-            "storage-persistent", rankEnvironments: fixture.environments(ranks: 2),
-            arguments: [fixture.shareA + "/data", fixture.outside])
+            "storage-persistent",
+            rankEnvironments: fixture.environments(ranks: 2),
+            arguments: [fixture.shareA + "/data", fixture.outside]
+        )
         #expect(run.status == 0, "\(run)")
         #expect(run.value("firstSentinel") == "false")
         #expect(run.value("reused") == "true")
@@ -94,10 +103,16 @@ struct StorageRunTests {
         let fixture = try StorageFixture()
         defer { fixture.remove() }
         let run = try MPIRun.scenario(
-            "storage-errors", ranks: 1, arguments: [fixture.shareA],
-            environment: ["PARALLEL_MIRRORED_STORAGE": fixture.shareA, "PARALLEL_LOCAL_STORAGE": fixture.local(0)])
+            "storage-errors",
+            ranks: 1,
+            arguments: [fixture.shareA],
+            environment: ["PARALLEL_MIRRORED_STORAGE": fixture.shareA, "PARALLEL_LOCAL_STORAGE": fixture.local(0)]
+        )
         #expect(run.status == 0, "\(run)")
-        #expect(run.value("outside")?.contains("/definitely/not/shared is outside every mirrored folder") == true, "\(run)")
+        #expect(
+            run.value("outside")?.contains("/definitely/not/shared is outside every mirrored folder") == true,
+            "\(run)"
+        )
         #expect(run.value("absoluteTarget")?.contains("/etc") == true)
         #expect(run.value("absoluteTarget")?.contains("must be relative") == true, "\(run)")
         #expect(run.value("escapingTarget")?.contains("sub/../../x") == true, "\(run)")
@@ -113,7 +128,11 @@ struct StorageRunTests {
         try FileManager.default.createDirectory(atPath: extra + "/more", withIntermediateDirectories: true)
         var environments = fixture.environments(ranks: 2)
         environments[0]["PARALLEL_MIRRORED_STORAGE"] = fixture.shareA + ":" + extra
-        let run = try MPIRun.scenario("storage-worker-errors", rankEnvironments: environments, arguments: [extra + "/more"])
+        let run = try MPIRun.scenario(
+            "storage-worker-errors",
+            rankEnvironments: environments,
+            arguments: [extra + "/more"]
+        )
         #expect(run.status == 0, "\(run)")
         #expect(run.value("failure")?.contains("index 1") == true, "\(run)")
         #expect(run.value("afterwards") == "succeeded")
@@ -124,8 +143,12 @@ struct StorageRunTests {
         defer { fixture.remove() }
         let run = try MPIRun.scenario(
             "storage-worker-errors",
-            rankEnvironments: fixture.environments(ranks: 2, worker: ["PARALLEL_LOCAL_STORAGE": "/proc/parallelvm-cannot-exist"]),
-            arguments: [fixture.shareA + "/data"])
+            rankEnvironments: fixture.environments(
+                ranks: 2,
+                worker: ["PARALLEL_LOCAL_STORAGE": "/proc/parallelvm-cannot-exist"]
+            ),
+            arguments: [fixture.shareA + "/data"]
+        )
         #expect(run.status == 0, "\(run)")
         #expect(run.value("failure")?.contains("/proc/parallelvm-cannot-exist") == true, "\(run)")
         #expect(run.value("afterwards") == "succeeded")
@@ -141,7 +164,10 @@ struct StorageRunTests {
             #expect(mkfifo(share + "/pipes/zz-fifo", 0o600) == 0)
         }
         let run = try MPIRun.scenario(
-            "storage-worker-errors", rankEnvironments: fixture.environments(ranks: 2), arguments: [fixture.shareA + "/pipes"])
+            "storage-worker-errors",
+            rankEnvironments: fixture.environments(ranks: 2),
+            arguments: [fixture.shareA + "/pipes"]
+        )
         #expect(run.status == 0, "\(run)")
         #expect(run.value("failure")?.contains("zz-fifo") == true, "\(run)")
         #expect(run.value("afterwards") == "succeeded")

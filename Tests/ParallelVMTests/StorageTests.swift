@@ -33,7 +33,9 @@ private final class Scratch {
     func file(_ relative: String, _ text: String = "data", mode: Int? = nil) throws -> String {
         let p = sub(relative)
         try FileManager.default.createDirectory(
-            atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            atPath: (p as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true
+        )
         try Data(text.utf8).write(to: URL(fileURLWithPath: p))
         if let mode { chmod(p, mode_t(mode)) }
         return p
@@ -107,7 +109,11 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(try m.abstractPath(for: s.sub("home/ab")) == AbstractPath(index: 0, suffix: ""))
         let error = expectStorageError(.outsideMirroredStorage) { _ = try m.abstractPath(for: s.sub("home/abc/f")) }
         #expect(error?.description.contains(s.sub("home/abc/f")) == true)
-        #expect(error?.description.contains("is outside every mirrored folder (PARALLEL_MIRRORED_STORAGE=\(s.sub("home/ab")))") == true)
+        #expect(
+            error?.description.contains(
+                "is outside every mirrored folder (PARALLEL_MIRRORED_STORAGE=\(s.sub("home/ab")))"
+            ) == true
+        )
     }
 
     @Test func severalEntriesFirstMatchWins() throws {
@@ -176,7 +182,9 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         let s = try Scratch()
         try s.dir("w")
         let worker = storage(s.sub("w"))
-        let error = expectStorageError(.badMirroredIndex) { _ = try worker.localPath(for: AbstractPath(index: 3, suffix: "x")) }
+        let error = expectStorageError(.badMirroredIndex) {
+            _ = try worker.localPath(for: AbstractPath(index: 3, suffix: "x"))
+        }
         #expect(error?.description.contains("index 3") == true)
         #expect(error?.description.contains("PARALLEL_MIRRORED_STORAGE=\(s.sub("w"))") == true)
         _ = expectStorageError(.invalidPath) { _ = try worker.localPath(for: AbstractPath(index: 0, suffix: "../x")) }
@@ -190,10 +198,16 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(try StorageRequest.validateTarget(".", subject: "mirror target") == "")
         #expect(try StorageRequest.validateTarget("a/../b", subject: "mirror target") == "b")
         #expect(try StorageRequest.validateTarget("./x/y/", subject: "mirror target") == "x/y")
-        let abs = expectStorageError(.invalidTarget) { _ = try StorageRequest.validateTarget("/etc", subject: "mirror target") }
+        let abs = expectStorageError(.invalidTarget) {
+            _ = try StorageRequest.validateTarget("/etc", subject: "mirror target")
+        }
         #expect(abs?.description == "mirror target /etc must be relative to the local storage folder")
-        _ = expectStorageError(.invalidTarget) { _ = try StorageRequest.validateTarget("../x", subject: "mirror target") }
-        let esc = expectStorageError(.invalidTarget) { _ = try StorageRequest.validateTarget("a/../../x", subject: "mirror target") }
+        _ = expectStorageError(.invalidTarget) {
+            _ = try StorageRequest.validateTarget("../x", subject: "mirror target")
+        }
+        let esc = expectStorageError(.invalidTarget) {
+            _ = try StorageRequest.validateTarget("a/../../x", subject: "mirror target")
+        }
         #expect(esc?.description.contains("a/../../x") == true)
     }
 
@@ -203,16 +217,24 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.file("outside/b.txt")
         let m = storage(s.sub("shared"))
         let (request, warnings) = try StorageRequest.make(
-            mirrorMap: [s.sub("shared/in/*.txt"): "inputs", s.sub("shared/in"): "."], mirrored: m, spawner: identity)
+            mirrorMap: [s.sub("shared/in/*.txt"): "inputs", s.sub("shared/in"): "."],
+            mirrored: m,
+            spawner: identity
+        )
         #expect(warnings.isEmpty)
-        #expect(request.mirror == [
-            MirrorEntry(source: AbstractPath(index: 0, suffix: "in"), target: ""),
-            MirrorEntry(source: AbstractPath(index: 0, suffix: "in/*.txt"), target: "inputs"),
-        ])
+        #expect(
+            request.mirror == [
+                MirrorEntry(source: AbstractPath(index: 0, suffix: "in"), target: ""),
+                MirrorEntry(source: AbstractPath(index: 0, suffix: "in/*.txt"), target: "inputs"),
+            ]
+        )
         let outside = expectStorageError(.outsideMirroredStorage) {
             _ = try StorageRequest.make(mirrorMap: [s.sub("outside/b.txt"): "."], mirrored: m, spawner: identity)
         }
-        #expect(outside?.description.hasPrefix("mirror source \(s.sub("outside/b.txt")) is outside every mirrored folder") == true)
+        #expect(
+            outside?.description.hasPrefix("mirror source \(s.sub("outside/b.txt")) is outside every mirrored folder")
+                == true
+        )
         _ = expectStorageError(.invalidTarget) {
             _ = try StorageRequest.make(mirrorMap: [s.sub("shared/in"): "/abs"], mirrored: m, spawner: identity)
         }
@@ -221,8 +243,11 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         }
         #expect(missing?.description.contains("matches nothing") == true)
         let (warned, list) = try StorageRequest.make(
-            mirrorMap: [s.sub("shared/in/*.csv"): ".", s.sub("shared/in/a.txt"): "."], mirrored: m, missing: .warn,
-            spawner: identity)
+            mirrorMap: [s.sub("shared/in/*.csv"): ".", s.sub("shared/in/a.txt"): "."],
+            mirrored: m,
+            missing: .warn,
+            spawner: identity
+        )
         #expect(warned.mirror.count == 1)
         #expect(list.count == 1 && list[0].contains("*.csv"))
     }
@@ -232,15 +257,34 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("shared/work")
         let m = storage(s.sub("shared"))
         let (withMirror, _) = try StorageRequest.make(
-            mirrorMap: [s.sub("shared/work"): "."], startupDir: "work/./", mirrored: m, spawner: identity)
+            mirrorMap: [s.sub("shared/work"): "."],
+            startupDir: "work/./",
+            mirrored: m,
+            spawner: identity
+        )
         #expect(withMirror.startupDir == "work" && withMirror.startupAbstract == nil)
         _ = expectStorageError(.invalidTarget) {
-            _ = try StorageRequest.make(mirrorMap: [s.sub("shared/work"): "."], startupDir: "../x", mirrored: m, spawner: identity)
+            _ = try StorageRequest.make(
+                mirrorMap: [s.sub("shared/work"): "."],
+                startupDir: "../x",
+                mirrored: m,
+                spawner: identity
+            )
         }
-        let (translated, _) = try StorageRequest.make(mirrorMap: nil, startupDir: s.sub("shared/work"), mirrored: m, spawner: identity)
+        let (translated, _) = try StorageRequest.make(
+            mirrorMap: nil,
+            startupDir: s.sub("shared/work"),
+            mirrored: m,
+            spawner: identity
+        )
         #expect(translated.startupAbstract == AbstractPath(index: 0, suffix: "work"))
         let (raw, _) = try StorageRequest.make(
-            mirrorMap: nil, startupDir: "/anywhere", translateStartupDir: false, mirrored: m, spawner: identity)
+            mirrorMap: nil,
+            startupDir: "/anywhere",
+            translateStartupDir: false,
+            mirrored: m,
+            spawner: identity
+        )
         #expect(raw.startupDir == "/anywhere" && raw.startupAbstract == nil)
         // Codable round trip: this is what travels with a spawn request.
         let data = try JSONEncoder().encode(withMirror)
@@ -284,7 +328,10 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
             _ = try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": s.sub("plainfile/sub")])
         }
         #expect(error?.description.contains(s.sub("plainfile")) == true)
-        #expect(error?.description.contains("Not a directory") == true || error?.description.contains("not a directory") == true)
+        #expect(
+            error?.description.contains("Not a directory") == true
+                || error?.description.contains("not a directory") == true
+        )
         // A symlink planted where the per-user folder belongs is refused, not followed.
         try s.dir("root")
         try s.dir("elsewhere")
@@ -311,11 +358,19 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
     }
 
     private func request(
-        _ map: [String: String], _ m: MirroredStorage, persistent: Bool = false, startupDir: String? = nil,
+        _ map: [String: String],
+        _ m: MirroredStorage,
+        persistent: Bool = false,
+        startupDir: String? = nil,
         spawner: SpawnerIdentity = identity
     ) throws -> StorageRequest {
         try StorageRequest.make(
-            mirrorMap: map, startupDir: startupDir, persistent: persistent, vmIndex: 3, mirrored: m, spawner: spawner
+            mirrorMap: map,
+            startupDir: startupDir,
+            persistent: persistent,
+            vmIndex: 3,
+            mirrored: m,
+            spawner: spawner
         ).request
     }
 
@@ -323,8 +378,14 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         let s = try Scratch()
         let root = try localRoot(s)
         let req = StorageRequest(
-            mirror: [], startupDir: nil, translateStartupDir: false, startupAbstract: nil, persistent: false, vmIndex: 3,
-            spawner: SpawnerIdentity(host: "node/1", pid: 99, startTime: 1, bootID: "b"))
+            mirror: [],
+            startupDir: nil,
+            translateStartupDir: false,
+            startupAbstract: nil,
+            persistent: false,
+            vmIndex: 3,
+            spawner: SpawnerIdentity(host: "node/1", pid: 99, startTime: 1, bootID: "b")
+        )
         #expect(TaskStorage.baseName(for: req) == "node_1-99-3")
         let fd = open(root.userFolder, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
@@ -339,7 +400,11 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try makeSource(s)
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        let req = try request([s.sub("shared/proj"): ".", s.sub("shared/*.txt"): "inputs/x/.."], m, startupDir: "proj/sub")
+        let req = try request(
+            [s.sub("shared/proj"): ".", s.sub("shared/*.txt"): "inputs/x/.."],
+            m,
+            startupDir: "proj/sub"
+        )
         var served = Set<String>()
         let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
         let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
@@ -372,11 +437,19 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("worker/work")
         let root = try localRoot(s)
         var served = Set<String>()
-        let (req, _) = try StorageRequest.make(mirrorMap: nil, startupDir: s.sub("spawner/work"), mirrored: storage(s.sub("spawner")), spawner: identity)
+        let (req, _) = try StorageRequest.make(
+            mirrorMap: nil,
+            startupDir: s.sub("spawner/work"),
+            mirrored: storage(s.sub("spawner")),
+            spawner: identity
+        )
         let p = try TaskStorage.prepare(req, mirrored: storage(s.sub("worker")), root: root, servedBefore: &served)
         #expect(p.workingDirectory == s.sub("worker/work") && p.folder == nil)
         let (none, _) = try StorageRequest.make(mirrorMap: [:], mirrored: storage(s.sub("spawner")), spawner: identity)
-        #expect(try TaskStorage.prepare(none, mirrored: storage(s.sub("worker")), root: root, servedBefore: &served).workingDirectory == nil)
+        #expect(
+            try TaskStorage.prepare(none, mirrored: storage(s.sub("worker")), root: root, servedBefore: &served)
+                .workingDirectory == nil
+        )
         try p.cleanup()  // nothing to remove
         #expect(exists(s.sub("worker/work")))
     }
@@ -447,7 +520,9 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         let p = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!p.reused && p.folder == folder)
         #expect(!exists(folder + "/stale-marker"))
-        let record = try #require(TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-w556"))
+        let record = try #require(
+            TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-w556")
+        )
         #expect(record["startTime"] == "777")
         // A half-made folder (no complete record) is not accepted either.
         try FileManager.default.removeItem(atPath: folder + "/" + TaskStorage.ownerRecordName)
@@ -476,7 +551,9 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         unlink(s.sub("shared/proj/sub/zz-fifo"))
         var options = TaskStorage.Options()
         options.afterFile = { n in
-            if n == 2 { throw StorageError(.ioFailure, path: "injected", reason: "could not be copied: No space left on device") }
+            if n == 2 {
+                throw StorageError(.ioFailure, path: "injected", reason: "could not be copied: No space left on device")
+            }
         }
         options.parallelism = 1
         let injected = expectStorageError(.ioFailure) {
@@ -500,9 +577,18 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         _ = expectStorageError(.badMirroredIndex) {
             _ = try TaskStorage.prepare(
                 StorageRequest(
-                    mirror: [MirrorEntry(source: AbstractPath(index: 5, suffix: "x"), target: "")], startupDir: nil,
-                    translateStartupDir: false, startupAbstract: nil, persistent: false, vmIndex: 0, spawner: identity),
-                mirrored: storage(s.sub("workerView")), root: root, servedBefore: &served)
+                    mirror: [MirrorEntry(source: AbstractPath(index: 5, suffix: "x"), target: "")],
+                    startupDir: nil,
+                    translateStartupDir: false,
+                    startupAbstract: nil,
+                    persistent: false,
+                    vmIndex: 0,
+                    spawner: identity
+                ),
+                mirrored: storage(s.sub("workerView")),
+                root: root,
+                servedBefore: &served
+            )
         }
         #expect(entries(root.userFolder).isEmpty)
     }
@@ -530,7 +616,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
     @Test func largeAndManyFilesCopyExactly() throws {
         let s = try Scratch()
         var bytes = [UInt8](repeating: 0, count: 3 << 20)
-        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) }
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 2_654_435_761 >> 13) }
         try s.dir("shared")
         try Data(bytes).write(to: URL(fileURLWithPath: s.sub("shared/big.bin")))
         for d in 0..<8 { for f in 0..<20 { try s.file("shared/tree/d\(d)/f\(f)", "file \(d) \(f)") } }

@@ -52,9 +52,15 @@ struct VMRunTests {
         #expect(run.value("unknownSuccess") == "false")
         #expect(run.value("unknownMessage")?.contains("'no-such-function' is not registered on rank 1") == true)
         #expect(run.value("decodeSuccess") == "false")
-        #expect(run.value("decodeMessage")?.contains("function 'double' could not decode its arguments as Swift.Int") == true)
+        #expect(
+            run.value("decodeMessage")?.contains("function 'double' could not decode its arguments as Swift.Int")
+                == true
+        )
         #expect(run.value("scaled") == "3,6,9")
-        #expect(run.value("wrongResultType") == "the result of 'vm_scenarios.Scaler' is a Swift.Array<Swift.Int>, not a Swift.String")
+        #expect(
+            run.value("wrongResultType")
+                == "the result of 'vm_scenarios.Scaler' is a Swift.Array<Swift.Int>, not a Swift.String"
+        )
     }
 
     @Test(arguments: [3, 5])
@@ -66,7 +72,11 @@ struct VMRunTests {
     }
 
     @Test func bytesSurviveTheRoundTripAtEverySize() throws {
-        let run = try MPIRun.scenario("bounce", ranks: 2, arguments: ["0", "1", "8", "1000", "32767", "32768", "100000", "3000000"])
+        let run = try MPIRun.scenario(
+            "bounce",
+            ranks: 2,
+            arguments: ["0", "1", "8", "1000", "32767", "32768", "100000", "3000000"]
+        )
         #expect(run.status == 0, "\(run)")
         for size in [0, 1, 8, 1000, 32767, 32768, 100_000, 3_000_000] {
             #expect(run.value("echo\(size)") == "true", "size \(size)")
@@ -83,7 +93,10 @@ struct VMRunTests {
     @Test func receiveTimeoutSemantics() throws {
         let run = try MPIRun.scenario("timeouts", ranks: 2)
         #expect(run.status == 0, "\(run)")
-        for key in ["pollEmpty", "pollSeconds", "timedEmpty", "timedWaited", "blockingGot", "blockingWaited", "sawExit", "afterGone"] {
+        for key in [
+            "pollEmpty", "pollSeconds", "timedEmpty", "timedWaited", "blockingGot", "blockingWaited", "sawExit",
+            "afterGone",
+        ] {
             #expect(run.value(key) == "true", "\(key)")
         }
         #expect(run.value("incomingBefore") == "false")
@@ -99,7 +112,9 @@ struct VMRunTests {
         #expect(run.value("neverSpawned")?.contains("slot 1 is free") == true)
         #expect(run.value("finished")?.contains("cannot send to task 1:1: it is not running") == true)
         #expect(run.value("unencodable")?.contains("cannot encode a message of type vm_scenarios.Unencodable") == true)
-        #expect(run.value("unencodableArgs")?.contains("cannot encode arguments of type vm_scenarios.Unencodable") == true)
+        #expect(
+            run.value("unencodableArgs")?.contains("cannot encode arguments of type vm_scenarios.Unencodable") == true
+        )
         #expect(run.value("freeAtEnd") == "1")
     }
 
@@ -138,12 +153,20 @@ struct VMRunTests {
     @Test func creatingAVMInsideATaskIsRefusedClearly() throws {
         let run = try MPIRun.scenario("vm-in-task", ranks: 2)
         #expect(run.status == 0, "\(run)")
-        #expect(run.value("nested") == "a VM cannot be created inside a task on rank 1; use the TaskContext the function receives")
+        #expect(
+            run.value("nested")
+                == "a VM cannot be created inside a task on rank 1; use the TaskContext the function receives"
+        )
         #expect(run.value("freeAtEnd") == "1")
     }
 
     @Test func programThatForgetsToFinalizeStillExitsCleanly() throws {
-        let run = try MPIRun.scenario("forget-finalize", ranks: 3, environment: ["SCENARIO_SKIP_FINALIZE": "1"], timeout: 30)
+        let run = try MPIRun.scenario(
+            "forget-finalize",
+            ranks: 3,
+            environment: ["SCENARIO_SKIP_FINALIZE": "1"],
+            timeout: 30
+        )
         #expect(!run.timedOut)
         #expect(run.status == 0, "\(run)")
         #expect(run.value("done") == "true")

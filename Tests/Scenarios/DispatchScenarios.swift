@@ -38,7 +38,9 @@ let dispatchNotify = RemoteFunction("dispatch.notify") { (x: Int, task: TaskCont
 /// Never registered: jobs of it must fail clearly.
 let dispatchUnregistered = RemoteFunction("dispatch.unregistered") { (x: Int, _: TaskContext) in x }
 
-let dispatchFunctions: [any RemoteFunctionConvertible] = [dispatchDouble, dispatchCheck, dispatchSlow, dispatchAsyncDouble, dispatchNotify]
+let dispatchFunctions: [any RemoteFunctionConvertible] = [
+    dispatchDouble, dispatchCheck, dispatchSlow, dispatchAsyncDouble, dispatchNotify,
+]
 
 /// Runs an async scenario body from the synchronous scenario table: the main thread waits, the body runs
 /// on Swift's pool (the main thread is not one of the pool's threads, so blocking it starves nothing).
@@ -63,7 +65,8 @@ final class FailureBox: @unchecked Sendable {
 
 /// Whether results are in job order, complete, and each the double of its index.
 func inOrderAndDoubled(_ results: [JobResult<Int>], count: Int) -> Bool {
-    results.count == count && results.enumerated().allSatisfy { $0.offset == $0.element.index && $0.element.value == 2 * $0.offset }
+    results.count == count
+        && results.enumerated().allSatisfy { $0.offset == $0.element.index && $0.element.value == 2 * $0.offset }
 }
 
 /// Where jobs ran: "remote" (on workers) or "local" (in this process).
@@ -83,7 +86,9 @@ let dispatchScenarios: [String: Scenario] = [
             var seen: [Int: Int] = [:]
             var hosts = Set<String>()
             let results = try await vm.dispatch(
-                (0..<count).map { Job(dispatchDouble, args: $0, extra: "job \($0)") }, remote: remote, chunkSize: chunk
+                (0..<count).map { Job(dispatchDouble, args: $0, extra: "job \($0)") },
+                remote: remote,
+                chunkSize: chunk
             ) { result in
                 seen[result.index, default: 0] += 1
                 if let host = result.host { hosts.insert(host.name) }
@@ -131,7 +136,8 @@ let dispatchScenarios: [String: Scenario] = [
             }
             do {
                 var seen = 0
-                _ = try await vm.dispatch((0..<40).map { Job(dispatchCheck, args: $0) }, remote: remote, failFast: true) { _ in
+                _ = try await vm.dispatch((0..<40).map { Job(dispatchCheck, args: $0) }, remote: remote, failFast: true)
+                { _ in
                     seen += 1
                     return true
                 }
@@ -139,7 +145,10 @@ let dispatchScenarios: [String: Scenario] = [
             } catch let error as JobError {
                 report("failFast", error.job)
             }
-            let unknown = try await vm.dispatch([Job(dispatchUnregistered, args: 1), Job(dispatchDouble, args: 2)], remote: remote)
+            let unknown = try await vm.dispatch(
+                [Job(dispatchUnregistered, args: 1), Job(dispatchDouble, args: 2)],
+                remote: remote
+            )
             report("unknownCode", unknown[0].error?.code.rawValue ?? "none")
             report("unknownMessage", unknown[0].error?.message ?? "none")
             report("afterUnknown", unknown[1].value ?? -1)
@@ -252,7 +261,10 @@ let dispatchScenarios: [String: Scenario] = [
     "dispatch-local-async": { vm, _ in
         try waitFor {
             let start = Date()
-            let results = try await vm.dispatch((0..<8).map { Job(dispatchAsyncDouble, args: [$0, 200]) }, remote: false)
+            let results = try await vm.dispatch(
+                (0..<8).map { Job(dispatchAsyncDouble, args: [$0, 200]) },
+                remote: false
+            )
             let seconds = Date().timeIntervalSince(start)
             report("ordered", inOrderAndDoubled(results, count: 8))
             report("placement", placement(results))
@@ -266,7 +278,9 @@ let dispatchScenarios: [String: Scenario] = [
     // build vm-scenarios in release and run it under mpirun to measure).
     "dispatch-bench": { vm, arguments in
         let count = Int(arguments.first ?? "10000") ?? 10000
-        @Sendable func rate(_ seconds: Double) -> String { String(format: "%.0f jobs/s (%.2f s)", Double(count) / seconds, seconds) }
+        @Sendable func rate(_ seconds: Double) -> String {
+            String(format: "%.0f jobs/s (%.2f s)", Double(count) / seconds, seconds)
+        }
         let start = Date()
         var next = 0
         var done = 0

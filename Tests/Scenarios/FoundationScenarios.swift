@@ -32,7 +32,9 @@ let talker = RemoteFunction("talker") { (count: Int, task: TaskContext) -> Int i
 let listener = RemoteFunction("listener") { (count: Int, task: TaskContext) -> [Int] in
     var received: [Int] = []
     while received.count < count {
-        guard let (_, message) = try task.receiveMessage(timeout: 30) else { throw Failure(what: "timeout after \(received.count)") }
+        guard let (_, message) = try task.receiveMessage(timeout: 30) else {
+            throw Failure(what: "timeout after \(received.count)")
+        }
         if case .user(let user) = message { received.append(try user.decode(as: Int.self)) }
     }
     return received
@@ -74,7 +76,9 @@ let nestedVM = RemoteFunction("nested-vm") { (_: Int, _: TaskContext) -> String 
     }
 }
 
-let foundationFunctions: [any RemoteFunctionConvertible] = [nestedVM, double, failing, sleeper, talker, listener, echo, chatty, crosser, Scaler.remote]
+let foundationFunctions: [any RemoteFunctionConvertible] = [
+    nestedVM, double, failing, sleeper, talker, listener, echo, chatty, crosser, Scaler.remote,
+]
 
 /// Receives until every task in `tasks` has exited; returns the messages in arrival order.
 func collect(_ vm: VM, _ tasks: [TaskID], timeout: Double = 30) throws -> [(TaskID, Message)] {
@@ -162,7 +166,9 @@ let foundationScenarios: [String: Scenario] = [
 
     // A throwing task is reported with the error's type and text, and its worker serves the next spawn.
     "throwing": { vm, _ in
-        guard let failed = try vm.spawnFunction(failing, args: "boom", count: 1).first else { throw Failure(what: "no slot") }
+        guard let failed = try vm.spawnFunction(failing, args: "boom", count: 1).first else {
+            throw Failure(what: "no slot")
+        }
         for (_, message) in try collect(vm, [failed]) {
             if case .taskResult(let result) = message {
                 report("success", result.success)
@@ -177,7 +183,9 @@ let foundationScenarios: [String: Scenario] = [
                 }
             }
         }
-        guard let again = try vm.spawnFunction(double, args: 21, count: 1, targets: nil).first else { throw Failure(what: "no slot") }
+        guard let again = try vm.spawnFunction(double, args: 21, count: 1, targets: nil).first else {
+            throw Failure(what: "no slot")
+        }
         report("sameSlot", again.slot == failed.slot)
         for (_, message) in try collect(vm, [again]) {
             if case .taskResult(let result) = message { report("after", try result.value(as: Int.self)) }
@@ -257,7 +265,9 @@ let foundationScenarios: [String: Scenario] = [
         let waited = Date().timeIntervalSince(start)
         report("timedWaited", waited >= 0.45 && waited < 3)
         report("incomingBefore", try vm.checkForIncoming())
-        guard let task = try vm.spawnFunction(sleeper, args: 0.3, count: 1).first else { throw Failure(what: "no slot") }
+        guard let task = try vm.spawnFunction(sleeper, args: 0.3, count: 1).first else {
+            throw Failure(what: "no slot")
+        }
         start = Date()
         let first = try vm.receiveMessage(timeout: nil)
         report("blockingGot", first.map { "\($0.source == task)" } ?? "nil")
@@ -298,13 +308,19 @@ let foundationScenarios: [String: Scenario] = [
 
     // A message to a task number that has left its slot is dropped, not given to the slot's next task.
     "stale": { vm, _ in
-        guard let first = try vm.spawnFunction(listener, args: 1, count: 1, targets: nil).first else { throw Failure(what: "no slot") }
+        guard let first = try vm.spawnFunction(listener, args: 1, count: 1, targets: nil).first else {
+            throw Failure(what: "no slot")
+        }
         try vm.sendMessage(to: first, 1)
         _ = try collect(vm, [first])
         // Address the finished task directly at the transport level by racing: spawn in the same slot and
         // ask a second task to send to the finished number; the listener must not get it.
-        guard let second = try vm.spawnFunction(listener, args: 1, count: 1, targets: nil).first else { throw Failure(what: "no slot") }
-        guard let sender = try vm.spawnFunction(talker, args: 1, count: 1).first else { throw Failure(what: "needs 2 workers") }
+        guard let second = try vm.spawnFunction(listener, args: 1, count: 1, targets: nil).first else {
+            throw Failure(what: "no slot")
+        }
+        guard let sender = try vm.spawnFunction(talker, args: 1, count: 1).first else {
+            throw Failure(what: "needs 2 workers")
+        }
         try vm.sendMessage(to: sender, TaskID(slot: second.slot, number: first.number))
         _ = try collect(vm, [sender])
         try vm.sendMessage(to: second, 42)
@@ -341,7 +357,9 @@ let foundationScenarios: [String: Scenario] = [
         let tasks = try vm.spawnFunction(Scaler(factor: 2, values: big))
         var correct = 0
         for (_, message) in try collect(vm, tasks) {
-            if case .taskResult(let result) = message, try result.value(as: [Int].self) == big.map({ $0 * 2 }) { correct += 1 }
+            if case .taskResult(let result) = message, try result.value(as: [Int].self) == big.map({ $0 * 2 }) {
+                correct += 1
+            }
         }
         report("spawned", tasks.count)
         report("correct", correct)
@@ -372,7 +390,9 @@ let foundationScenarios: [String: Scenario] = [
     // A long-running send does not deadlock against a task sending to the spawner at the same time.
     "crossing": { vm, _ in
         let size = 4_000_000
-        guard let task = try vm.spawnFunction(crosser, args: size, count: 1).first else { throw Failure(what: "no slot") }
+        guard let task = try vm.spawnFunction(crosser, args: size, count: 1).first else {
+            throw Failure(what: "no slot")
+        }
         try vm.sendMessage(to: task, [UInt8](repeating: 1, count: size))
         for (_, message) in try collect(vm, [task]) {
             switch message {
@@ -387,6 +407,8 @@ let foundationScenarios: [String: Scenario] = [
 /// Sends a large buffer to the spawner before receiving the spawner's large buffer.
 let crosser = RemoteFunction("crosser") { (size: Int, task: TaskContext) -> Int in
     try task.sendMessage(to: .spawner, [UInt8](repeating: 2, count: size))
-    guard let (_, message) = try task.receiveMessage(timeout: 30), case .user(let user) = message else { throw Failure(what: "nothing") }
+    guard let (_, message) = try task.receiveMessage(timeout: 30), case .user(let user) = message else {
+        throw Failure(what: "nothing")
+    }
     return try user.decode(as: [UInt8].self).count
 }

@@ -33,14 +33,18 @@ let inspectStorage = RemoteFunction("inspect-storage") { (writeSentinel: Bool, _
     }
     let sentinelBefore = manager.fileExists(atPath: "sentinel")
     if writeSentinel { _ = manager.createFile(atPath: "sentinel", contents: Data("x".utf8)) }
-    let whichMount = (try? String(contentsOfFile: "data/which-mount", encoding: .utf8))
+    let whichMount =
+        (try? String(contentsOfFile: "data/which-mount", encoding: .utf8))
         ?? (try? String(contentsOfFile: "which-mount", encoding: .utf8))
     let root = ProcessInfo.processInfo.environment["PARALLEL_LOCAL_STORAGE"].map {
         URL(fileURLWithPath: $0).resolvingSymlinksInPath().path
     }
     return StorageView(
-        cwd: cwd, entries: entries, whichMount: whichMount?.trimmingCharacters(in: .whitespacesAndNewlines),
-        sentinelBefore: sentinelBefore, insideLocalStorage: root.map { cwd.hasPrefix($0 + "/") } ?? false,
+        cwd: cwd,
+        entries: entries,
+        whichMount: whichMount?.trimmingCharacters(in: .whitespacesAndNewlines),
+        sentinelBefore: sentinelBefore,
+        insideLocalStorage: root.map { cwd.hasPrefix($0 + "/") } ?? false,
         workerPID: getpid()
     )
 }
@@ -112,7 +116,9 @@ let storageScenarios: [String: Scenario] = [
         let outside = arguments[1]
         let manager = FileManager.default
         let vm = try VM(mirrorMap: [source: "."], persistentStorage: true)
-        guard let (_, first) = try inspect(vm, writeSentinel: true, count: 1).first else { throw Failure(what: "no slot") }
+        guard let (_, first) = try inspect(vm, writeSentinel: true, count: 1).first else {
+            throw Failure(what: "no slot")
+        }
         report("firstSentinel", first.sentinelBefore)
         guard let (_, second) = try inspect(vm, count: 1).first else { throw Failure(what: "no slot") }
         report("reused", second.sentinelBefore && second.cwd == first.cwd)
@@ -122,12 +128,18 @@ let storageScenarios: [String: Scenario] = [
         // time in its owner record and leave a marker. The next task must get a fresh copy.
         let record = first.cwd + "/.parallelvm-owner"
         let text = try String(contentsOfFile: record, encoding: .utf8)
-        let stale = text.split(separator: "\n").map { $0.hasPrefix("startTime=") ? "startTime=1" : String($0) }.joined(separator: "\n") + "\n"
+        let stale =
+            text.split(separator: "\n").map { $0.hasPrefix("startTime=") ? "startTime=1" : String($0) }.joined(
+                separator: "\n"
+            ) + "\n"
         try stale.write(toFile: record, atomically: false, encoding: .utf8)
         _ = manager.createFile(atPath: first.cwd + "/stale-marker", contents: nil)
         guard let (_, third) = try inspect(vm, count: 1).first else { throw Failure(what: "no slot") }
         report("staleReused", third.sentinelBefore || third.entries.contains("f:stale-marker"))
-        report("staleRemirrored", third.entries.contains("f:data/which-mount") || third.entries.contains("f:which-mount"))
+        report(
+            "staleRemirrored",
+            third.entries.contains("f:data/which-mount") || third.entries.contains("f:which-mount")
+        )
 
         // A second VM object: its folder name differs by the VM index. Plant a folder of that name with an
         // owner record that matches this run; the worker has not served that VM yet, so it must not reuse it.
@@ -163,7 +175,10 @@ let storageScenarios: [String: Scenario] = [
         report("absoluteTarget", attemptVM { try VM(mirrorMap: [share + "/data": "/etc"]) })
         report("escapingTarget", attemptVM { try VM(mirrorMap: [share + "/data": "sub/../../x"]) })
         report("noMatch", attemptVM { try VM(mirrorMap: [share + "/data/*.nothing": "."]) })
-        report("noMatchWarn", attemptVM { try VM(mirrorMap: [share + "/data/*.nothing": "."], missingMirrorSources: .warn) })
+        report(
+            "noMatchWarn",
+            attemptVM { try VM(mirrorMap: [share + "/data/*.nothing": "."], missingMirrorSources: .warn) }
+        )
         report("fineTarget", attemptVM { try VM(mirrorMap: [share + "/data": "a/../b"]) })
     },
 

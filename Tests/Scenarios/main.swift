@@ -19,7 +19,9 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
-    FileHandle.standardError.write(Data("usage: vm-scenarios NAME [ARGS]; names: \(scenarios.keys.sorted().joined(separator: " "))\n".utf8))
+    FileHandle.standardError.write(
+        Data("usage: vm-scenarios NAME [ARGS]; names: \(scenarios.keys.sorted().joined(separator: " "))\n".utf8)
+    )
     exit(2)
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0

@@ -71,7 +71,14 @@ func stopBounce(_ vm: VM, _ task: TaskID) throws {
 func roundTrips(_ size: Int) -> Int { max(5, min(20_000, 200_000_000 / max(size, 10_000))) }
 
 /// Median one-way time (seconds) of `repetitions` runs of `count` round trips of `send`.
-func pingPong(_ vm: VM, _ task: TaskID, repetitions: Int, count: Int, _ send: () throws -> Void, check: (UserMessage) throws -> Void) throws -> Double {
+func pingPong(
+    _ vm: VM,
+    _ task: TaskID,
+    repetitions: Int,
+    count: Int,
+    send: () throws -> Void,
+    check: (UserMessage) throws -> Void
+) throws -> Double {
     let warmUp = seconds()
     try send()
     try check(try receiveUser(vm))
@@ -94,10 +101,17 @@ func latency(_ vm: VM, sizes: [Int]) throws {
     guard let task = try vm.spawnFunction(bounce, args: 0, count: 1).first else { fatalError("latency needs 2 ranks") }
     for size in sizes {
         let payload = [UInt8](repeating: 0x5a, count: size)
-        let t = try pingPong(vm, task, repetitions: 5, count: roundTrips(size), { try vm.sendMessage(to: task, payload) }) { user in
-            let echoed = try user.decode(as: [UInt8].self)
-            precondition(echoed.count == size, "a bounced message came back with the wrong size")
-        }
+        let t = try pingPong(
+            vm,
+            task,
+            repetitions: 5,
+            count: roundTrips(size),
+            send: { try vm.sendMessage(to: task, payload) },
+            check: { user in
+                let echoed = try user.decode(as: [UInt8].self)
+                precondition(echoed.count == size, "a bounced message came back with the wrong size")
+            }
+        )
         emit("latency_\(size)", t * 1e6)
         if size >= 1_000_000 { emit("bandwidth_\(size)", Double(size) / t / 1e6) }
     }
@@ -105,13 +119,22 @@ func latency(_ vm: VM, sizes: [Int]) throws {
         let blob = Blob(bytes: [UInt8](repeating: 0x5a, count: size))
         // Encoding dominates large Codable values: fewer round trips keep the run short.
         let count = size >= 1_000_000 ? 2 : roundTrips(size) / (size >= 100_000 ? 4 : 2)
-        let t = try pingPong(vm, task, repetitions: size >= 1_000_000 ? 3 : 5, count: count, { try vm.sendMessage(to: task, blob) }) { user in
-            let echoed = try user.decode(as: Blob.self)
-            precondition(echoed.bytes.count == size, "a bounced message came back with the wrong size")
-        }
+        let t = try pingPong(
+            vm,
+            task,
+            repetitions: size >= 1_000_000 ? 3 : 5,
+            count: count,
+            send: { try vm.sendMessage(to: task, blob) },
+            check: { user in
+                let echoed = try user.decode(as: Blob.self)
+                precondition(echoed.bytes.count == size, "a bounced message came back with the wrong size")
+            }
+        )
         emit("latency_codable_\(size)", t * 1e6)
         if t > 0.1 {
-            FileHandle.standardError.write(Data("vm-bench: Codable values above \(size) bytes skipped: one-way \(t) s\n".utf8))
+            FileHandle.standardError.write(
+                Data("vm-bench: Codable values above \(size) bytes skipped: one-way \(t) s\n".utf8)
+            )
             break
         }
     }
@@ -162,9 +185,15 @@ func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async ret
 func tasks(_ vm: VM, _ n: Int) async throws {
     let workers = vm.slots() - 1
     emit("tasks_spawn_w\(workers)", try await rate(repetitions: 5, n) { try spawnFarm(vm, n) })
-    emit("tasks_dispatch_w\(workers)", try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) })
+    emit(
+        "tasks_dispatch_w\(workers)",
+        try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) }
+    )
     let chunked = 10 * n
-    emit("tasks_dispatch_chunked_w\(workers)", try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) })
+    emit(
+        "tasks_dispatch_chunked_w\(workers)",
+        try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
+    )
 }
 
 /// utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15).
@@ -180,7 +209,9 @@ func cpuSeconds(of pid: Int32) -> Double {
 
 func idle(_ vm: VM, _ idleSeconds: Double) throws {
     // The worker's PID; after this task it waits for work in its loop.
-    guard let pidTask = try vm.spawnFunction(processID, args: 0, count: 1).first else { fatalError("idle needs 2 ranks") }
+    guard let pidTask = try vm.spawnFunction(processID, args: 0, count: 1).first else {
+        fatalError("idle needs 2 ranks")
+    }
     var pid: Int32 = 0
     while let (source, message) = try vm.receiveMessage(timeout: 120) {
         if case .taskResult(let result) = message { pid = try result.value(as: Int32.self) }
@@ -264,7 +295,9 @@ case "mirror":
     // vm-bench mirror NAME PATH [warm]: PATH must lie in PARALLEL_MIRRORED_STORAGE.
     try mirror(arguments[2], name: arguments[1], warm: arguments.count > 3)
 default:
-    FileHandle.standardError.write(Data("usage: vm-bench latency [SIZE...] | tasks N | idle SECONDS | mirror NAME PATH [warm]\n".utf8))
+    FileHandle.standardError.write(
+        Data("usage: vm-bench latency [SIZE...] | tasks N | idle SECONDS | mirror NAME PATH [warm]\n".utf8)
+    )
     try vm.finalize()
     exit(2)
 }

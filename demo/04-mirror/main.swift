@@ -27,7 +27,8 @@ let helloLs = RemoteFunction("helloLs") { (_: Int, task: TaskContext) -> Listing
         let type = try manager.attributesOfItem(atPath: name)[.type] as? FileAttributeType
         switch type {
         case .typeDirectory?: listing.directories.append(name)
-        case .typeSymbolicLink?: listing.links.append("\(name) -> \(try manager.destinationOfSymbolicLink(atPath: name))")
+        case .typeSymbolicLink?:
+            listing.links.append("\(name) -> \(try manager.destinationOfSymbolicLink(atPath: name))")
         default: listing.files.append(name)
         }
     }

@@ -104,7 +104,9 @@ if vm.slots() == 1 {
     var next = 0
     var indexOf: [TaskID: Int] = [:]
     while next < expressions.count || !indexOf.isEmpty {
-        while next < expressions.count, let task = try vm.spawnFunction(Evaluate(expression: expressions[next]), count: 1).first {
+        while next < expressions.count,
+            let task = try vm.spawnFunction(Evaluate(expression: expressions[next]), count: 1).first
+        {
             indexOf[task] = next
             next += 1
         }

@@ -33,7 +33,9 @@ while !(stop && farm.outstanding == 0) {
     let value = try result.get()
     print("Received \(value) from \(result.task.map(\.description) ?? "this process")")
 
-    if result.index >= results.count { results.append(contentsOf: repeatElement(nil, count: result.index + 1 - results.count)) }
+    if result.index >= results.count {
+        results.append(contentsOf: repeatElement(nil, count: result.index + 1 - results.count))
+    }
     results[result.index] = value
 
     if value >= stopAtResult && !stop {

@@ -106,7 +106,10 @@ struct CodecInput {
 
     func mismatch(_ s: CodecSlot, _ expected: String) -> CodecFailure {
         if s.tag == CodecWire.tagNil { return CodecFailure(.valueNotFound, "expected \(expected), found nil") }
-        return CodecFailure(.typeMismatch, "expected \(expected), found \(CodecWire.tagName(s.tag)) of \(s.length) bytes")
+        return CodecFailure(
+            .typeMismatch,
+            "expected \(expected), found \(CodecWire.tagName(s.tag)) of \(s.length) bytes"
+        )
     }
 
     @inline(__always)
@@ -120,7 +123,9 @@ struct CodecInput {
     @inline(__always)
     func double(_ s: CodecSlot) throws(CodecFailure) -> Double {
         if s.tag == CodecWire.tagFloat && s.length == 8 {
-            return Double(bitPattern: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: s.start, as: UInt64.self)))
+            return Double(
+                bitPattern: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: s.start, as: UInt64.self))
+            )
         }
         if s.tag == CodecWire.tagFloat && s.length == 4 { return Double(try float(s)) }
         throw mismatch(s, "8-byte floating-point number")
@@ -143,7 +148,9 @@ struct CodecInput {
     @inline(__always)
     func string(_ s: CodecSlot) throws(CodecFailure) -> String {
         guard s.tag == CodecWire.tagString else { throw mismatch(s, "string") }
-        guard let str = CodecWire.string(base + s.start, s.length) else { throw CodecFailure(.corrupted, "invalid UTF-8") }
+        guard let str = CodecWire.string(base + s.start, s.length) else {
+            throw CodecFailure(.corrupted, "invalid UTF-8")
+        }
         return str
     }
 
@@ -153,11 +160,16 @@ struct CodecInput {
         guard s.length >= 1 else { throw CodecFailure(.corrupted, "empty raw array payload") }
         let code = base.load(fromByteOffset: s.start, as: UInt8.self)
         guard code == E.codecRawCode else {
-            throw CodecFailure(.typeMismatch, "expected array of \(E.self), found array of \(CodecWire.rawCodeName(code))")
+            throw CodecFailure(
+                .typeMismatch,
+                "expected array of \(E.self), found array of \(CodecWire.rawCodeName(code))"
+            )
         }
         let bytes = s.length - 1
         let w = MemoryLayout<E>.stride
-        guard bytes % w == 0 else { throw CodecFailure(.corrupted, "raw array length \(bytes) is not a multiple of \(w)") }
+        guard bytes % w == 0 else {
+            throw CodecFailure(.corrupted, "raw array length \(bytes) is not a multiple of \(w)")
+        }
         return (s.start + 1, bytes / w)
     }
 
@@ -185,17 +197,29 @@ struct CodecInput {
         if T.self == String.self { return unsafeBitCast(try string(s), to: T.self) }
         if T.self == Double.self { return unsafeBitCast(try double(s), to: T.self) }
         if T.self == Bool.self { return unsafeBitCast(try bool(s), to: T.self) }
-        if T.self == [UInt8].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, UInt8.self), to: T.self) }
+        if T.self == [UInt8].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, UInt8.self), to: T.self)
+        }
         if T.self == Data.self {
             if s.tag == CodecWire.tagUnkeyed { return nil }
             let (start, n) = try rawRange(s, UInt8.self)
             return unsafeBitCast(Data(bytes: base + start, count: n), to: T.self)
         }
-        if T.self == [Double].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Double.self), to: T.self) }
-        if T.self == [Int].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int.self), to: T.self) }
-        if T.self == [Float].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Float.self), to: T.self) }
-        if T.self == [Int32].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int32.self), to: T.self) }
-        if T.self == [Int64].self { return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int64.self), to: T.self) }
+        if T.self == [Double].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Double.self), to: T.self)
+        }
+        if T.self == [Int].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int.self), to: T.self)
+        }
+        if T.self == [Float].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Float.self), to: T.self)
+        }
+        if T.self == [Int32].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int32.self), to: T.self)
+        }
+        if T.self == [Int64].self {
+            return s.tag == CodecWire.tagUnkeyed ? nil : unsafeBitCast(try rawArray(s, Int64.self), to: T.self)
+        }
         if T.self == Date.self { return unsafeBitCast(Date(timeIntervalSinceReferenceDate: try double(s)), to: T.self) }
         return try decodeFastRare(T.self, s)
     }
@@ -364,20 +388,35 @@ final class BinaryDecoderImpl: Decoder {
 
     func keys(_ node: Int) -> [any CodingKey] { CodecPathItem.keys(items(node), bytes: input.bytes) }
 
-    func error(_ f: CodecFailure, _ valueType: any Any.Type, node: Int, item: CodecPathItem = .none,
-               name: String? = nil) -> CodecError {
+    func error(
+        _ f: CodecFailure,
+        _ valueType: any Any.Type,
+        node: Int,
+        item: CodecPathItem = .none,
+        name: String? = nil
+    ) -> CodecError {
         var it = items(node)
         it.append(item)
-        return CodecError(f.code, typeName: String(reflecting: topType), valueTypeName: String(reflecting: valueType),
-                          codingPath: CodecPathItem.render(it, bytes: input.bytes, name: name), reason: f.reason)
+        return CodecError(
+            f.code,
+            typeName: String(reflecting: topType),
+            valueTypeName: String(reflecting: valueType),
+            codingPath: CodecPathItem.render(it, bytes: input.bytes, name: name),
+            reason: f.reason
+        )
     }
 
     func convert(_ error: any Error) -> CodecError {
         if let e = error as? CodecError { return e }
         if let f = error as? CodecFailure { return self.error(f, currentType, node: node) }
-        return CodecError.wrapping(error, code: .decodingFailed, typeName: String(reflecting: topType),
-                                   valueTypeName: String(reflecting: currentType),
-                                   codingPath: CodecPathItem.render(items(node), bytes: input.bytes), encoding: false)
+        return CodecError.wrapping(
+            error,
+            code: .decodingFailed,
+            typeName: String(reflecting: topType),
+            valueTypeName: String(reflecting: currentType),
+            codingPath: CodecPathItem.render(items(node), bytes: input.bytes),
+            encoding: false
+        )
     }
 
     /// Decodes one value located by `s`: fast paths, then Optional, then the type's own `init(from:)`.
@@ -388,7 +427,8 @@ final class BinaryDecoderImpl: Decoder {
             throw self.error(error, T.self, node: parent, item: item)
         }
         if codecIsOptionalType(T.self) {
-            return try (T.self as! any CodecOptionalDecodable.Type).decodeWrapped(self, s, parent: parent, item: item) as! T
+            return try (T.self as! any CodecOptionalDecodable.Type).decodeWrapped(self, s, parent: parent, item: item)
+                as! T
         }
         let savedSlot = current
         let savedType = currentType
@@ -415,7 +455,12 @@ final class BinaryDecoderImpl: Decoder {
         }
     }
 
-    func keyed<Key: CodingKey>(_ s: CodecSlot, node parent: Int, item: CodecPathItem, _ type: Key.Type) throws -> KeyedDecodingContainer<Key> {
+    func keyed<Key: CodingKey>(
+        _ s: CodecSlot,
+        node parent: Int,
+        item: CodecPathItem,
+        _ type: Key.Type
+    ) throws -> KeyedDecodingContainer<Key> {
         guard s.tag == CodecWire.tagKeyed else {
             throw error(input.mismatch(s, "keyed container"), currentType, node: parent, item: item)
         }
@@ -426,7 +471,11 @@ final class BinaryDecoderImpl: Decoder {
             nodes[n].cursor = s.start
             nodes[n].table = -1
         }
-        return KeyedDecodingContainer(BinaryKeyedDecoding<Key>(core: CodecKeyedCore(d: self, start: s.start, end: s.end, node: n, gen: nodes[n].gen)))
+        return KeyedDecodingContainer(
+            BinaryKeyedDecoding<Key>(
+                core: CodecKeyedCore(d: self, start: s.start, end: s.end, node: n, gen: nodes[n].gen)
+            )
+        )
     }
 
     func unkeyed(_ s: CodecSlot, node parent: Int, item: CodecPathItem) throws -> BinaryUnkeyedDecoding {
@@ -547,7 +596,9 @@ struct CodecKeyedCore {
                 var idx: [CodecKeyTable.HashKey: Int] = [:]
                 idx.reserveCapacity(count)
                 for (i, e) in d.tables[t].entries.enumerated() {
-                    let hk: CodecKeyTable.HashKey = e.key.isInt ? .int(e.key.int)
+                    let hk: CodecKeyTable.HashKey =
+                        e.key.isInt
+                        ? .int(e.key.int)
                         : .string(CodecWire.string(d.input.base + e.key.start, e.key.length) ?? "")
                     if idx[hk] == nil { idx[hk] = i }
                 }
@@ -586,15 +637,23 @@ struct CodecKeyedCore {
     @inline(__always)
     func leaf<T>(_ int: Int?, _ string: String, _ read: (CodecInput, CodecSlot) throws(CodecFailure) -> T) throws -> T {
         let e = try required(int, string, T.self)
-        do { return try read(d.input, e.slot) } catch { throw d.error(error, T.self, node: node, item: .bufferKey(e.keyPos)) }
+        do { return try read(d.input, e.slot) } catch {
+            throw d.error(error, T.self, node: node, item: .bufferKey(e.keyPos))
+        }
     }
 
     @inline(__always)
-    func leafIfPresent<T>(_ int: Int?, _ string: String, _ read: (CodecInput, CodecSlot) throws(CodecFailure) -> T) throws -> T? {
+    func leafIfPresent<T>(
+        _ int: Int?,
+        _ string: String,
+        _ read: (CodecInput, CodecSlot) throws(CodecFailure) -> T
+    ) throws -> T? {
         let e: Entry?
         do { e = try find(int, string, consume: true) } catch { throw keyError(error, T.self, int, string) }
         guard let e, e.slot.tag != CodecWire.tagNil else { return nil }
-        do { return try read(d.input, e.slot) } catch { throw d.error(error, T.self, node: node, item: .bufferKey(e.keyPos)) }
+        do { return try read(d.input, e.slot) } catch {
+            throw d.error(error, T.self, node: node, item: .bufferKey(e.keyPos))
+        }
     }
 
     func decode<T: Decodable>(_ type: T.Type, _ int: Int?, _ string: String) throws -> T {
@@ -607,7 +666,9 @@ struct CodecKeyedCore {
         do { e = try find(int, string, consume: true) } catch { throw keyError(error, T.self, int, string) }
         guard let e else { return nil }
         // Mirrors encodeIfPresent: for an optional T the outer Optional was encoded as well.
-        if codecIsOptionalType(T.self) { return try d.decodeSlot(Optional<T>.self, e.slot, parent: node, item: .bufferKey(e.keyPos)) }
+        if codecIsOptionalType(T.self) {
+            return try d.decodeSlot(Optional<T>.self, e.slot, parent: node, item: .bufferKey(e.keyPos))
+        }
         if e.slot.tag == CodecWire.tagNil { return nil }
         return try d.decodeSlot(T.self, e.slot, parent: node, item: .bufferKey(e.keyPos))
     }
@@ -616,7 +677,13 @@ struct CodecKeyedCore {
         let e: Entry?
         do { e = try find(int, string, consume: true) } catch { throw keyError(error, d.currentType, int, string) }
         // A missing entry behaves like nil, as with JSONDecoder.
-        guard let e else { return BinarySubDecoder(d: d, slot: CodecSlot(tag: CodecWire.tagNil, depth: 0, start: end, end: end), node: node) }
+        guard let e else {
+            return BinarySubDecoder(
+                d: d,
+                slot: CodecSlot(tag: CodecWire.tagNil, depth: 0, start: end, end: end),
+                node: node
+            )
+        }
         return BinarySubDecoder(d: d, slot: e.slot, node: d.push(node, .bufferKey(e.keyPos)))
     }
 }
@@ -653,43 +720,139 @@ struct BinaryKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return e.slot.tag == CodecWire.tagNil
     }
 
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.bool(sl) } }
-    func decode(_ type: String.Type, forKey key: Key) throws -> String { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.string(sl) } }
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.double(sl) } }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.float(sl) } }
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.bool(sl) }
+    }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.string(sl) }
+    }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.double(sl) }
+    }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.float(sl) }
+    }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { let (i, s) = parts(key); return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 {
+        let (i, s) = parts(key)
+        return try core.leaf(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
 
-    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.bool(sl) } }
-    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.string(sl) } }
-    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.double(sl) } }
-    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.float(sl) } }
-    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
-    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.bool(sl) }
+    }
+    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.string(sl) }
+    }
+    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.double(sl) }
+    }
+    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.float(sl) }
+    }
+    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
+    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? { let (i, s) = parts(key); return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) } }
+    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? {
+        let (i, s) = parts(key)
+        return try core.leafIfPresent(i, s) { (inp, sl) throws(CodecFailure) in try inp.int(sl, type) }
+    }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         let (i, s) = parts(key)
@@ -701,8 +864,10 @@ struct BinaryKeyedDecoding<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return try core.decodeIfPresent(T.self, i, s)
     }
 
-    func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type,
-                                               forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
+    func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type,
+        forKey key: Key
+    ) throws -> KeyedDecodingContainer<NestedKey> {
         let (i, s) = parts(key)
         let e = try core.required(i, s, core.d.currentType)
         return try core.d.keyed(e.slot, node: core.node, item: .bufferKey(e.keyPos), NestedKey.self)
@@ -771,7 +936,12 @@ struct BinaryUnkeyedDecoding: UnkeyedDecodingContainer {
 
     private mutating func next(_ type: any Any.Type) throws -> CodecSlot {
         guard currentIndex < count.unsafelyUnwrapped else {
-            throw d.error(CodecFailure(.valueNotFound, "unkeyed container is at end"), type, node: node, item: .index(currentIndex))
+            throw d.error(
+                CodecFailure(.valueNotFound, "unkeyed container is at end"),
+                type,
+                node: node,
+                item: .index(currentIndex)
+            )
         }
         let s: CodecSlot
         if rawWidth > 0 {
@@ -789,12 +959,19 @@ struct BinaryUnkeyedDecoding: UnkeyedDecodingContainer {
     @inline(__always)
     private mutating func leaf<T>(_ read: (CodecInput, CodecSlot) throws(CodecFailure) -> T) throws -> T {
         let s = try next(T.self)
-        do { return try read(d.input, s) } catch { throw d.error(error, T.self, node: node, item: .index(currentIndex - 1)) }
+        do { return try read(d.input, s) } catch {
+            throw d.error(error, T.self, node: node, item: .index(currentIndex - 1))
+        }
     }
 
     mutating func decodeNil() throws -> Bool {
         guard currentIndex < count.unsafelyUnwrapped else {
-            throw d.error(CodecFailure(.valueNotFound, "unkeyed container is at end"), Never?.self, node: node, item: .index(currentIndex))
+            throw d.error(
+                CodecFailure(.valueNotFound, "unkeyed container is at end"),
+                Never?.self,
+                node: node,
+                item: .index(currentIndex)
+            )
         }
         if rawWidth > 0 { return false }
         var p = pos
@@ -809,23 +986,53 @@ struct BinaryUnkeyedDecoding: UnkeyedDecodingContainer {
     }
 
     mutating func decode(_ type: Bool.Type) throws -> Bool { try leaf { (i, s) throws(CodecFailure) in try i.bool(s) } }
-    mutating func decode(_ type: String.Type) throws -> String { try leaf { (i, s) throws(CodecFailure) in try i.string(s) } }
-    mutating func decode(_ type: Double.Type) throws -> Double { try leaf { (i, s) throws(CodecFailure) in try i.double(s) } }
-    mutating func decode(_ type: Float.Type) throws -> Float { try leaf { (i, s) throws(CodecFailure) in try i.float(s) } }
-    mutating func decode(_ type: Int.Type) throws -> Int { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: Int8.Type) throws -> Int8 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: Int16.Type) throws -> Int16 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: Int32.Type) throws -> Int32 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: Int64.Type) throws -> Int64 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: UInt.Type) throws -> UInt { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
-    mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
+    mutating func decode(_ type: String.Type) throws -> String {
+        try leaf { (i, s) throws(CodecFailure) in try i.string(s) }
+    }
+    mutating func decode(_ type: Double.Type) throws -> Double {
+        try leaf { (i, s) throws(CodecFailure) in try i.double(s) }
+    }
+    mutating func decode(_ type: Float.Type) throws -> Float {
+        try leaf { (i, s) throws(CodecFailure) in try i.float(s) }
+    }
+    mutating func decode(_ type: Int.Type) throws -> Int {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: Int8.Type) throws -> Int8 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: Int16.Type) throws -> Int16 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: Int32.Type) throws -> Int32 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: Int64.Type) throws -> Int64 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: UInt.Type) throws -> UInt {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: UInt8.Type) throws -> UInt8 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: UInt16.Type) throws -> UInt16 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: UInt32.Type) throws -> UInt32 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
+    mutating func decode(_ type: UInt64.Type) throws -> UInt64 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func decode(_ type: Int128.Type) throws -> Int128 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
+    mutating func decode(_ type: Int128.Type) throws -> Int128 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
+    mutating func decode(_ type: UInt128.Type) throws -> UInt128 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
         let s = try next(T.self)
@@ -835,12 +1042,16 @@ struct BinaryUnkeyedDecoding: UnkeyedDecodingContainer {
     mutating func decodeIfPresent<T: Decodable>(_ type: T.Type) throws -> T? {
         if isAtEnd { return nil }
         let s = try next(T.self)
-        if codecIsOptionalType(T.self) { return try d.decodeSlot(Optional<T>.self, s, parent: node, item: .index(currentIndex - 1)) }
+        if codecIsOptionalType(T.self) {
+            return try d.decodeSlot(Optional<T>.self, s, parent: node, item: .index(currentIndex - 1))
+        }
         if s.tag == CodecWire.tagNil { return nil }
         return try d.decodeSlot(T.self, s, parent: node, item: .index(currentIndex - 1))
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type
+    ) throws -> KeyedDecodingContainer<NestedKey> {
         let s = try next(d.currentType)
         return try d.keyed(s, node: node, item: .index(currentIndex - 1), NestedKey.self)
     }
@@ -886,7 +1097,9 @@ struct BinarySingleValueDecoding: SingleValueDecodingContainer {
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
     func decode(_ type: Int128.Type) throws -> Int128 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    func decode(_ type: UInt128.Type) throws -> UInt128 { try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) } }
+    func decode(_ type: UInt128.Type) throws -> UInt128 {
+        try leaf { (i, s) throws(CodecFailure) in try i.int(s, type) }
+    }
 
     /// Transparent: the wrapped value's payload is this container's payload.
     func decode<T: Decodable>(_ type: T.Type) throws -> T {

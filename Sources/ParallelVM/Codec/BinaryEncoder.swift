@@ -41,7 +41,9 @@ struct BinaryEncoder {
         let src = e.buf.bytes
         // Exact-size result in one allocation and one copy.
         out = [UInt8](unsafeUninitializedCapacity: src.count) { dst, n in
-            if src.count > 0 { UnsafeMutableRawPointer(dst.baseAddress!).copyMemory(from: src.baseAddress!, byteCount: src.count) }
+            if src.count > 0 {
+                UnsafeMutableRawPointer(dst.baseAddress!).copyMemory(from: src.baseAddress!, byteCount: src.count)
+            }
             n = src.count
         }
         CodecCache.recycle(e)
@@ -103,13 +105,20 @@ enum CodecWire {
         Int(truncatingIfNeeded: Int64(bitPattern: (v >> 1) ^ (0 &- (v & 1))))
     }
 
-    enum VarintResult { case ok(UInt64), truncated, overflow }
+    enum VarintResult {
+        case ok(UInt64)
+        case truncated
+        case overflow
+    }
 
     @inline(__always)
     static func readVarint(_ base: UnsafeRawPointer, _ pos: inout Int, _ limit: Int) -> VarintResult {
         guard pos < limit else { return .truncated }
         let b0 = base.load(fromByteOffset: pos, as: UInt8.self)
-        if b0 < 0x80 { pos += 1; return .ok(UInt64(b0)) }
+        if b0 < 0x80 {
+            pos += 1
+            return .ok(UInt64(b0))
+        }
         return readVarintSlow(base, &pos, limit)
     }
 
@@ -123,7 +132,10 @@ enum CodecWire {
             p += 1
             if shift == 63 && b > 1 { return .overflow }
             result |= UInt64(b & 0x7F) << shift
-            if b < 0x80 { pos = p; return .ok(result) }
+            if b < 0x80 {
+                pos = p
+                return .ok(result)
+            }
             shift += 7
             if shift > 63 { return .overflow }
         }
@@ -177,7 +189,10 @@ enum CodecWire {
         return k
     }
 
-    enum KeyValue { case int(Int), string(String) }
+    enum KeyValue {
+        case int(Int)
+        case string(String)
+    }
 
     static func key(at pos: Int, in bytes: UnsafeRawBufferPointer) -> KeyValue? {
         guard let base = bytes.baseAddress else { return nil }
@@ -200,8 +215,11 @@ enum CodecWire {
     @inline(__always)
     static func putInt<I: FixedWidthInteger, S: CodecByteSink>(_ v: I, _ b: inout S, _ header: Bool) -> UInt8 {
         if header {
-            if MemoryLayout<I>.size < 16 { b.putByte(UInt8(MemoryLayout<I>.size << 3) | tagInt) }
-            else { b.putVarint(UInt64(MemoryLayout<I>.size << 3) | UInt64(tagInt)) }  // Int128: 2-byte header
+            if MemoryLayout<I>.size < 16 {
+                b.putByte(UInt8(MemoryLayout<I>.size << 3) | tagInt)
+            } else {
+                b.putVarint(UInt64(MemoryLayout<I>.size << 3) | UInt64(tagInt))
+            }  // Int128: 2-byte header
         }
         b.putLE(v)
         return tagInt
@@ -238,7 +256,12 @@ enum CodecWire {
         return tagFloat
     }
 
-    static func putRawBytes<S: CodecByteSink>(_ raw: UnsafeRawBufferPointer, code: UInt8, _ b: inout S, _ header: Bool) -> UInt8 {
+    static func putRawBytes<S: CodecByteSink>(
+        _ raw: UnsafeRawBufferPointer,
+        code: UInt8,
+        _ b: inout S,
+        _ header: Bool
+    ) -> UInt8 {
         if header { b.putVarint(UInt64(raw.count + 1) << 3 | UInt64(tagRaw)) }
         b.putByte(code)
         b.putRaw(raw)
@@ -264,7 +287,9 @@ enum CodecWire {
         if T.self == Bool.self { return putBool(unsafeBitCast(v, to: Bool.self), &b, header) }
         if T.self == [UInt8].self { return putRaw(unsafeBitCast(v, to: [UInt8].self), &b, header) }
         if T.self == Data.self {
-            return unsafeBitCast(v, to: Data.self).withUnsafeBytes { putRawBytes($0, code: UInt8.codecRawCode, &b, header) }
+            return unsafeBitCast(v, to: Data.self).withUnsafeBytes {
+                putRawBytes($0, code: UInt8.codecRawCode, &b, header)
+            }
         }
         if T.self == [Double].self { return putRaw(unsafeBitCast(v, to: [Double].self), &b, header) }
         if T.self == [Int].self { return putRaw(unsafeBitCast(v, to: [Int].self), &b, header) }
@@ -436,14 +461,24 @@ final class BinaryEncoderImpl: Encoder {
         return pathKeys(items)
     }
 
-    func failure(_ reason: String, extra: CodecPathItem = .none, code: CodecError.Code = .encodingFailed,
-                 valueType: (any Any.Type)? = nil) -> CodecError {
+    func failure(
+        _ reason: String,
+        extra: CodecPathItem = .none,
+        code: CodecError.Code = .encodingFailed,
+        valueType: (any Any.Type)? = nil
+    ) -> CodecError {
         var items = frames.map { BinaryEncoderImpl.item($0.path) }
         items.append(extra)
         let path = CodecPathItem.render(items, bytes: buf.bytes)
         let top = String(reflecting: topType)
-        return CodecError(code, typeName: top, valueTypeName: valueType.map { String(reflecting: $0) } ?? top,
-                          codingPath: path, reason: reason, encoding: true)
+        return CodecError(
+            code,
+            typeName: top,
+            valueTypeName: valueType.map { String(reflecting: $0) } ?? top,
+            codingPath: path,
+            reason: reason,
+            encoding: true
+        )
     }
 
     func convert(_ error: any Error) -> CodecError {
@@ -459,8 +494,18 @@ final class BinaryEncoderImpl: Encoder {
         let pos = buf.count
         buf.putLE(UInt32(0))
         buf.putByte(0)
-        frames.append(Frame(id: id, headerPos: pos, tag: CodecWire.tagUnset, nilDepth: -1, countPos: -1, count: 0, path: path,
-                            someDepth: someDepth))
+        frames.append(
+            Frame(
+                id: id,
+                headerPos: pos,
+                tag: CodecWire.tagUnset,
+                nilDepth: -1,
+                countPos: -1,
+                count: 0,
+                path: path,
+                someDepth: someDepth
+            )
+        )
         return id
     }
 
@@ -520,7 +565,9 @@ final class BinaryEncoderImpl: Encoder {
         if t == tag && frames[i].nilDepth < 0 { return }
         guard t == CodecWire.tagUnset && frames[i].nilDepth < 0 else {
             if deferred == nil {
-                deferred = failure("requested a \(CodecWire.tagName(tag)) but the value already holds a \(CodecWire.tagName(t))")
+                deferred = failure(
+                    "requested a \(CodecWire.tagName(tag)) but the value already holds a \(CodecWire.tagName(t))"
+                )
             }
             return
         }
@@ -659,25 +706,76 @@ struct BinaryKeyedEncoding<Key: CodingKey>: KeyedEncodingContainerProtocol {
         _ = e.writeKey(key)
     }
 
-    mutating func encodeNil(forKey key: Key) throws { try start(key); e.buf.putByte(CodecWire.tagNil) }
-    mutating func encode(_ v: Bool, forKey key: Key) throws { try start(key); _ = CodecWire.putBool(v, &e.buf, true) }
-    mutating func encode(_ v: String, forKey key: Key) throws { try start(key); _ = CodecWire.putString(v, &e.buf, true) }
-    mutating func encode(_ v: Double, forKey key: Key) throws { try start(key); _ = CodecWire.putDouble(v, &e.buf, true) }
-    mutating func encode(_ v: Float, forKey key: Key) throws { try start(key); _ = CodecWire.putFloat(v, &e.buf, true) }
-    mutating func encode(_ v: Int, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int8, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int16, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int32, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int64, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt8, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt16, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt32, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt64, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encodeNil(forKey key: Key) throws {
+        try start(key)
+        e.buf.putByte(CodecWire.tagNil)
+    }
+    mutating func encode(_ v: Bool, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putBool(v, &e.buf, true)
+    }
+    mutating func encode(_ v: String, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putString(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Double, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putDouble(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Float, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putFloat(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int8, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int16, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int32, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int64, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt8, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt16, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt32, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt64, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: Int128, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encode(_ v: Int128, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: UInt128, forKey key: Key) throws { try start(key); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encode(_ v: UInt128, forKey key: Key) throws {
+        try start(key)
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
 
     mutating func encode<T: Encodable>(_ v: T, forKey key: Key) throws {
         try e.prepare(id)
@@ -698,8 +796,10 @@ struct BinaryKeyedEncoding<Key: CodingKey>: KeyedEncodingContainerProtocol {
         }
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type,
-                                                       forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy keyType: NestedKey.Type,
+        forKey key: Key
+    ) -> KeyedEncodingContainer<NestedKey> {
         e.deferPrepare(id)
         let kp = e.writeKey(key)
         let nid = e.nestedFrame(tag: CodecWire.tagKeyed, path: kp)
@@ -746,32 +846,85 @@ struct BinaryUnkeyedEncoding: UnkeyedEncodingContainer {
         count += 1
     }
 
-    mutating func encodeNil() throws { try start(); e.buf.putByte(CodecWire.tagNil) }
-    mutating func encode(_ v: Bool) throws { try start(); _ = CodecWire.putBool(v, &e.buf, true) }
-    mutating func encode(_ v: String) throws { try start(); _ = CodecWire.putString(v, &e.buf, true) }
-    mutating func encode(_ v: Double) throws { try start(); _ = CodecWire.putDouble(v, &e.buf, true) }
-    mutating func encode(_ v: Float) throws { try start(); _ = CodecWire.putFloat(v, &e.buf, true) }
-    mutating func encode(_ v: Int) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int8) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int16) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int32) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: Int64) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt8) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt16) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt32) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
-    mutating func encode(_ v: UInt64) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encodeNil() throws {
+        try start()
+        e.buf.putByte(CodecWire.tagNil)
+    }
+    mutating func encode(_ v: Bool) throws {
+        try start()
+        _ = CodecWire.putBool(v, &e.buf, true)
+    }
+    mutating func encode(_ v: String) throws {
+        try start()
+        _ = CodecWire.putString(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Double) throws {
+        try start()
+        _ = CodecWire.putDouble(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Float) throws {
+        try start()
+        _ = CodecWire.putFloat(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int8) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int16) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int32) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: Int64) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt8) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt16) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt32) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
+    mutating func encode(_ v: UInt64) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: Int128) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encode(_ v: Int128) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: UInt128) throws { try start(); _ = CodecWire.putInt(v, &e.buf, true) }
+    mutating func encode(_ v: UInt128) throws {
+        try start()
+        _ = CodecWire.putInt(v, &e.buf, true)
+    }
 
     mutating func encode<T: Encodable>(_ v: T) throws {
         try start()
         try e.writeSlot(v, path: BinaryEncoderImpl.indexPath(count - 1))
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy keyType: NestedKey.Type
+    ) -> KeyedEncodingContainer<NestedKey> {
         do { try start() } catch { if e.deferred == nil { e.deferred = e.convert(error) } }
         let nid = e.nestedFrame(tag: CodecWire.tagKeyed, path: BinaryEncoderImpl.indexPath(count - 1))
         return KeyedEncodingContainer(BinaryKeyedEncoding<NestedKey>(e: e, id: nid))
@@ -805,25 +958,76 @@ struct BinarySingleValueEncoding: SingleValueEncodingContainer {
         return i
     }
 
-    mutating func encodeNil() throws { let i = try slot(); e.frames[i].nilDepth = e.frames[i].someDepth }
-    mutating func encode(_ v: Bool) throws { let i = try slot(); e.frames[i].tag = CodecWire.putBool(v, &e.buf, false) }
-    mutating func encode(_ v: String) throws { let i = try slot(); e.frames[i].tag = CodecWire.putString(v, &e.buf, false) }
-    mutating func encode(_ v: Double) throws { let i = try slot(); e.frames[i].tag = CodecWire.putDouble(v, &e.buf, false) }
-    mutating func encode(_ v: Float) throws { let i = try slot(); e.frames[i].tag = CodecWire.putFloat(v, &e.buf, false) }
-    mutating func encode(_ v: Int) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: Int8) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: Int16) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: Int32) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: Int64) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: UInt) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: UInt8) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: UInt16) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: UInt32) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
-    mutating func encode(_ v: UInt64) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
+    mutating func encodeNil() throws {
+        let i = try slot()
+        e.frames[i].nilDepth = e.frames[i].someDepth
+    }
+    mutating func encode(_ v: Bool) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putBool(v, &e.buf, false)
+    }
+    mutating func encode(_ v: String) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putString(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Double) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putDouble(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Float) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putFloat(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Int) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Int8) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Int16) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Int32) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: Int64) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: UInt) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: UInt8) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: UInt16) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: UInt32) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
+    mutating func encode(_ v: UInt64) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: Int128) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
+    mutating func encode(_ v: Int128) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
     @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
-    mutating func encode(_ v: UInt128) throws { let i = try slot(); e.frames[i].tag = CodecWire.putInt(v, &e.buf, false) }
+    mutating func encode(_ v: UInt128) throws {
+        let i = try slot()
+        e.frames[i].tag = CodecWire.putInt(v, &e.buf, false)
+    }
 
     mutating func encode<T: Encodable>(_ v: T) throws {
         try e.prepare(id)

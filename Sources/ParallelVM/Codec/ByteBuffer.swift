@@ -58,12 +58,19 @@ struct ByteWriter {
 
     @inline(__always)
     static func appendVarint(_ bytes: inout [UInt8], _ value: UInt64) {
-        if value < 0x80 { bytes.append(UInt8(truncatingIfNeeded: value)); return }
+        if value < 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: value))
+            return
+        }
         var v = value
         var tmp: (UInt64, UInt64) = (0, 0)  // 10 bytes max; stack scratch avoids per-byte appends
         let n = withUnsafeMutableBytes(of: &tmp) { t -> Int in
             var i = 0
-            while v >= 0x80 { t[i] = UInt8(truncatingIfNeeded: v) | 0x80; v >>= 7; i += 1 }
+            while v >= 0x80 {
+                t[i] = UInt8(truncatingIfNeeded: v) | 0x80
+                v >>= 7
+                i += 1
+            }
             t[i] = UInt8(truncatingIfNeeded: v)
             return i + 1
         }
@@ -74,8 +81,12 @@ struct ByteWriter {
     static func appendRaw(_ bytes: inout [UInt8], _ raw: UnsafeRawBufferPointer) {
         guard raw.count > 0 else { return }
         // Typed UnsafeBufferPointer makes Array take its memcpy path.
-        bytes.append(contentsOf: UnsafeBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                                     count: raw.count))
+        bytes.append(
+            contentsOf: UnsafeBufferPointer(
+                start: raw.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                count: raw.count
+            )
+        )
     }
 }
 
@@ -100,8 +111,11 @@ struct ByteReader {
     @inline(__always)
     private func need(_ n: Int, _ what: @autoclosure () -> String) throws(CodecError) {
         if n > count - offset || n < 0 {
-            throw CodecError(.truncated, typeName: what(),
-                             reason: "truncated input (needed \(n) bytes, \(count - offset) left)")
+            throw CodecError(
+                .truncated,
+                typeName: what(),
+                reason: "truncated input (needed \(n) bytes, \(count - offset) left)"
+            )
         }
     }
 
@@ -123,10 +137,15 @@ struct ByteReader {
     mutating func readVarint() throws(CodecError) -> UInt64 {
         var pos = offset
         switch CodecWire.readVarint(base, &pos, count) {
-        case .ok(let v): offset = pos; return v
+        case .ok(let v):
+            offset = pos
+            return v
         case .truncated:
-            throw CodecError(.truncated, typeName: "varint",
-                             reason: "truncated input (needed \(count - offset + 1) bytes, \(count - offset) left)")
+            throw CodecError(
+                .truncated,
+                typeName: "varint",
+                reason: "truncated input (needed \(count - offset + 1) bytes, \(count - offset) left)"
+            )
         case .overflow:
             throw CodecError(.corrupted, typeName: "varint", reason: "varint longer than 64 bits")
         }
@@ -135,8 +154,11 @@ struct ByteReader {
     private mutating func readLength(_ what: String) throws(CodecError) -> Int {
         let n = try readVarint()
         guard n <= UInt64(count - offset) else {
-            throw CodecError(.truncated, typeName: what,
-                             reason: "truncated input (needed \(n) bytes, \(count - offset) left)")
+            throw CodecError(
+                .truncated,
+                typeName: what,
+                reason: "truncated input (needed \(n) bytes, \(count - offset) left)"
+            )
         }
         return Int(n)
     }

@@ -33,8 +33,14 @@ struct CodecError: Error, CustomStringConvertible {
     /// Whether the failure happened while encoding (changes the description's verb).
     let isEncoding: Bool
 
-    init(_ code: Code, typeName: String, valueTypeName: String? = nil, codingPath: String = "",
-         reason: String, encoding: Bool = false) {
+    init(
+        _ code: Code,
+        typeName: String,
+        valueTypeName: String? = nil,
+        codingPath: String = "",
+        reason: String,
+        encoding: Bool = false
+    ) {
         self.code = code
         self.typeName = typeName
         self.valueTypeName = valueTypeName ?? typeName
@@ -66,9 +72,18 @@ enum CodecPathItem {
 struct CodecPathKey: CodingKey {
     var stringValue: String
     var intValue: Int?
-    init(stringValue: String) { self.stringValue = stringValue; self.intValue = nil }
-    init(intValue: Int) { self.stringValue = String(intValue); self.intValue = intValue }
-    init(index: Int) { self.stringValue = "Index \(index)"; self.intValue = index }
+    init(stringValue: String) {
+        self.stringValue = stringValue
+        self.intValue = nil
+    }
+    init(intValue: Int) {
+        self.stringValue = String(intValue)
+        self.intValue = intValue
+    }
+    init(index: Int) {
+        self.stringValue = "Index \(index)"
+        self.intValue = index
+    }
 }
 
 extension CodecPathItem {
@@ -112,8 +127,14 @@ extension CodecPathItem {
 
 extension CodecError {
     /// Converts any error thrown by user code into a CodecError carrying our context.
-    static func wrapping(_ error: any Error, code: Code, typeName: String, valueTypeName: String,
-                         codingPath: String, encoding: Bool) -> CodecError {
+    static func wrapping(
+        _ error: any Error,
+        code: Code,
+        typeName: String,
+        valueTypeName: String,
+        codingPath: String,
+        encoding: Bool
+    ) -> CodecError {
         if let e = error as? CodecError { return e }
         var c = code
         if let d = error as? DecodingError {
@@ -125,7 +146,13 @@ extension CodecError {
             @unknown default: c = .decodingFailed
             }
         }
-        return CodecError(c, typeName: typeName, valueTypeName: valueTypeName, codingPath: codingPath,
-                          reason: String(describing: error), encoding: encoding)
+        return CodecError(
+            c,
+            typeName: typeName,
+            valueTypeName: valueTypeName,
+            codingPath: codingPath,
+            reason: String(describing: error),
+            encoding: encoding
+        )
     }
 }

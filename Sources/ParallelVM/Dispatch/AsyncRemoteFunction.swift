@@ -8,7 +8,9 @@ import Foundation
 /// let vm = try VM(functions: [fetch])
 /// let pages = try await vm.dispatch(urls.map { Job(fetch, args: $0) }, remote: false)
 /// ```
-public struct AsyncRemoteFunction<Arguments: Codable & Sendable, Result: Codable & Sendable>: Sendable, RemoteFunctionConvertible {
+public struct AsyncRemoteFunction<Arguments: Codable & Sendable, Result: Codable & Sendable>: Sendable,
+    RemoteFunctionConvertible
+{
     /// The name the function is registered under on every rank.
     public let name: String
     let body: @Sendable (Arguments, TaskContext) async throws -> Result

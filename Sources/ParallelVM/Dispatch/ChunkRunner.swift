@@ -29,17 +29,27 @@ enum ChunkRunner {
             items.map { item in
                 guard let function = table[item.function] else {
                     return Outcome(
-                        success: false, typeName: "ParallelVM.VMError", value: [],
-                        message: "function '\(item.function)' is not registered on rank \(task.taskID.slot) (host \(task.host))"
+                        success: false,
+                        typeName: "ParallelVM.VMError",
+                        value: [],
+                        message:
+                            "function '\(item.function)' is not registered on rank \(task.taskID.slot) (host \(task.host))"
                     )
                 }
                 do {
-                    return Outcome(success: true, typeName: function.resultType, value: try function.invoke(item.arguments, task), message: "")
+                    return Outcome(
+                        success: true,
+                        typeName: function.resultType,
+                        value: try function.invoke(item.arguments, task),
+                        message: ""
+                    )
                 } catch let failure as InvocationFailure {
                     return Outcome(success: false, typeName: failure.typeName, value: [], message: failure.message)
                 } catch {
                     return Outcome(
-                        success: false, typeName: _typeName(type(of: error), qualified: true), value: [],
+                        success: false,
+                        typeName: _typeName(type(of: error), qualified: true),
+                        value: [],
                         message: String(describing: error)
                     )
                 }

@@ -56,7 +56,11 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
         }
         engine = FarmEngine(
-            vm: vm, remote: remote, lookaheadPerSlot: lookaheadPerSlot, unjoinedLimitPerSlot: unjoinedLimitPerSlot, inputOpen: inputOpen
+            vm: vm,
+            remote: remote,
+            lookaheadPerSlot: lookaheadPerSlot,
+            unjoinedLimitPerSlot: unjoinedLimitPerSlot,
+            inputOpen: inputOpen
         )
         engine.start()
     }
@@ -268,7 +272,9 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
                     } else if stopped || hasRoomLocked {
                         continuation.resume()
                     } else if slotWaiter != nil {
-                        continuation.resume(throwing: VMError(.invalidSpawn, "two tasks wait for a free slot of the same farm"))
+                        continuation.resume(
+                            throwing: VMError(.invalidSpawn, "two tasks wait for a free slot of the same farm")
+                        )
                     } else {
                         slotWaiter = continuation
                     }
@@ -288,7 +294,8 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             return ready
         }
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JobResult<Value>?, any Error>) in
+            try await withCheckedThrowingContinuation {
+                (continuation: CheckedContinuation<JobResult<Value>?, any Error>) in
                 condition.withLock {
                     if Task.isCancelled {
                         continuation.resume(throwing: CancellationError())
@@ -364,11 +371,18 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    private func failure(_ code: JobError.Code, _ element: (index: Int, job: Job<Value>), _ error: any Error, task: TaskID? = nil) -> JobResult<Value> {
+    private func failure(
+        _ code: JobError.Code,
+        _ element: (index: Int, job: Job<Value>),
+        _ error: any Error,
+        task: TaskID? = nil
+    ) -> JobResult<Value> {
         JobResult(
-            index: element.index, job: element.job,
+            index: element.index,
+            job: element.job,
             outcome: .failure(JobError(code, index: element.index, job: element.job, underlying: error)),
-            host: task.flatMap { vm.hostID($0) }, task: task
+            host: task.flatMap { vm.hostID($0) },
+            task: task
         )
     }
 
@@ -436,7 +450,10 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             } catch {
                 outcome = .failure(JobError(.failed, index: element.index, job: element.job, underlying: error))
             }
-            complete([JobResult(index: element.index, job: element.job, outcome: outcome, host: nil, task: nil)], unitFinished: true)
+            complete(
+                [JobResult(index: element.index, job: element.job, outcome: outcome, host: nil, task: nil)],
+                unitFinished: true
+            )
         case .async(let body):
             condition.withLock { localTasks += 1 }
             Task {
@@ -448,7 +465,8 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
                 }
                 self.complete(
                     [JobResult(index: element.index, job: element.job, outcome: outcome, host: nil, task: nil)],
-                    unitFinished: true, localTaskEnded: true
+                    unitFinished: true,
+                    localTaskEnded: true
                 )
             }
         }
@@ -530,7 +548,12 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
                 var encodable: Unit = []
                 for element in sending {
                     do {
-                        items.append(ChunkRunner.Item(function: element.job.function, arguments: try element.job.encodedArguments()))
+                        items.append(
+                            ChunkRunner.Item(
+                                function: element.job.function,
+                                arguments: try element.job.encodedArguments()
+                            )
+                        )
                         encodable.append(element)
                     } catch {
                         let reason = VMError(.encoding, "cannot encode the arguments of \(element.job.name): \(error)")
@@ -607,24 +630,42 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
         return zip(unit, outcomes).map { element, outcome in
             guard outcome.success else {
-                let error = RemoteError(function: element.job.function, typeName: outcome.typeName, message: outcome.message, task: task, host: host)
+                let error = RemoteError(
+                    function: element.job.function,
+                    typeName: outcome.typeName,
+                    message: outcome.message,
+                    task: task,
+                    host: host
+                )
                 return failure(.failed, element, error, task: task)
             }
             return decode(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
         }
     }
 
-    private func decode(_ element: (index: Int, job: Job<Value>), typeName: String, bytes: [UInt8], task: TaskID, host: HostID) -> JobResult<Value> {
+    private func decode(
+        _ element: (index: Int, job: Job<Value>),
+        typeName: String,
+        bytes: [UInt8],
+        task: TaskID,
+        host: HostID
+    ) -> JobResult<Value> {
         let expected = _typeName(Value.self, qualified: true)
         guard typeName == expected else {
-            let error = VMError(.typeMismatch, "the result of '\(element.job.function)' is a \(typeName), not a \(expected)")
+            let error = VMError(
+                .typeMismatch,
+                "the result of '\(element.job.function)' is a \(typeName), not a \(expected)"
+            )
             return failure(.encoding, element, error, task: task)
         }
         do {
             let value = try BinaryDecoder.decode(Value.self, from: bytes)
             return JobResult(index: element.index, job: element.job, outcome: .success(value), host: host, task: task)
         } catch {
-            let reason = VMError(.encoding, "the result of '\(element.job.function)' could not be decoded as \(expected): \(error)")
+            let reason = VMError(
+                .encoding,
+                "the result of '\(element.job.function)' could not be decoded as \(expected): \(error)"
+            )
             return failure(.encoding, element, reason, task: task)
         }
     }

@@ -29,36 +29,56 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     ///   - name: how results and errors name the job (default: `function(args)`, shortened).
     ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
     public init<Arguments>(
-        _ function: RemoteFunction<Arguments, Value>, args: Arguments, name: String? = nil, extra: (any Sendable)? = nil
+        _ function: RemoteFunction<Arguments, Value>,
+        args: Arguments,
+        name: String? = nil,
+        extra: (any Sendable)? = nil
     ) {
         let body = function.body
         self.init(
-            function: function.name, args: args, name: name, extra: extra,
+            function: function.name,
+            args: args,
+            name: name,
+            extra: extra,
             local: .blocking { task in try body(args, task) }
         )
     }
 
     /// A job that runs an ``AsyncRemoteFunction``; run in this process, such jobs run concurrently.
     public init<Arguments>(
-        _ function: AsyncRemoteFunction<Arguments, Value>, args: Arguments, name: String? = nil, extra: (any Sendable)? = nil
+        _ function: AsyncRemoteFunction<Arguments, Value>,
+        args: Arguments,
+        name: String? = nil,
+        extra: (any Sendable)? = nil
     ) {
         let body = function.body
         self.init(
-            function: function.name, args: args, name: name, extra: extra,
+            function: function.name,
+            args: args,
+            name: name,
+            extra: extra,
             local: .async { task in try await body(args, task) }
         )
     }
 
     /// A job that runs a ``Spawnable`` value: the instance, with its state, runs on a worker.
-    public init<S: Spawnable>(_ instance: S, name: String? = nil, extra: (any Sendable)? = nil) where S.Result == Value {
+    public init<S: Spawnable>(_ instance: S, name: String? = nil, extra: (any Sendable)? = nil)
+    where S.Result == Value {
         self.init(
-            function: S.functionName, args: instance, name: name ?? "\(S.functionName)(…)", extra: extra,
+            function: S.functionName,
+            args: instance,
+            name: name ?? "\(S.functionName)(…)",
+            extra: extra,
             local: .blocking { task in try instance.run(in: task) }
         )
     }
 
     private init<Arguments: Codable & Sendable>(
-        function: String, args: Arguments, name: String?, extra: (any Sendable)?, local: LocalBody<Value>
+        function: String,
+        args: Arguments,
+        name: String?,
+        extra: (any Sendable)?,
+        local: LocalBody<Value>
     ) {
         self.function = function
         self.name = name ?? Job.defaultName(function, args)

@@ -42,10 +42,19 @@ extension VM {
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] {
         try Self.checkChunkSize(chunkSize)
-        let farm = try Farm<Value>(self, remote: remote, lookaheadPerSlot: 1, unjoinedLimitPerSlot: 2 * chunkSize, inputOpen: false)
+        let farm = try Farm<Value>(
+            self,
+            remote: remote,
+            lookaheadPerSlot: 1,
+            unjoinedLimitPerSlot: 2 * chunkSize,
+            inputOpen: false
+        )
         let unitSize = farm.isRemote ? chunkSize : 1
         var run = DispatchRun(
-            farm: farm, failFast: failFast, collectResults: collectResults, collector: collector,
+            farm: farm,
+            failFast: failFast,
+            collectResults: collectResults,
+            collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
         )
         var iterator = jobs.makeIterator()
@@ -89,10 +98,19 @@ extension VM {
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
         try Self.checkChunkSize(chunkSize)
-        let farm = try Farm<Value>(self, remote: remote, lookaheadPerSlot: 1, unjoinedLimitPerSlot: 2 * chunkSize, inputOpen: true)
+        let farm = try Farm<Value>(
+            self,
+            remote: remote,
+            lookaheadPerSlot: 1,
+            unjoinedLimitPerSlot: 2 * chunkSize,
+            inputOpen: true
+        )
         let unitSize = farm.isRemote ? chunkSize : 1
         var run = DispatchRun(
-            farm: farm, failFast: failFast, collectResults: collectResults, collector: collector,
+            farm: farm,
+            failFast: failFast,
+            collectResults: collectResults,
+            collector: collector,
             progress: ProgressLine(enabled: progress, total: nil)
         )
         let handover = Handover(value: jobs)
@@ -144,7 +162,10 @@ extension VM {
     /// Runs one job, on a worker when there is one, and returns its value (PyOPUS `cOS.dispatchSingle`).
     ///
     /// Throws the job's ``JobError`` when it fails.
-    public nonisolated(nonsending) func dispatchSingle<Value>(_ job: Job<Value>, remote: Bool = true) async throws -> Value {
+    public nonisolated(nonsending) func dispatchSingle<Value>(
+        _ job: Job<Value>,
+        remote: Bool = true
+    ) async throws -> Value {
         let results = try await dispatch(CollectionOfOne(job), remote: remote)
         return try results[0].get()
     }
@@ -176,7 +197,10 @@ private struct DispatchRun<Value: Codable & Sendable> {
     var done = 0
 
     init(
-        farm: Farm<Value>, failFast: Bool, collectResults: Bool, collector: ((JobResult<Value>) async throws -> Bool)?,
+        farm: Farm<Value>,
+        failFast: Bool,
+        collectResults: Bool,
+        collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine
     ) {
         self.farm = farm

@@ -44,25 +44,48 @@ struct LocalStorageRoot: Sendable, Hashable {
             let err = errno
             guard err == EEXIST else {
                 throw StorageError.errno(
-                    err, "created", path: folder, subject: "local storage folder", code: .unwritableRoot)
+                    err,
+                    "created",
+                    path: folder,
+                    subject: "local storage folder",
+                    code: .unwritableRoot
+                )
             }
         }
         var st = stat()
         guard lstat(folder, &st) == 0 else {
-            throw StorageError.errno(errno, "examined", path: folder, subject: "local storage folder", code: .unwritableRoot)
+            throw StorageError.errno(
+                errno,
+                "examined",
+                path: folder,
+                subject: "local storage folder",
+                code: .unwritableRoot
+            )
         }
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
             throw StorageError(
-                .unwritableRoot, path: folder, reason: "is not a directory (a symlink or file is in the way)",
-                subject: "local storage folder")
+                .unwritableRoot,
+                path: folder,
+                reason: "is not a directory (a symlink or file is in the way)",
+                subject: "local storage folder"
+            )
         }
         guard st.st_uid == geteuid() else {
             throw StorageError(
-                .unwritableRoot, path: folder, reason: "belongs to uid \(st.st_uid), not to us (uid \(geteuid()))",
-                subject: "local storage folder")
+                .unwritableRoot,
+                path: folder,
+                reason: "belongs to uid \(st.st_uid), not to us (uid \(geteuid()))",
+                subject: "local storage folder"
+            )
         }
         guard access(folder, W_OK | X_OK) == 0 else {
-            throw StorageError.errno(errno, "written", path: folder, subject: "local storage folder", code: .unwritableRoot)
+            throw StorageError.errno(
+                errno,
+                "written",
+                path: folder,
+                subject: "local storage folder",
+                code: .unwritableRoot
+            )
         }
     }
 
@@ -77,9 +100,11 @@ struct LocalStorageRoot: Sendable, Hashable {
             // EEXIST is fine when it is a directory (or a symlink to one: stat follows it).
             if err == EEXIST, stat(current, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR { continue }
             throw StorageError(
-                .unwritableRoot, path: absolute,
+                .unwritableRoot,
+                path: absolute,
                 reason: "cannot be created (\(current): \(err == EEXIST ? "not a directory" : errnoText(err)))",
-                subject: "local storage root")
+                subject: "local storage root"
+            )
         }
     }
 }

@@ -66,8 +66,11 @@ struct MirroredStorage: Sendable, Hashable {
         if PathUtil.components(pattern).contains("..") {
             // A `..` after a glob cannot be resolved without expanding the glob; refuse rather than guess.
             throw StorageError(
-                .invalidPath, path: spawnerPath, reason: "has `..` after a glob pattern, which is not supported",
-                subject: subject)
+                .invalidPath,
+                path: spawnerPath,
+                reason: "has `..` after a glob pattern, which is not supported",
+                subject: subject
+            )
         }
         let canonical = PathUtil.canonicalize(prefix, environment: environment)
         for (index, root) in entries.enumerated() where PathUtil.isComponentPrefix(root, of: canonical) {
@@ -77,8 +80,11 @@ struct MirroredStorage: Sendable, Hashable {
             return AbstractPath(index: index, suffix: relative)
         }
         throw StorageError(
-            .outsideMirroredStorage, path: spawnerPath == canonical ? spawnerPath : "\(spawnerPath) (\(canonical))",
-            reason: "is outside every mirrored folder (\(listDescription))", subject: subject)
+            .outsideMirroredStorage,
+            path: spawnerPath == canonical ? spawnerPath : "\(spawnerPath) (\(canonical))",
+            reason: "is outside every mirrored folder (\(listDescription))",
+            subject: subject
+        )
     }
 
     /// Translates an `AbstractPath` received from the spawner into a path on this host.
@@ -87,15 +93,20 @@ struct MirroredStorage: Sendable, Hashable {
     func localPath(for abstract: AbstractPath) throws -> String {
         guard entries.indices.contains(abstract.index) else {
             throw StorageError(
-                .badMirroredIndex, path: abstract.description,
+                .badMirroredIndex,
+                path: abstract.description,
                 reason: "refers to mirrored folder index \(abstract.index) but this host has only \(entries.count) "
                     + "(\(listDescription))",
-                subject: "abstract path")
+                subject: "abstract path"
+            )
         }
         guard !abstract.suffix.hasPrefix("/"), !PathUtil.components(abstract.suffix).contains("..") else {
             throw StorageError(
-                .invalidPath, path: abstract.description, reason: "has an absolute or escaping suffix",
-                subject: "abstract path")
+                .invalidPath,
+                path: abstract.description,
+                reason: "has an absolute or escaping suffix",
+                subject: "abstract path"
+            )
         }
         return PathUtil.join(entries[abstract.index], abstract.suffix)
     }

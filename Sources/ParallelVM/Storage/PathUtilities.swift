@@ -41,7 +41,10 @@ enum PathUtil {
         var stack: [Substring] = []
         for c in components(full) {
             if c == "." { continue }
-            if c == ".." { if !stack.isEmpty { stack.removeLast() }; continue }
+            if c == ".." {
+                if !stack.isEmpty { stack.removeLast() }
+                continue
+            }
             stack.append(c)
         }
         return "/" + stack.joined(separator: "/")
@@ -156,9 +159,11 @@ enum PathUtil {
 
     /// Replaces characters that do not belong in a single file name component (e.g. `/` in a host name).
     static func sanitizeComponent(_ s: String) -> String {
-        let cleaned = String(s.map { c -> Character in
-            (c.isASCII && (c.isLetter || c.isNumber || c == "-" || c == "_" || c == ".")) ? c : "_"
-        })
+        let cleaned = String(
+            s.map { c -> Character in
+                (c.isASCII && (c.isLetter || c.isNumber || c == "-" || c == "_" || c == ".")) ? c : "_"
+            }
+        )
         return cleaned.isEmpty || cleaned.hasPrefix(".") ? "_" + cleaned : cleaned
     }
 }

@@ -48,7 +48,11 @@ public struct StorageError: Error, CustomStringConvertible, Codable, Sendable, H
 extension StorageError {
     /// Builds an `.ioFailure` (or the given code) from an errno value, naming the failing operation.
     static func errno(
-        _ err: Int32, _ operation: String, path: String, subject: String = "path", code: Code = .ioFailure
+        _ err: Int32,
+        _ operation: String,
+        path: String,
+        subject: String = "path",
+        code: Code = .ioFailure
     ) -> StorageError {
         StorageError(code, path: path, reason: "could not be \(operation): \(errnoText(err))", subject: subject)
     }

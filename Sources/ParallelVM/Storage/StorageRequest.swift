@@ -39,10 +39,13 @@ struct SpawnerIdentity: Codable, Hashable, Sendable {
     private static let cachedCurrent: SpawnerIdentity = {
         let pid = getpid()
         return SpawnerIdentity(
-            host: PathUtil.hostName(), pid: pid,
-            startTime: processStartTime(statText: readSmallFile("/proc/self/stat")) ?? UInt64.random(in: 1...UInt64.max),
+            host: PathUtil.hostName(),
+            pid: pid,
+            startTime: processStartTime(statText: readSmallFile("/proc/self/stat"))
+                ?? UInt64.random(in: 1...UInt64.max),
             bootID: readSmallFile("/proc/sys/kernel/random/boot_id")?
-                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        )
     }()
 
     /// Extracts field 22 (starttime) from the text of `/proc/<pid>/stat`. The command name (field 2)
@@ -64,7 +67,10 @@ struct SpawnerIdentity: Codable, Hashable, Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return nil }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
             if n == 0 { break }
             bytes.append(contentsOf: buffer[0..<n])
             if bytes.count > 1 << 20 { return nil }
@@ -105,14 +111,25 @@ struct StorageRequest: Codable, Sendable, Hashable {
     /// - Returns: the request and warnings about skipped sources (only with `.warn`).
     /// - Throws: `StorageError` naming the offending path and the reason.
     static func make(
-        mirrorMap: [String: String]?, startupDir: String? = nil, translateStartupDir: Bool = true,
-        persistent: Bool = false, vmIndex: Int = 0, mirrored: MirroredStorage,
-        missing: MissingSourcePolicy = .error, spawner: SpawnerIdentity = .current()
+        mirrorMap: [String: String]?,
+        startupDir: String? = nil,
+        translateStartupDir: Bool = true,
+        persistent: Bool = false,
+        vmIndex: Int = 0,
+        mirrored: MirroredStorage,
+        missing: MissingSourcePolicy = .error,
+        spawner: SpawnerIdentity = .current()
     ) throws -> (request: StorageRequest, warnings: [String]) {
         let (entries, warnings) = try validateMirrorMap(mirrorMap ?? [:], mirrored: mirrored, missing: missing)
         var request = StorageRequest(
-            mirror: entries, startupDir: nil, translateStartupDir: translateStartupDir, startupAbstract: nil,
-            persistent: persistent, vmIndex: vmIndex, spawner: spawner)
+            mirror: entries,
+            startupDir: nil,
+            translateStartupDir: translateStartupDir,
+            startupAbstract: nil,
+            persistent: persistent,
+            vmIndex: vmIndex,
+            spawner: spawner
+        )
         if let dir = startupDir {
             if !(mirrorMap ?? [:]).isEmpty {
                 // With mirroring the task starts inside its storage, so the folder must stay inside it.
@@ -128,7 +145,9 @@ struct StorageRequest: Codable, Sendable, Hashable {
 
     /// Validates every entry of a mirror map (sorted by source, so the copy order is reproducible).
     static func validateMirrorMap(
-        _ map: [String: String], mirrored: MirroredStorage, missing: MissingSourcePolicy
+        _ map: [String: String],
+        mirrored: MirroredStorage,
+        missing: MissingSourcePolicy
     ) throws -> (entries: [MirrorEntry], warnings: [String]) {
         var entries: [MirrorEntry] = []
         var warnings: [String] = []
@@ -140,9 +159,11 @@ struct StorageRequest: Codable, Sendable, Hashable {
             let (literal, pattern) = try mirrored.localPattern(for: abstract)
             if Glob.expand(literal: literal, pattern: pattern).isEmpty {
                 let error = StorageError(
-                    .missingSource, path: source,
+                    .missingSource,
+                    path: source,
                     reason: PathUtil.hasGlob(abstract.suffix) ? "matches nothing" : "does not exist",
-                    subject: "mirror source")
+                    subject: "mirror source"
+                )
                 if missing == .error { throw error }
                 warnings.append(error.description + "; skipped")
                 continue
@@ -157,11 +178,19 @@ struct StorageRequest: Codable, Sendable, Hashable {
     static func validateTarget(_ target: String, subject: String) throws -> String {
         if target.hasPrefix("/") || target.hasPrefix("~") {
             throw StorageError(
-                .invalidTarget, path: target, reason: "must be relative to the local storage folder", subject: subject)
+                .invalidTarget,
+                path: target,
+                reason: "must be relative to the local storage folder",
+                subject: subject
+            )
         }
         guard let normalized = PathUtil.normalizeInside(target) else {
             throw StorageError(
-                .invalidTarget, path: target, reason: "escapes the local storage folder with `..`", subject: subject)
+                .invalidTarget,
+                path: target,
+                reason: "escapes the local storage folder with `..`",
+                subject: subject
+            )
         }
         return normalized
     }

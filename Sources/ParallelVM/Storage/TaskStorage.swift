@@ -23,7 +23,12 @@ struct PreparedStorage: Sendable, Hashable {
     func cleanup() throws {
         let report = cleanupReport()
         if let (path, reason) = report.failures.sorted(by: { $0.key < $1.key }).first {
-            throw StorageError(.ioFailure, path: path, reason: "could not be removed: \(reason)", subject: "local storage")
+            throw StorageError(
+                .ioFailure,
+                path: path,
+                reason: "could not be removed: \(reason)",
+                subject: "local storage"
+            )
         }
     }
 
@@ -85,8 +90,11 @@ enum TaskStorage {
     /// into place, so a half-made folder is never accepted. Any failure removes the staging folder.
     /// - Throws: `StorageError` naming the path and the reason.
     static func prepare(
-        _ request: StorageRequest, mirrored: MirroredStorage, root: LocalStorageRoot,
-        servedBefore: inout Set<String>, options: Options = Options()
+        _ request: StorageRequest,
+        mirrored: MirroredStorage,
+        root: LocalStorageRoot,
+        servedBefore: inout Set<String>,
+        options: Options = Options()
     ) throws -> PreparedStorage {
         let clock = ContinuousClock.now
         func seconds() -> Double {
@@ -103,14 +111,26 @@ enum TaskStorage {
             }
             if let dir = workingDirectory { try requireDirectory(dir, subject: "startup folder") }
             return PreparedStorage(
-                workingDirectory: workingDirectory, folder: nil, files: 0, bytes: 0, seconds: seconds(), reused: false,
-                persistent: request.persistent)
+                workingDirectory: workingDirectory,
+                folder: nil,
+                files: 0,
+                bytes: 0,
+                seconds: seconds(),
+                reused: false,
+                persistent: request.persistent
+            )
         }
 
         try root.ensureUserFolder()
         let userFd = open(root.userFolder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard userFd >= 0 else {
-            throw StorageError.errno(errno, "opened", path: root.userFolder, subject: "local storage folder", code: .unwritableRoot)
+            throw StorageError.errno(
+                errno,
+                "opened",
+                path: root.userFolder,
+                subject: "local storage folder",
+                code: .unwritableRoot
+            )
         }
         defer { close(userFd) }
 
@@ -120,16 +140,29 @@ enum TaskStorage {
         if request.persistent {
             name = "\(base)-w\(options.workerPID)"
             let folder = PathUtil.join(root.userFolder, name)
-            if servedBefore.contains(request.vmKey), ownerRecord(in: userFd, folder: name).map({ matches($0, request) }) == true {
+            if servedBefore.contains(request.vmKey),
+                ownerRecord(in: userFd, folder: name).map({ matches($0, request) }) == true
+            {
                 return PreparedStorage(
-                    workingDirectory: try workingDirectory(folder: folder, request: request), folder: folder, files: 0,
-                    bytes: 0, seconds: seconds(), reused: true, persistent: true)
+                    workingDirectory: try workingDirectory(folder: folder, request: request),
+                    folder: folder,
+                    files: 0,
+                    bytes: 0,
+                    seconds: seconds(),
+                    reused: true,
+                    persistent: true
+                )
             }
             // First task of this VM in this worker, or a folder from someone else: start afresh.
             var failures: [String: String] = [:]
             if !TreeRemover.remove(name, in: userFd, path: folder, failures: &failures) {
                 let (path, reason) = failures.sorted(by: { $0.key < $1.key })[0]
-                throw StorageError(.ioFailure, path: path, reason: "could not be removed: \(reason)", subject: "stale local storage")
+                throw StorageError(
+                    .ioFailure,
+                    path: path,
+                    reason: "could not be removed: \(reason)",
+                    subject: "stale local storage"
+                )
             }
         } else {
             name = try reserveName(base: base, in: userFd, userFolder: root.userFolder)
@@ -158,10 +191,12 @@ enum TaskStorage {
                 let matches = Glob.expand(literal: literal, pattern: pattern)
                 if matches.isEmpty {
                     throw StorageError(
-                        .missingSource, path: PathUtil.join(literal, pattern),
+                        .missingSource,
+                        path: PathUtil.join(literal, pattern),
                         reason: "matches nothing on host \(PathUtil.hostName()) (mirrored as \(entry.source), "
                             + "\(mirrored.listDescription))",
-                        subject: "mirror source")
+                        subject: "mirror source"
+                    )
                 }
                 let targetPath = PathUtil.join(stagingPath, entry.target)
                 let targetFd = try makeDirectories(entry.target, in: stagingFd, path: targetPath)
@@ -171,16 +206,27 @@ enum TaskStorage {
                 let distinct = Set(matches.map(PathUtil.lastComponent)).count == matches.count
                 if matches.count == 1 || !distinct || options.parallelism <= 1 {
                     for source in matches {
-                        try copier.copyTopLevel(source: source, into: targetFd, dstPath: targetPath, parallelism: options.parallelism)
+                        try copier.copyTopLevel(
+                            source: source,
+                            into: targetFd,
+                            dstPath: targetPath,
+                            parallelism: options.parallelism
+                        )
                     }
                 } else {
-                    try copier.runInParallel(count: matches.count, threads: options.parallelism) { index, threadCopier in
+                    try copier.runInParallel(count: matches.count, threads: options.parallelism) {
+                        index,
+                        threadCopier in
                         try threadCopier.copyTopLevel(source: matches[index], into: targetFd, dstPath: targetPath)
                     }
                 }
             }
             if let dir = request.startupDir {
-                try requireDirectory(PathUtil.join(stagingPath, dir), subject: "startup folder", shownAs: PathUtil.join(folder, dir))
+                try requireDirectory(
+                    PathUtil.join(stagingPath, dir),
+                    subject: "startup folder",
+                    shownAs: PathUtil.join(folder, dir)
+                )
             }
             try writeOwnerRecord(for: request, in: stagingFd, path: stagingPath)
             // rename() replaces our empty reserved folder (or takes a free name) atomically.
@@ -189,14 +235,25 @@ enum TaskStorage {
             }
             if request.persistent { servedBefore.insert(request.vmKey) }
             return PreparedStorage(
-                workingDirectory: try workingDirectory(folder: folder, request: request), folder: folder,
-                files: copier.files, bytes: copier.bytes, seconds: seconds(), reused: false, persistent: request.persistent)
+                workingDirectory: try workingDirectory(folder: folder, request: request),
+                folder: folder,
+                files: copier.files,
+                bytes: copier.bytes,
+                seconds: seconds(),
+                reused: false,
+                persistent: request.persistent
+            )
         } catch {
             var ignored: [String: String] = [:]
             TreeRemover.remove(staging, in: userFd, path: stagingPath, failures: &ignored)
             if reserved { _ = unlinkat(userFd, name, AT_REMOVEDIR) }
             if let error = error as? StorageError { throw error }
-            throw StorageError(.ioFailure, path: stagingPath, reason: "could not be prepared: \(error)", subject: "local storage folder")
+            throw StorageError(
+                .ioFailure,
+                path: stagingPath,
+                reason: "could not be prepared: \(error)",
+                subject: "local storage folder"
+            )
         }
     }
 
@@ -209,7 +266,12 @@ enum TaskStorage {
             if mkdirat(userFd, name, 0o700) == 0 { return name }
             let err = errno
             guard err == EEXIST else {
-                throw StorageError.errno(err, "created", path: PathUtil.join(userFolder, name), subject: "local storage folder")
+                throw StorageError.errno(
+                    err,
+                    "created",
+                    path: PathUtil.join(userFolder, name),
+                    subject: "local storage folder"
+                )
             }
             n += 1
         }
@@ -220,7 +282,12 @@ enum TaskStorage {
         guard let dir = request.startupDir else { return folder }
         // It came over the network: check again that it stays inside the folder.
         guard let inside = PathUtil.normalizeInside(dir), !dir.hasPrefix("/") else {
-            throw StorageError(.invalidTarget, path: dir, reason: "escapes the local storage folder", subject: "startup folder")
+            throw StorageError(
+                .invalidTarget,
+                path: dir,
+                reason: "escapes the local storage folder",
+                subject: "startup folder"
+            )
         }
         return PathUtil.join(folder, inside)
     }
@@ -228,7 +295,12 @@ enum TaskStorage {
     /// Creates a relative chain of folders below `parent` (no links followed) and opens the last one.
     private static func makeDirectories(_ relative: String, in parent: Int32, path: String) throws -> Int32 {
         guard let normalized = PathUtil.normalizeInside(relative), !relative.hasPrefix("/") else {
-            throw StorageError(.invalidTarget, path: relative, reason: "escapes the local storage folder", subject: "mirror target")
+            throw StorageError(
+                .invalidTarget,
+                path: relative,
+                reason: "escapes the local storage folder",
+                subject: "mirror target"
+            )
         }
         var fd = dup(parent)
         for component in PathUtil.components(normalized) {
@@ -242,7 +314,12 @@ enum TaskStorage {
             let err = errno
             close(fd)
             guard next >= 0 else {
-                throw StorageError.errno(err, "opened (a file or link is in the way?)", path: path, subject: "mirror target")
+                throw StorageError.errno(
+                    err,
+                    "opened (a file or link is in the way?)",
+                    path: path,
+                    subject: "mirror target"
+                )
             }
             fd = next
         }
@@ -253,7 +330,12 @@ enum TaskStorage {
     private static func requireDirectory(_ path: String, subject: String, shownAs: String? = nil) throws {
         var st = stat()
         guard stat(path, &st) == 0 else {
-            throw StorageError(.missingSource, path: shownAs ?? path, reason: "does not exist: \(errnoText(errno))", subject: subject)
+            throw StorageError(
+                .missingSource,
+                path: shownAs ?? path,
+                reason: "does not exist: \(errnoText(errno))",
+                subject: subject
+            )
         }
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw StorageError(.missingSource, path: shownAs ?? path, reason: "is not a directory", subject: subject)
@@ -303,14 +385,23 @@ enum TaskStorage {
     static func writeOwnerRecord(for request: StorageRequest, in dirFd: Int32, path: String) throws {
         let fd = openat(dirFd, ownerRecordName, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            throw StorageError.errno(errno, "written", path: PathUtil.join(path, ownerRecordName), subject: "owner record")
+            throw StorageError.errno(
+                errno,
+                "written",
+                path: PathUtil.join(path, ownerRecordName),
+                subject: "owner record"
+            )
         }
         defer { close(fd) }
         let bytes = Array(ownerRecordText(for: request).utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count else {
             throw StorageError.errno(
-                written < 0 ? errno : EIO, "written", path: PathUtil.join(path, ownerRecordName), subject: "owner record")
+                written < 0 ? errno : EIO,
+                "written",
+                path: PathUtil.join(path, ownerRecordName),
+                subject: "owner record"
+            )
         }
     }
 }

@@ -2,14 +2,20 @@ import Glibc
 
 /// `copy_file_range(2)`, looked up at run time: Swift's Glibc module does not import it (it needs
 /// `_GNU_SOURCE`), and glibc has exported it since 2.27. Nil when the C library lacks it.
-private let copyFileRange: (@convention(c) (
-    Int32, UnsafeMutablePointer<Int64>?, Int32, UnsafeMutablePointer<Int64>?, Int, UInt32
-) -> Int)? = {
-    guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "copy_file_range") else { return nil }
-    return unsafeBitCast(symbol, to: (@convention(c) (
-        Int32, UnsafeMutablePointer<Int64>?, Int32, UnsafeMutablePointer<Int64>?, Int, UInt32
-    ) -> Int).self)
-}()
+private let copyFileRange:
+    (
+        @convention(c) (
+            Int32, UnsafeMutablePointer<Int64>?, Int32, UnsafeMutablePointer<Int64>?, Int, UInt32
+        ) -> Int
+    )? = {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "copy_file_range") else { return nil }
+        return unsafeBitCast(
+            symbol,
+            to: (@convention(c) (
+                Int32, UnsafeMutablePointer<Int64>?, Int32, UnsafeMutablePointer<Int64>?, Int, UInt32
+            ) -> Int).self
+        )
+    }()
 
 /// `FICLONE` = `_IOW(0x94, 9, int)`; the C macro is not importable.
 private let FICLONE: UInt = 0x4004_9409
@@ -61,7 +67,11 @@ final class TreeCopier {
         guard stat(source, &st) == 0 else {
             let err = errno
             throw StorageError(
-                .missingSource, path: source, reason: "cannot be read: \(errnoText(err))", subject: "mirror source")
+                .missingSource,
+                path: source,
+                reason: "cannot be read: \(errnoText(err))",
+                subject: "mirror source"
+            )
         }
         let name = PathUtil.lastComponent(source)
         switch st.st_mode & S_IFMT {
@@ -70,8 +80,13 @@ final class TreeCopier {
             guard srcFd >= 0 else { throw StorageError.errno(errno, "opened", path: source, subject: "mirror source") }
             let dstFd = try makeDirectory(name, in: dstDir, path: PathUtil.join(dstPath, name))
             try copyDirectory(
-                src: srcFd, dst: dstFd, mode: st.st_mode, srcPath: source, dstPath: PathUtil.join(dstPath, name),
-                parallelism: parallelism)
+                src: srcFd,
+                dst: dstFd,
+                mode: st.st_mode,
+                srcPath: source,
+                dstPath: PathUtil.join(dstPath, name),
+                parallelism: parallelism
+            )
         case S_IFREG:
             let srcFd = open(source, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
             guard srcFd >= 0 else { throw StorageError.errno(errno, "opened", path: source, subject: "mirror source") }
@@ -79,21 +94,35 @@ final class TreeCopier {
             try name.withCString { try copyOpenFile(srcFd, name: $0, into: dstDir, srcPath: { source }) }
         default:
             throw StorageError(
-                .unsupportedFileType, path: source, reason: "is not a regular file or a directory",
-                subject: "mirror source")
+                .unsupportedFileType,
+                path: source,
+                reason: "is not a regular file or a directory",
+                subject: "mirror source"
+            )
         }
     }
 
     /// Copies the contents of the open folder `src` into the open folder `dst`, then gives `dst` the
     /// permission bits `mode`. Takes ownership of both descriptors. With `parallelism` > 1 the
     /// subfolders are shared out to that many threads, each with its own copier.
-    func copyDirectory(src: Int32, dst: Int32, mode: mode_t, srcPath: String, dstPath: String, parallelism: Int = 1) throws {
+    func copyDirectory(
+        src: Int32,
+        dst: Int32,
+        mode: mode_t,
+        srcPath: String,
+        dstPath: String,
+        parallelism: Int = 1
+    ) throws {
         guard let dir = fdopendir(src) else {
             let err = errno
-            close(src); close(dst)
+            close(src)
+            close(dst)
             throw StorageError.errno(err, "listed", path: srcPath, subject: "mirror source")
         }
-        defer { closedir(dir); close(dst) }
+        defer {
+            closedir(dir)
+            close(dst)
+        }
         let srcFd = dirfd(dir)
         var subdirectories: [String] = []  // only filled when copying in parallel
         while true {
@@ -134,22 +163,39 @@ final class TreeCopier {
                 }
                 let childDstPath = child(dstPath, name)
                 let childDst: Int32
-                do { childDst = try makeDirectory(name, in: dst, path: childDstPath) } catch { close(childSrc); throw error }
+                do { childDst = try makeDirectory(name, in: dst, path: childDstPath) } catch {
+                    close(childSrc)
+                    throw error
+                }
                 if !haveStat { fstat(childSrc, &st) }
                 try copyDirectory(
-                    src: childSrc, dst: childDst, mode: st.st_mode, srcPath: child(srcPath, name), dstPath: childDstPath)
+                    src: childSrc,
+                    dst: childDst,
+                    mode: st.st_mode,
+                    srcPath: child(srcPath, name),
+                    dstPath: childDstPath
+                )
             case Int32(DT_LNK):
                 try copySymlink(name, from: srcFd, to: dst, srcPath: srcPath)
             default:
                 // FIFOs, sockets and devices: opening a FIFO would block, copying a device is never meant.
                 throw StorageError(
-                    .unsupportedFileType, path: child(srcPath, name),
-                    reason: "is not a regular file, a directory or a symbolic link", subject: "mirror source")
+                    .unsupportedFileType,
+                    path: child(srcPath, name),
+                    reason: "is not a regular file, a directory or a symbolic link",
+                    subject: "mirror source"
+                )
             }
         }
         if !subdirectories.isEmpty {
             try copySubdirectoriesInParallel(
-                subdirectories, srcFd: srcFd, dstFd: dst, srcPath: srcPath, dstPath: dstPath, threads: parallelism)
+                subdirectories,
+                srcFd: srcFd,
+                dstFd: dst,
+                srcPath: srcPath,
+                dstPath: dstPath,
+                threads: parallelism
+            )
         }
         // Set the mode last so a read-only source folder does not stop us from filling the copy.
         if fchmod(dst, mode & 0o7777) != 0 {
@@ -159,18 +205,28 @@ final class TreeCopier {
 
     /// Copies the named subfolders of `srcFd` into `dstFd` on several threads.
     private func copySubdirectoriesInParallel(
-        _ names: [String], srcFd: Int32, dstFd: Int32, srcPath: String, dstPath: String, threads: Int
+        _ names: [String],
+        srcFd: Int32,
+        dstFd: Int32,
+        srcPath: String,
+        dstPath: String,
+        threads: Int
     ) throws {
         try runInParallel(count: names.count, threads: threads) { index, copier in
             let name = names[index]
             let childSrcPath = PathUtil.join(srcPath, name)
             let childDstPath = PathUtil.join(dstPath, name)
             let src = openat(srcFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard src >= 0 else { throw StorageError.errno(errno, "opened", path: childSrcPath, subject: "mirror source") }
+            guard src >= 0 else {
+                throw StorageError.errno(errno, "opened", path: childSrcPath, subject: "mirror source")
+            }
             var st = stat()
             fstat(src, &st)
             let dst: Int32
-            do { dst = try copier.makeDirectory(name, in: dstFd, path: childDstPath) } catch { close(src); throw error }
+            do { dst = try copier.makeDirectory(name, in: dstFd, path: childDstPath) } catch {
+                close(src)
+                throw error
+            }
             try copier.copyDirectory(src: src, dst: dst, mode: st.st_mode, srcPath: childSrcPath, dstPath: childDstPath)
         }
     }
@@ -189,10 +245,15 @@ final class TreeCopier {
         for _ in 0..<threads {
             let context = Unmanaged.passRetained(ParallelCopyJob(state: shared, hook: afterFile, job: job))
             var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { raw in
-                Unmanaged<ParallelCopyJob>.fromOpaque(raw!).takeRetainedValue().run()
-                return nil
-            }, context.toOpaque())
+            let rc = pthread_create(
+                &thread,
+                nil,
+                { raw in
+                    Unmanaged<ParallelCopyJob>.fromOpaque(raw!).takeRetainedValue().run()
+                    return nil
+                },
+                context.toOpaque()
+            )
             if rc == 0 {
                 pthreads.append(thread)
             } else {
@@ -207,7 +268,11 @@ final class TreeCopier {
     }
 
     /// Creates (or reuses, when two mirror entries overlap) a folder and opens it without following links.
-    private func makeDirectory(_ name: UnsafePointer<CChar>, in parent: Int32, path: @autoclosure () -> String) throws -> Int32 {
+    private func makeDirectory(
+        _ name: UnsafePointer<CChar>,
+        in parent: Int32,
+        path: @autoclosure () -> String
+    ) throws -> Int32 {
         if mkdirat(parent, name, 0o700) != 0, errno != EEXIST {
             throw StorageError.errno(errno, "created", path: path(), subject: "local copy")
         }
@@ -222,13 +287,23 @@ final class TreeCopier {
 
     /// Copies an open regular file into `dstDir` under `name`, with its permission bits.
     private func copyOpenFile(
-        _ src: Int32, name: UnsafePointer<CChar>, into dstDir: Int32, srcPath: () -> String
+        _ src: Int32,
+        name: UnsafePointer<CChar>,
+        into dstDir: Int32,
+        srcPath: () -> String
     ) throws {
         var st = stat()
-        guard fstat(src, &st) == 0 else { throw StorageError.errno(errno, "examined", path: srcPath(), subject: "mirror source") }
+        guard fstat(src, &st) == 0 else {
+            throw StorageError.errno(errno, "examined", path: srcPath(), subject: "mirror source")
+        }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             // It was replaced by something else after it was listed.
-            throw StorageError(.unsupportedFileType, path: srcPath(), reason: "is no longer a regular file", subject: "mirror source")
+            throw StorageError(
+                .unsupportedFileType,
+                path: srcPath(),
+                reason: "is no longer a regular file",
+                subject: "mirror source"
+            )
         }
         let mode = st.st_mode & 0o7777
         var dst = openat(dstDir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
@@ -239,7 +314,12 @@ final class TreeCopier {
         }
         guard dst >= 0 else {
             let err = errno
-            throw StorageError(.ioFailure, path: srcPath(), reason: "could not be copied: creating the copy failed: \(errnoText(err))", subject: "mirror source")
+            throw StorageError(
+                .ioFailure,
+                path: srcPath(),
+                reason: "could not be copied: creating the copy failed: \(errnoText(err))",
+                subject: "mirror source"
+            )
         }
         defer { close(dst) }
         if let umask = processUmask, mode & umask == 0 {
@@ -269,7 +349,10 @@ final class TreeCopier {
         if rangeCopyWorks, let copyFileRange {
             while copied < size {
                 let n = copyFileRange(src, nil, dst, nil, Int(min(size - copied, 1 << 30)), 0)
-                if n > 0 { copied += Int64(n); continue }
+                if n > 0 {
+                    copied += Int64(n)
+                    continue
+                }
                 if n == 0 { return }  // the file shrank since fstat: what is there has been copied
                 let err = errno
                 if err == EINTR { continue }
@@ -309,10 +392,13 @@ final class TreeCopier {
     }
 
     /// Recreates a symbolic link with the same (uninterpreted) target text.
-    private func copySymlink(_ name: UnsafePointer<CChar>, from srcDir: Int32, to dstDir: Int32, srcPath: String) throws {
+    private func copySymlink(_ name: UnsafePointer<CChar>, from srcDir: Int32, to dstDir: Int32, srcPath: String) throws
+    {
         var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlinkat(srcDir, name, &target, target.count - 1)
-        guard n >= 0 else { throw StorageError.errno(errno, "read", path: child(srcPath, name), subject: "symbolic link") }
+        guard n >= 0 else {
+            throw StorageError.errno(errno, "read", path: child(srcPath, name), subject: "symbolic link")
+        }
         target[n] = 0
         if symlinkat(target, dstDir, name) != 0 {
             var err = errno
@@ -320,7 +406,9 @@ final class TreeCopier {
                 _ = unlinkat(dstDir, name, 0)
                 err = symlinkat(target, dstDir, name) == 0 ? 0 : errno
             }
-            if err != 0 { throw StorageError.errno(err, "recreated", path: child(srcPath, name), subject: "symbolic link") }
+            if err != 0 {
+                throw StorageError.errno(err, "recreated", path: child(srcPath, name), subject: "symbolic link")
+            }
         }
     }
 
@@ -330,7 +418,12 @@ final class TreeCopier {
     }
 
     private func failure(_ err: Int32, _ srcPath: () -> String) -> StorageError {
-        StorageError(.ioFailure, path: srcPath(), reason: "could not be copied: \(errnoText(err))", subject: "mirror source")
+        StorageError(
+            .ioFailure,
+            path: srcPath(),
+            reason: "could not be copied: \(errnoText(err))",
+            subject: "mirror source"
+        )
     }
 
     private func child(_ folder: String, _ name: UnsafePointer<CChar>) -> String {
@@ -364,24 +457,28 @@ private final class ParallelCopyState: @unchecked Sendable {
 
     /// The next job index, or nil when all are taken or another thread has failed.
     func take() -> Int? {
-        pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
         guard error == nil, next < count else { return nil }
         next += 1
         return next - 1
     }
 
     func finish(files: Int, bytes: UInt64, error: (any Error)?) {
-        pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
         self.files += files
         self.bytes += bytes
         if self.error == nil, let error {
-            self.error = error as? StorageError
+            self.error =
+                error as? StorageError
                 ?? StorageError(.ioFailure, path: "?", reason: "copy failed: \(error)", subject: "mirror source")
         }
     }
 
     func result() -> (Int, UInt64, StorageError?) {
-        pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
         return (files, bytes, error)
     }
 }

@@ -33,7 +33,10 @@ enum TreeRemover {
 
     /// Removes `name` inside `parent`; `isDirectory` is a hint from `d_type` that skips a failing unlink.
     private static func remove(
-        _ name: UnsafePointer<CChar>, in parent: Int32, path: @autoclosure () -> String, isDirectory: Bool,
+        _ name: UnsafePointer<CChar>,
+        in parent: Int32,
+        path: @autoclosure () -> String,
+        isDirectory: Bool,
         failures: inout [String: String]
     ) -> Bool {
         if !isDirectory {
@@ -81,16 +84,22 @@ enum TreeRemover {
         while true {
             errno = 0
             guard let entry = readdir(dir) else {
-                if errno != 0 { failures[folderPath] = errnoText(errno); ok = false }
+                if errno != 0 {
+                    failures[folderPath] = errnoText(errno)
+                    ok = false
+                }
                 break
             }
             let child = UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self)
             if child[0] == 0x2E && (child[1] == 0 || (child[1] == 0x2E && child[2] == 0)) { continue }
             let childIsDir = entry.pointee.d_type == UInt8(DT_DIR)
             if !remove(
-                child, in: dfd, path: PathUtil.join(folderPath, String(cString: child)), isDirectory: childIsDir,
-                failures: &failures)
-            {
+                child,
+                in: dfd,
+                path: PathUtil.join(folderPath, String(cString: child)),
+                isDirectory: childIsDir,
+                failures: &failures
+            ) {
                 ok = false
             }
         }
@@ -124,8 +133,11 @@ func clearLocalStorage(root: LocalStorageRoot) -> ClearReport {
         if err == ENOENT { return report }
         if err == ENOTDIR || err == ELOOP {
             // Something other than our folder (e.g. a planted symlink) has its name: remove that name only.
-            if unlinkat(rootFd, root.userFolderName, 0) == 0 { report.removed.append(root.userFolder) }
-            else { report.failures[root.userFolder] = errnoText(errno) }
+            if unlinkat(rootFd, root.userFolderName, 0) == 0 {
+                report.removed.append(root.userFolder)
+            } else {
+                report.failures[root.userFolder] = errnoText(errno)
+            }
             return report
         }
         report.failures[root.userFolder] = errnoText(err)
@@ -136,7 +148,9 @@ func clearLocalStorage(root: LocalStorageRoot) -> ClearReport {
     if let dir = fdopendir(dup(userFd)) {
         let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         while let entry = readdir(dir) {
-            let name = String(cString: UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self))
+            let name = String(
+                cString: UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self)
+            )
             if name != "." && name != ".." { names.append(name) }
         }
         closedir(dir)

@@ -51,20 +51,32 @@ enum MPIRun {
 
     /// Runs `vm-scenarios SCENARIO ARGS` with `ranks` processes (1: without mpirun).
     static func scenario(
-        _ name: String, ranks: Int, arguments: [String] = [], environment: [String: String] = [:],
-        mpirunOptions: [String] = [], timeout: Double = 60
+        _ name: String,
+        ranks: Int,
+        arguments: [String] = [],
+        environment: [String: String] = [:],
+        mpirunOptions: [String] = [],
+        timeout: Double = 60
     ) throws -> RunOutput {
         if ranks == 1 && mpirunOptions.isEmpty {
             return try run(scenarios, [name] + arguments, environment: environment, timeout: timeout)
         }
         let script = packageRoot.appendingPathComponent("scripts/mpirun.sh").path
-        return try run(script, ["-n", String(ranks)] + mpirunOptions + [scenarios, name] + arguments, environment: environment, timeout: timeout)
+        return try run(
+            script,
+            ["-n", String(ranks)] + mpirunOptions + [scenarios, name] + arguments,
+            environment: environment,
+            timeout: timeout
+        )
     }
 
     /// Runs `vm-scenarios SCENARIO ARGS` with one rank per entry of `ranks`, each with its own environment
     /// (mpirun's `-x` in the `:` multi-program syntax): rank 0 gets `ranks[0]`, and so on.
     static func scenario(
-        _ name: String, rankEnvironments ranks: [[String: String]], arguments: [String] = [], timeout: Double = 60
+        _ name: String,
+        rankEnvironments ranks: [[String: String]],
+        arguments: [String] = [],
+        timeout: Double = 60
     ) throws -> RunOutput {
         var options: [String] = []
         for (index, environment) in ranks.enumerated() {
@@ -80,8 +92,15 @@ enum MPIRun {
     /// Runs a program with a time limit. On timeout mpirun gets SIGTERM (it then ends every rank); any process
     /// still carrying this run's marker in its environment a few seconds later gets SIGKILL, so a hang fails
     /// the test instead of blocking it and leaves nothing behind.
-    static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double) throws -> RunOutput {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-run-\(UUID().uuidString)")
+    static func run(
+        _ program: String,
+        _ arguments: [String],
+        environment: [String: String] = [:],
+        timeout: Double
+    ) throws -> RunOutput {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-run-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let outURL = directory.appendingPathComponent("stdout")
