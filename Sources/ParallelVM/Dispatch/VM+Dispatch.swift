@@ -41,22 +41,18 @@ extension VM {
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] {
-        try Self.checkChunkSize(chunkSize)
-        let farm = try Farm<Value>(
-            self,
+        var run = try DispatchRun(
+            vm: self,
             remote: remote,
-            lookaheadPerSlot: 1,
-            unjoinedLimitPerSlot: 2 * chunkSize,
-            inputOpen: false
-        )
-        let unitSize = farm.isRemote ? chunkSize : 1
-        var run = DispatchRun(
-            farm: farm,
+            chunkSize: chunkSize,
+            inputOpen: false,
             failFast: failFast,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
         )
+        let farm = run.farm
+        let unitSize = farm.isRemote ? chunkSize : 1
         var iterator = jobs.makeIterator()
         var exhausted = false
         do {
@@ -97,22 +93,18 @@ extension VM {
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
-        try Self.checkChunkSize(chunkSize)
-        let farm = try Farm<Value>(
-            self,
+        var run = try DispatchRun(
+            vm: self,
             remote: remote,
-            lookaheadPerSlot: 1,
-            unjoinedLimitPerSlot: 2 * chunkSize,
-            inputOpen: true
-        )
-        let unitSize = farm.isRemote ? chunkSize : 1
-        var run = DispatchRun(
-            farm: farm,
+            chunkSize: chunkSize,
+            inputOpen: true,
             failFast: failFast,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: nil)
         )
+        let farm = run.farm
+        let unitSize = farm.isRemote ? chunkSize : 1
         let handover = Handover(value: jobs)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -170,7 +162,7 @@ extension VM {
         return try results[0].get()
     }
 
-    private static func checkChunkSize(_ chunkSize: Int) throws(VMError) {
+    fileprivate static func checkChunkSize(_ chunkSize: Int) throws(VMError) {
         guard chunkSize >= 1 else {
             throw VMError(.invalidSpawn, "dispatch: chunkSize must be at least 1, not \(chunkSize)")
         }
@@ -196,14 +188,26 @@ private struct DispatchRun<Value: Codable & Sendable> {
     var firstFailure: JobError?
     var done = 0
 
+    /// Starts the farm a dispatch runs on: one unit queued ahead per slot, and no more than two chunks per
+    /// slot finished but not yet taken, so a fast feeder cannot run far ahead of the results.
     init(
-        farm: Farm<Value>,
+        vm: VM,
+        remote: Bool,
+        chunkSize: Int,
+        inputOpen: Bool,
         failFast: Bool,
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine
-    ) {
-        self.farm = farm
+    ) throws {
+        try VM.checkChunkSize(chunkSize)
+        self.farm = try Farm<Value>(
+            vm,
+            remote: remote,
+            lookaheadPerSlot: 1,
+            unjoinedLimitPerSlot: 2 * chunkSize,
+            inputOpen: inputOpen
+        )
         self.failFast = failFast
         self.collectResults = collectResults
         self.collector = collector
