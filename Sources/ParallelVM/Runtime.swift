@@ -22,6 +22,8 @@ final class Runtime: @unchecked Sendable {
     let functions: FunctionTable
     /// This process's doorbell: workers wait on it when idle, the spawner uses it to ring theirs.
     let doorbell: Doorbell?
+    /// On the spawner: whether every worker shares its host and has a doorbell, so all of them can wake it.
+    let everyWorkerRingsTheSpawner: Bool
 
     private let lock = NSLock()
     private var book: SlotBook
@@ -49,6 +51,9 @@ final class Runtime: @unchecked Sendable {
         doorbell: Doorbell? = nil
     ) {
         self.doorbell = doorbell
+        self.everyWorkerRingsTheSpawner =
+            doorbell != nil && book.count > 1
+            && book.slots.dropFirst().allSatisfy { $0.host == host && $0.doorbell != 0 }
         self.transport = transport
         self.rank = transport?.rank ?? 0
         self.size = transport?.size ?? 1
@@ -301,11 +306,7 @@ final class Runtime: @unchecked Sendable {
     /// How the spawner waits once its spin time is over: on its doorbell when every worker shares its
     /// host (they ring it), otherwise by sleeping between polls (nil).
     var spawnerIdleWait: (() -> Bool)? {
-        guard let doorbell, isSpawner else { return nil }
-        let everyWorkerHere = withBook { book in
-            book.slots.allSatisfy { $0.host == host && ($0.doorbell != 0 || $0.task == 0) }
-        }
-        guard everyWorkerHere, size > 1 else { return nil }
+        guard let doorbell, everyWorkerRingsTheSpawner else { return nil }
         return { doorbell.wait(milliseconds: 10) }
     }
 
