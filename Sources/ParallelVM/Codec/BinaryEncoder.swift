@@ -588,19 +588,7 @@ final class BinaryEncoderImpl: Encoder {
             return
         }
         let id = pushFrame(path: path, someDepth: someDepth)
-        let saved = current
-        current = id
-        do {
-            try v.encode(to: self)
-        } catch {
-            // Remembered so the whole encode fails even if user code swallows this error:
-            // the buffer now holds a partial value.
-            let e = error as? CodecError ?? failure(String(describing: error), valueType: T.self)
-            if deferred == nil { deferred = e }
-            current = saved
-            throw e
-        }
-        current = saved
+        try encodeValue(v, inFrame: id)
         try close(through: id)
     }
 
@@ -618,17 +606,23 @@ final class BinaryEncoderImpl: Encoder {
             try (v as! any CodecOptionalEncodable).encodeWrapped(self, inFrame: true, someDepth: someDepth, path: -1)
             return
         }
+        try encodeValue(v, inFrame: frames[i].id)
+    }
+
+    /// Runs `v`'s own `encode(to:)` with frame `id` as the current one, then restores the previous frame.
+    private func encodeValue<T: Encodable>(_ v: T, inFrame id: Int) throws {
         let saved = current
-        current = frames[i].id
+        current = id
+        defer { current = saved }
         do {
             try v.encode(to: self)
         } catch {
+            // Remembered so the whole encode fails even if user code swallows this error:
+            // the buffer now holds a partial value.
             let e = error as? CodecError ?? failure(String(describing: error), valueType: T.self)
             if deferred == nil { deferred = e }
-            current = saved
             throw e
         }
-        current = saved
     }
 
     /// Writes a keyed-container key and returns its offset (used to render coding paths lazily).
