@@ -19,16 +19,25 @@ let package = Package(
         ),
         // The few MPI routines the VM uses, each checked and turned into a thrown MPIError.
         .target(name: "MPI", dependencies: ["CMPI"]),
-        // The virtual machine: spawner, workers, messages, local storage, dispatcher.
+        // The binary Codable codec every VM message and result travels in. No MPI.
+        .target(name: "ParallelVMCodec"),
+        // Local storage: path translation, mirroring, task folders, clearing. No MPI.
+        .target(name: "ParallelVMStorage", dependencies: ["ParallelVMCodec"]),
+        // The virtual machine: spawner, workers, messages, dispatcher.
         .target(
             name: "ParallelVM",
-            dependencies: ["MPI", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "MPI", "ParallelVMCodec", "ParallelVMStorage", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The multi-rank scenarios the tests launch under mpirun.
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
         // The benchmarks scripts/bench.sh runs under mpirun next to the C references in bench/c/.
         .executableTarget(name: "vm-bench", dependencies: ["ParallelVM"], path: "bench/VMBench"),
-        .testTarget(name: "ParallelVMTests", dependencies: ["ParallelVM", "MPI", "vm-scenarios"]),
+        .testTarget(
+            name: "ParallelVMTests",
+            dependencies: ["ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios"]
+        ),
     ]
 )
 

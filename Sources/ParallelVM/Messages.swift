@@ -1,3 +1,4 @@
+import ParallelVMCodec
 /// A message delivered by ``VM/receiveMessage(timeout:)`` or ``TaskContext/receiveMessage(timeout:)``.
 public enum Message: Sendable {
     /// The outcome of a spawned function (sent when the task was spawned with `sendBack`). Always arrives

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import MPI
+import ParallelVMCodec
+import ParallelVMStorage
 
 /// The process-wide part of the VM: MPI, the transport, the function table and, on the spawner, the slot book.
 ///

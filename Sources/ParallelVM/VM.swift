@@ -1,6 +1,8 @@
 import Foundation
 public import Logging
 import MPI
+import ParallelVMCodec
+public import ParallelVMStorage
 
 /// A parallel virtual machine over MPI: rank 0 is the spawner and runs your program, the other ranks are
 /// workers that run registered functions on request.

@@ -1,5 +1,7 @@
 import Foundation
 import Glibc
+import ParallelVMCodec
+import ParallelVMStorage
 
 /// What a worker process remembers about local storage between tasks.
 struct WorkerStorageState {

@@ -1,6 +1,8 @@
 import Foundation
 public import Logging
 import MPI
+import ParallelVMCodec
+import ParallelVMStorage
 
 extension Runtime {
     /// The worker loop: serve spawn requests until the spawner finalizes, then finalize MPI and exit 0.

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import ParallelVM
+@testable import ParallelVMCodec
 
 // MARK: - Fixtures
 

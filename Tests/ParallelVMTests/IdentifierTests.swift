@@ -2,6 +2,7 @@ import Glibc
 import Testing
 
 @testable import ParallelVM
+@testable import ParallelVMCodec
 
 @Suite struct IdentifierTests {
     @Test func taskIDPrintsAndParsesAsSlotColonNumber() {

@@ -3,6 +3,8 @@ import Glibc
 import Testing
 
 @testable import ParallelVM
+@testable import ParallelVMCodec
+@testable import ParallelVMStorage
 
 // MARK: - Helpers
 

@@ -1,4 +1,5 @@
 import Foundation
+import ParallelVMCodec
 
 /// Runs jobs in the VM's worker slots, one job (or chunk of jobs) per slot, and hands their results back
 /// one at a time as they finish: PyOPUS's `Spawn` and `Join`, for writing an asynchronous loop by hand.

@@ -6,9 +6,9 @@ import Glibc
 ///
 /// Everything the storage code creates or removes lives inside `userFolder`; a per-user folder keeps
 /// users sharing `/tmp` apart and lets `clearLocalStorage` remove exactly one user's files.
-struct LocalStorageRoot: Sendable, Hashable {
+package struct LocalStorageRoot: Sendable, Hashable {
     /// Name of the environment variable holding the local storage root.
-    static let variable = "PARALLEL_LOCAL_STORAGE"
+    package static let variable = "PARALLEL_LOCAL_STORAGE"
 
     /// The canonical root (`PARALLEL_LOCAL_STORAGE`, else `TMPDIR`, else `/tmp`).
     let path: String
@@ -22,7 +22,7 @@ struct LocalStorageRoot: Sendable, Hashable {
     /// canonicalises it and creates the per-user folder (mode 0700).
     /// - Parameter userName: overrides the login name in the per-user folder's name (tests).
     /// - Throws: `StorageError.unwritableRoot` naming the path and the errno text.
-    init(environment: [String: String] = ProcessInfo.processInfo.environment, userName: String? = nil) throws {
+    package init(environment: [String: String] = ProcessInfo.processInfo.environment, userName: String? = nil) throws {
         var raw = environment[Self.variable] ?? ""
         if raw.isEmpty { raw = environment["TMPDIR"] ?? "" }
         if raw.isEmpty { raw = "/tmp" }

@@ -2,25 +2,25 @@ import Foundation
 import Glibc
 
 /// The result of preparing a task's storage on a worker: where the task should start and what was done.
-struct PreparedStorage: Sendable, Hashable {
+package struct PreparedStorage: Sendable, Hashable {
     /// Folder the VM should change into before running the task; nil leaves the folder MPI chose.
-    var workingDirectory: String?
+    package var workingDirectory: String?
     /// The task's local storage folder, or nil when nothing is mirrored.
-    var folder: String?
+    package var folder: String?
     /// Regular files copied.
-    var files: Int
+    package var files: Int
     /// Bytes copied.
-    var bytes: UInt64
+    package var bytes: UInt64
     /// Wall-clock seconds spent preparing.
-    var seconds: Double
+    package var seconds: Double
     /// True when a persistent folder from an earlier task of the same VM was reused without copying.
-    var reused: Bool
+    package var reused: Bool
     /// Whether the folder outlives the task.
-    var persistent: Bool
+    package var persistent: Bool
 
     /// Removes the task's storage folder unless it is persistent (links inside are not followed).
     /// - Throws: `StorageError.ioFailure` naming the first path that could not be removed.
-    func cleanup() throws {
+    package func cleanup() throws {
         let report = cleanupReport()
         if let (path, reason) = report.failures.sorted(by: { $0.key < $1.key }).first {
             throw StorageError(
@@ -51,12 +51,12 @@ struct PreparedStorage: Sendable, Hashable {
 }
 
 /// Worker-side preparation of a task's local storage: naming, atomic mirroring, persistent reuse.
-enum TaskStorage {
+package enum TaskStorage {
     /// Name of the owner record written into every storage folder.
     static let ownerRecordName = ".parallelvm-owner"
 
     /// Knobs that the VM leaves at their defaults and tests change.
-    struct Options {
+    package struct Options {
         /// The worker process id, part of a persistent folder's name so worker processes on one host
         /// never share (and clear) each other's persistent folder.
         var workerPID: Int32 = getpid()
@@ -65,7 +65,7 @@ enum TaskStorage {
         /// Called after every copied file with the running count; throwing simulates a failure.
         var afterFile: ((Int) throws -> Void)? = nil
 
-        init() {}
+        package init() {}
     }
 
     /// Two threads keep the disk and the CPU busy without crowding out other tasks on the host.
@@ -89,7 +89,7 @@ enum TaskStorage {
     /// The copy is built in a hidden staging folder that gets an owner record and is then renamed
     /// into place, so a half-made folder is never accepted. Any failure removes the staging folder.
     /// - Throws: `StorageError` naming the path and the reason.
-    static func prepare(
+    package static func prepare(
         _ request: StorageRequest,
         mirrored: MirroredStorage,
         root: LocalStorageRoot,

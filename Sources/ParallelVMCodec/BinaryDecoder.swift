@@ -8,10 +8,10 @@ import Foundation
 #endif
 
 /// Decodes values produced by `BinaryEncoder`.
-struct BinaryDecoder {
+package struct BinaryDecoder {
     /// Decodes a `T` that must occupy exactly all of `bytes`. The memory only needs to stay valid
     /// for the duration of the call (decoded values never point into it).
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T {
         let input = CodecInput(bytes)
         var pos = 0
         let s: CodecSlot
@@ -37,7 +37,7 @@ struct BinaryDecoder {
     }
 
     /// Decodes a `T` from an array holding exactly one encoded value.
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(CodecError) -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(CodecError) -> T {
         do {
             return try bytes.withUnsafeBytes { raw in try decode(type, from: raw) }
         } catch {

@@ -1,9 +1,9 @@
 // Error type shared by BinaryEncoder, BinaryDecoder, ByteWriter and ByteReader.
 
 /// Error thrown by the binary codec: what went wrong, for which type, and where in the value.
-struct CodecError: Error, CustomStringConvertible {
+package struct CodecError: Error, CustomStringConvertible {
     /// Broad category, so callers can react without parsing `reason`.
-    enum Code: Sendable, Equatable {
+    package enum Code: Sendable, Equatable {
         /// A value's `encode(to:)` failed or misused the encoder.
         case encodingFailed
         /// A value's `init(from:)` threw, or the input does not fit the requested type.
@@ -21,17 +21,17 @@ struct CodecError: Error, CustomStringConvertible {
     }
 
     /// Broad category of the failure.
-    let code: Code
+    package let code: Code
     /// `String(reflecting:)` of the top-level type being encoded or decoded.
-    let typeName: String
+    package let typeName: String
     /// `String(reflecting:)` of the value being processed where it failed (often a leaf type).
-    let valueTypeName: String
+    package let valueTypeName: String
     /// Dotted coding path of the failing value, e.g. `a.b[3].c`; empty at the top level.
-    let codingPath: String
+    package let codingPath: String
     /// Human-readable cause.
-    let reason: String
+    package let reason: String
     /// Whether the failure happened while encoding (changes the description's verb).
-    let isEncoding: Bool
+    package let isEncoding: Bool
 
     init(
         _ code: Code,
@@ -50,7 +50,7 @@ struct CodecError: Error, CustomStringConvertible {
     }
 
     /// Reads like "cannot decode Swift.Int at a.b[3] (in App.Msg): truncated input (needed 8 bytes, 2 left)".
-    var description: String {
+    package var description: String {
         var s = isEncoding ? "cannot encode " : "cannot decode "
         s += valueTypeName
         if !codingPath.isEmpty { s += " at " + codingPath }

@@ -23,9 +23,9 @@ public struct AbstractPath: Codable, Hashable, Sendable, CustomStringConvertible
 
 /// The list of folders shared between hosts (`PARALLEL_MIRRORED_STORAGE`), canonicalised, and the
 /// translation between local paths and `AbstractPath`s.
-struct MirroredStorage: Sendable, Hashable {
+package struct MirroredStorage: Sendable, Hashable {
     /// Name of the environment variable holding the colon-separated folder list.
-    static let variable = "PARALLEL_MIRRORED_STORAGE"
+    package static let variable = "PARALLEL_MIRRORED_STORAGE"
 
     /// Canonical folders, in the order of the variable (the order must agree on all hosts).
     let entries: [String]
@@ -36,7 +36,7 @@ struct MirroredStorage: Sendable, Hashable {
     /// is the only shared folder. Empty entries (e.g. from a trailing colon) are ignored. Each entry gets
     /// `~` expanded and is canonicalised (`realpath` when it exists, standardised otherwise) so that a
     /// symlinked mount point and its target are treated as the same folder.
-    init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+    package init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         let raw = environment[Self.variable] ?? ""
         var list = raw.split(separator: ":", omittingEmptySubsequences: true).map(String.init)
         if list.isEmpty { list = [PathUtil.homeFolder(environment: environment)] }

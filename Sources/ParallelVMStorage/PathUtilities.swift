@@ -3,7 +3,7 @@ import Glibc
 
 /// Small path helpers shared by the storage code. They work on `String`s with `/` separators because
 /// the storage code only targets POSIX systems and must behave identically on every host.
-enum PathUtil {
+package enum PathUtil {
     /// Human readable text for an errno value, e.g. "No space left on device (errno 28)".
     static func errnoText(_ err: Int32) -> String {
         "\(String(cString: strerror(err))) (errno \(err))"

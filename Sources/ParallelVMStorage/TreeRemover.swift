@@ -173,5 +173,5 @@ func clearLocalStorage(root: LocalStorageRoot) -> ClearReport {
 extension LocalStorageRoot {
     /// Same as `clearLocalStorage(root: self)`; handy inside a type whose own `clearLocalStorage(timeout:)`
     /// method would shadow the free function.
-    func clear() -> ClearReport { clearLocalStorage(root: self) }
+    package func clear() -> ClearReport { clearLocalStorage(root: self) }
 }

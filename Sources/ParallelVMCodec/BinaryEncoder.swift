@@ -23,9 +23,9 @@ import Foundation
 #endif
 
 /// Encodes any `Encodable` value into the compact binary format described at the top of this file.
-struct BinaryEncoder {
+package struct BinaryEncoder {
     /// Appends the binary encoding of `value` to `buffer`. On failure `buffer` is left unchanged.
-    static func encode<T: Encodable>(_ value: T, into buffer: inout [UInt8]) throws(CodecError) {
+    package static func encode<T: Encodable>(_ value: T, into buffer: inout [UInt8]) throws(CodecError) {
         // Leaf types and trivial arrays need no encoder object at all.
         if CodecWire.fastEncode(value, &buffer, header: true) != nil { return }
         let e = try encodeGeneric(value)
@@ -34,7 +34,7 @@ struct BinaryEncoder {
     }
 
     /// Returns the binary encoding of `value`.
-    static func encode<T: Encodable>(_ value: T) throws(CodecError) -> [UInt8] {
+    package static func encode<T: Encodable>(_ value: T) throws(CodecError) -> [UInt8] {
         var out: [UInt8] = []
         if CodecWire.fastEncode(value, &out, header: true) != nil { return out }
         let e = try encodeGeneric(value)

@@ -10,7 +10,7 @@ public enum MissingSourcePolicy: String, Codable, Sendable, Hashable {
 }
 
 /// One validated mirror directive: copy what `source` matches into `target` inside the task's storage.
-struct MirrorEntry: Codable, Hashable, Sendable {
+package struct MirrorEntry: Codable, Hashable, Sendable {
     /// Host-independent source (may hold a glob pattern in its suffix).
     var source: AbstractPath
     /// Folder relative to the task's local storage, normalised; "" is the storage folder itself.
@@ -22,7 +22,7 @@ struct MirrorEntry: Codable, Hashable, Sendable {
 /// A PID alone is ambiguous after a reboot or a wrap-around; the start time (in clock ticks since boot)
 /// together with the boot id names one process run, so a persistent folder left by an earlier run with
 /// the same PID is never mistaken for the current one.
-struct SpawnerIdentity: Codable, Hashable, Sendable {
+package struct SpawnerIdentity: Codable, Hashable, Sendable {
     /// The spawner's host name.
     var host: String
     /// The spawner's process id.
@@ -80,7 +80,7 @@ struct SpawnerIdentity: Codable, Hashable, Sendable {
 }
 
 /// Everything a worker needs to prepare a task's storage; sent with each spawn request.
-struct StorageRequest: Codable, Sendable, Hashable {
+package struct StorageRequest: Codable, Sendable, Hashable {
     /// Validated mirror directives; empty means no mirroring (and no local storage folder).
     var mirror: [MirrorEntry]
     /// With mirroring: a folder relative to the storage folder (normalised, "" = the folder itself).
@@ -110,7 +110,7 @@ struct StorageRequest: Codable, Sendable, Hashable {
     ///   - missing: what to do with sources matching nothing on the spawner.
     /// - Returns: the request and warnings about skipped sources (only with `.warn`).
     /// - Throws: `StorageError` naming the offending path and the reason.
-    static func make(
+    package static func make(
         mirrorMap: [String: String]?,
         startupDir: String? = nil,
         translateStartupDir: Bool = true,
