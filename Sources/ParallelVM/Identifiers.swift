@@ -1,3 +1,5 @@
+import Foundation
+
 /// Identifies a task: the slot (MPI rank) it runs in and a task number unique within the run.
 ///
 /// The spawner's own task is `0:0`. Task numbers are assigned by the spawner, so a `TaskID` names one task
@@ -44,4 +46,18 @@ public struct HostID: Hashable, Comparable, Sendable, Codable, CustomStringConve
 
     public var description: String { name }
     public static func < (lhs: HostID, rhs: HostID) -> Bool { lhs.name < rhs.name }
+}
+
+extension HostID {
+    /// Host names joined for an error text; an empty or blank name, or one with spaces at its ends, is
+    /// quoted so that it still shows: `node1, "", " "`.
+    static func quotedList(_ hosts: some Sequence<HostID>) -> String {
+        hosts.map(\.displayName).joined(separator: ", ")
+    }
+
+    /// The name as an error text shows it: quoted when it is empty or has white space at either end.
+    var displayName: String {
+        let trimmed = name.trimmingCharacters(in: .whitespacesAndNewlines)
+        return trimmed.isEmpty || trimmed != name ? "\"\(name)\"" : name
+    }
 }

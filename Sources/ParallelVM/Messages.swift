@@ -75,6 +75,18 @@ public struct RemoteError: Error, Sendable, CustomStringConvertible {
     public let task: TaskID
     /// The host the task ran on.
     public let host: HostID
+    /// The error itself, for the error types the VM carries between processes unchanged: a `StorageError`
+    /// (local storage could not be prepared on the worker) or a ``VMError``; nil for other types.
+    public let underlying: (any Error & Sendable)?
+
+    init(function: String, typeName: String, message: String, task: TaskID, host: HostID, underlying: (any Error & Sendable)? = nil) {
+        self.function = function
+        self.typeName = typeName
+        self.message = message
+        self.task = task
+        self.host = host
+        self.underlying = underlying
+    }
 
     public var description: String { "\(function) failed in task \(task) on \(host): \(typeName): \(message)" }
 }
@@ -85,6 +97,12 @@ public struct UserMessage: Sendable, CustomStringConvertible {
     public let typeName: String
     let bytes: [UInt8]
     let raw: Bool
+
+    init(typeName: String, bytes: [UInt8], raw: Bool) {
+        self.typeName = typeName
+        self.bytes = bytes
+        self.raw = raw
+    }
 
     /// Decodes the value; throws a ``VMError`` naming both types when `T` is not the type that was sent.
     public func decode<T: Decodable>(as type: T.Type = T.self) throws -> T {

@@ -35,7 +35,7 @@ public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Se
             do {
                 decoded = try BinaryDecoder.decode(Arguments.self, from: arguments)
             } catch {
-                throw InvocationFailure(
+                throw TaskFailure(
                     typeName: "ParallelVM.VMError",
                     message:
                         "function '\(name)' could not decode its arguments as \(_typeName(Arguments.self, qualified: true)): \(error)"
@@ -45,7 +45,7 @@ public struct RemoteFunction<Arguments: Codable & Sendable, Result: Codable & Se
             do {
                 return try BinaryEncoder.encode(result)
             } catch {
-                throw InvocationFailure(
+                throw TaskFailure(
                     typeName: "ParallelVM.VMError",
                     message:
                         "function '\(name)' could not encode its result of type \(_typeName(Result.self, qualified: true)): \(error)"
@@ -115,12 +115,6 @@ public struct AnyRemoteFunction: Sendable, RemoteFunctionConvertible {
     public var erased: AnyRemoteFunction { self }
 }
 
-/// A failure of the VM machinery around a user function, reported with its own type name.
-struct InvocationFailure: Error {
-    let typeName: String
-    let message: String
-}
-
 /// The functions this process knows, by name. Filled once, before the VM starts, then only read.
 struct FunctionTable: Sendable {
     private(set) var functions: [String: AnyRemoteFunction] = [:]
@@ -129,7 +123,7 @@ struct FunctionTable: Sendable {
         if let existing = functions[function.name] {
             guard existing.argumentType == function.argumentType, existing.resultType == function.resultType else {
                 throw VMError(
-                    .unknownFunction,
+                    .duplicateFunction,
                     "function '\(function.name)' is registered twice with different types: (\(existing.argumentType)) -> \(existing.resultType) and (\(function.argumentType)) -> \(function.resultType)"
                 )
             }

@@ -23,7 +23,7 @@ public import ParallelVMStorage
 /// Several VM objects with different settings may be created; each spawn request carries the settings of
 /// the VM object that made it.
 public final class VM: Sendable {
-    let runtime: Runtime
+    let spawner: Spawner
     /// The debug level: 0 quiet, 1 task starts and ends, 2 and more everything.
     public let debug: Int
     /// This VM object's index in the process (1 for the first), part of local storage folder names.
@@ -51,7 +51,9 @@ public final class VM: Sendable {
     ///     VM's later tasks on the same worker.
     ///   - missingMirrorSources: whether a mirror source that matches nothing is an error (default) or a
     ///     warning (listed in ``storageWarnings``).
-    ///   - logger: where the spawner prints its own and forwarded diagnostics (default: standard output).
+    ///   - logger: where the spawner prints its own and forwarded diagnostics. The default is
+    ///     `Logger(label: "ParallelVM")`, so the program's `LoggingSystem.bootstrap` decides where lines go
+    ///     (swift-log's default handler writes them to standard error).
     /// - Throws: ``VMError`` when MPI cannot start, `StorageError` naming the path when the mirror map or
     ///   startup folder is invalid.
     public init(
@@ -64,9 +66,9 @@ public final class VM: Sendable {
         missingMirrorSources: MissingSourcePolicy = .error,
         logger: Logger? = nil
     ) throws {
-        self.runtime = try Runtime.start(functions: functions, logger: logger)
+        self.spawner = try Startup.spawner(functions: functions, logger: logger)
         self.debug = debug
-        self.vmIndex = runtime.nextVMIndex()
+        self.vmIndex = spawner.nextVMIndex()
         self.persistentStorage = persistentStorage
         if (mirrorMap ?? [:]).isEmpty && startupDir == nil {
             self.storage = nil
@@ -84,13 +86,13 @@ public final class VM: Sendable {
             self.storage = request
             self.storageWarnings = warnings
         }
-        self.encodedSettings = try BinaryEncoder.encode(SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage))
-        runtime.raiseSpawnerLogLevel(to: Logger.Level(debug: debug))
-        for warning in storageWarnings { runtime.logger.warning("\(warning)") }
+        self.encodedSettings = try SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage).encoded()
+        spawner.raiseLogLevel(to: Logger.Level(debug: debug))
+        for warning in storageWarnings { spawner.logger.warning("\(warning)") }
     }
 
     private func requireLive(_ operation: String) throws(VMError) {
-        if runtime.isFinalized {
+        if spawner.isFinalized {
             throw VMError(.finalized, "\(operation) was called after the VM was finalized")
         }
     }
@@ -98,23 +100,23 @@ public final class VM: Sendable {
     // MARK: - Queries
 
     /// Whether the program runs under an MPI launcher, with workers possible.
-    public var isDistributed: Bool { runtime.transport != nil }
+    public var isDistributed: Bool { spawner.transport != nil }
 
     /// The hosts of the VM, in the order of their first slot (the spawner's host first).
-    public func hosts() -> [HostID] { runtime.withBook { $0.hosts } }
+    public func hosts() -> [HostID] { spawner.withBook { $0.hosts } }
 
     /// The number of slots (MPI ranks), the spawner's included.
-    public func slots() -> Int { runtime.withBook { $0.count } }
+    public func slots() -> Int { spawner.withBook { $0.count } }
 
     /// The number of worker slots with no task running.
-    public func freeSlots() -> Int { runtime.withBook { $0.freeSlots().count } }
+    public func freeSlots() -> Int { spawner.withBook { $0.freeSlots().count } }
 
     /// The free worker slots (ranks).
-    public func freeSlotsSet() -> Set<Int> { Set(runtime.withBook { $0.freeSlots() }) }
+    public func freeSlotsSet() -> Set<Int> { Set(spawner.withBook { $0.freeSlots() }) }
 
     /// The hosts that have at least one free slot.
     public func hostsWithFreeSlots() -> [HostID] {
-        runtime.withBook { book in
+        spawner.withBook { book in
             let free = Set(book.freeSlots().compactMap { book.host(of: $0) })
             return book.hosts.filter { free.contains($0) }
         }
@@ -128,11 +130,11 @@ public final class VM: Sendable {
 
     /// The host of `task` (the spawner's host when nil), or nil when no such slot exists.
     public func hostID(_ task: TaskID? = nil) -> HostID? {
-        runtime.withBook { $0.host(of: task?.slot ?? 0) }
+        spawner.withBook { $0.host(of: task?.slot ?? 0) }
     }
 
     /// A table of hosts, slots per host and what runs in each slot.
-    public func formatSpawnerConfig() -> String { runtime.withBook { $0.formatted() } }
+    public func formatSpawnerConfig() -> String { spawner.withBook { $0.formatted() } }
 
     // MARK: - Spawning
 
@@ -140,7 +142,8 @@ public final class VM: Sendable {
     ///
     /// - Parameters:
     ///   - count: how many tasks; nil fills every free slot. Must be positive.
-    ///   - targets: only spawn on these hosts; every host must be one of ``hosts()``.
+    ///   - targets: only spawn on these hosts; every host must be one of ``hosts()``, and the list must not
+    ///     be empty (nil means any host).
     ///   - sendBack: whether each task sends a ``TaskResult`` before its ``Message/taskExit``.
     /// - Returns: the tasks actually spawned: fewer than `count` (or none) when fewer slots are free.
     @discardableResult
@@ -190,55 +193,44 @@ public final class VM: Sendable {
         }
         var targetSet: Set<HostID>? = nil
         if let targets {
-            let known = Set(hosts())
+            let known = hosts()
+            guard !targets.isEmpty else {
+                throw VMError(
+                    .invalidSpawn,
+                    "spawnFunction('\(name)'): targets is empty, so no slot could ever be used; pass nil for any host, or some of \(HostID.quotedList(known))"
+                )
+            }
             let unknown = targets.filter { !known.contains($0) }
             guard unknown.isEmpty else {
                 throw VMError(
                     .invalidSpawn,
-                    "spawnFunction('\(name)'): unknown host(s) \(unknown.map(\.name).joined(separator: ", ")); the VM's hosts are \(hosts().map(\.name).joined(separator: ", "))"
+                    "spawnFunction('\(name)'): unknown host(s) \(HostID.quotedList(unknown)); the VM's hosts are \(HostID.quotedList(known))"
                 )
             }
             targetSet = Set(targets)
         }
-        guard let transport = runtime.transport else { return [] }
-
+        guard spawner.transport != nil else { return [] }
         let arguments: [UInt8]
         do {
             arguments = try BinaryEncoder.encode(args)
         } catch {
             throw VMError(
                 .encoding,
-                "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)"
+                "spawnFunction('\(name)'): cannot encode arguments of type \(_typeName(Arguments.self, qualified: true)): \(error)",
+                underlying: error
             )
         }
-        let settings = encodedSettings
-
-        let placed: [TaskID] = runtime.withBook { book in
-            let slots = book.freeSlots(on: targetSet).prefix(count ?? Int.max)
-            return slots.map { book.occupy($0) }
-        }
-        for (index, task) in placed.enumerated() {
-            var frame = WireWriter(
-                kind: .spawn,
-                sourceTask: 0,
-                destinationTask: task.number,
-                capacity: 64 + name.utf8.count + settings.count + arguments.count
-            )
-            frame.append(sendBack)
-            frame.append(name)
-            frame.append(lengthPrefixed: settings)
-            do {
-                // Ring first: a request above MPI's eager limit completes only once the worker takes it.
-                runtime.ringDoorbell(of: task.slot)
-                try transport.sendFrame(&frame, payload: arguments, to: task.slot)
-            } catch {
-                runtime.withBook { book in
-                    for unsent in placed[index...] { book.release(unsent) }
-                }
-                throw VMError(.mpi, "spawnFunction('\(name)'): sending the request for task \(task) failed: \(error)")
-            }
-            if debug > 0 {
-                runtime.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")")
+        let placed = try spawner.spawn(
+            function: name,
+            arguments: arguments,
+            settings: encodedSettings,
+            count: count,
+            targets: targetSet,
+            sendBack: sendBack
+        )
+        if debug > 0 {
+            for task in placed {
+                spawner.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")")
             }
         }
         return placed
@@ -248,83 +240,53 @@ public final class VM: Sendable {
 
     /// Sends a value to a task (or to the spawner itself, `0:0`).
     ///
-    /// Throws when `task` names no slot of the VM or does not run in its slot any more.
+    /// Throws a ``VMError``: `.invalidArgument` for a negative task ID, `.invalidDestination` when `task`
+    /// names no slot of the VM or does not run in its slot (any more, or yet).
     public func sendMessage<T: Encodable>(to task: TaskID, _ value: T) throws {
         try requireLive("sendMessage")
-        let running: Bool = runtime.withBook { book in
-            task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task))
+        guard task.slot >= 0, task.number >= 0 else {
+            throw VMError(.invalidArgument, "cannot send to task \(task): task IDs are never negative")
         }
-        guard running else {
-            let state = runtime.withBook { book -> String in
-                guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
-                if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
-                if let other = book.task(in: task.slot) {
-                    return "slot \(task.slot) now runs task \(task.slot):\(other)"
-                }
-                return "slot \(task.slot) is free"
+        let refusal: String? = spawner.withBook { book in
+            if task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task)) { return nil }
+            guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
+            if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
+            let future = task.number >= book.nextTaskNumber ? "; no task number \(task.number) has been spawned yet" : ""
+            if let other = book.task(in: task.slot) {
+                return "slot \(task.slot) now runs task \(task.slot):\(other)\(future)"
             }
-            throw VMError(.invalidDestination, "cannot send to task \(task): it is not running (\(state))")
+            return "slot \(task.slot) is free\(future)"
         }
-        try runtime.sendUser(value, from: 0, to: task)
+        if let refusal {
+            throw VMError(.invalidDestination, "cannot send to task \(task): it is not running (\(refusal))")
+        }
+        try spawner.send(value, to: task)
     }
 
-    /// The next message for the spawner: `timeout` nil or negative waits for ever, 0 polls, positive waits
-    /// that many seconds; nil when nothing came in time.
+    /// The next message for the spawner: `timeout` nil, negative or `.infinity` waits for ever, 0 polls,
+    /// positive waits that many seconds; nil when nothing came in time. NaN is refused with a ``VMError``.
     ///
     /// A ``Message/taskExit`` has already freed its slot when it is returned, and a task's
     /// ``Message/taskResult`` always comes before its exit.
     public func receiveMessage(timeout: Double? = nil) throws -> (source: TaskID, message: Message)? {
         try requireLive("receiveMessage")
-        guard let transport = runtime.transport else {
-            if let timeout, timeout > 0 { Thread.sleep(forTimeInterval: timeout) }
+        let deadline = try Deadline(timeout: timeout, for: "receiveMessage")
+        guard spawner.transport != nil else {
+            if let remaining = deadline.remaining, remaining > 0 { Thread.sleep(forTimeInterval: remaining) }
             return nil
         }
-        let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
-        let idleWait = runtime.spawnerIdleWait
-        while true {
-            let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
-            let matching: (Envelope) -> Bool = { $0.kind != .clearStorageReport && $0.kind != .hello }
-            guard let envelope = try transport.receive(timeout: remaining, matching: matching, idleWait: idleWait)
-            else {
-                return nil
-            }
-            if let delivered = try deliver(envelope) { return delivered }
-        }
-    }
-
-    /// Turns a frame into what ``receiveMessage(timeout:)`` returns, or handles it and returns nil.
-    private func deliver(_ envelope: Envelope) throws(VMError) -> (source: TaskID, message: Message)? {
-        let source = envelope.sourceID
-        switch envelope.kind {
-        case .taskExit:
-            runtime.taskExited(envelope)
-            return (source, .taskExit)
-        case .taskResult:
-            return (
-                source, .taskResult(try TaskResult(envelope, host: hostID(source) ?? HostID("rank \(source.slot)")))
-            )
-        case .user:
-            guard envelope.destinationTask == 0 else { return nil }
-            return (source, .user(try UserMessage(envelope)))
-        case .log:
-            runtime.printForwardedLog(envelope)
-            return nil
-        case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome:
-            return nil
+        guard let event = try spawner.nextEvent(until: deadline, where: { _, _ in true }) else { return nil }
+        switch event {
+        case .result(let source, let result): return (source, .taskResult(result))
+        case .exit(let source): return (source, .taskExit)
+        case .user(let source, let message): return (source, .user(message))
         }
     }
 
     /// Whether a message for the spawner is waiting (never blocks).
     public func checkForIncoming() throws -> Bool {
         try requireLive("checkForIncoming")
-        guard let transport = runtime.transport else { return false }
-        return try transport.hasIncoming { envelope in
-            switch envelope.kind {
-            case .taskExit, .taskResult: true
-            case .user: envelope.destinationTask == 0
-            default: false
-            }
-        }
+        return try spawner.hasEvent { _, _ in true }
     }
 
     // MARK: - Local storage
@@ -332,56 +294,16 @@ public final class VM: Sendable {
     /// Removes this user's local storage (the per-user folder under `PARALLEL_LOCAL_STORAGE`) on the spawner
     /// and on every worker, and nothing else: no symlink is followed out of it.
     ///
-    /// Workers busy with a task clear after it; a worker that does not answer within `timeout` seconds (nil:
-    /// wait for ever) is listed with a failure. Returns one report per host, the spawner's host first.
+    /// Workers busy with a task clear after it; a worker that does not answer within `timeout` seconds (nil
+    /// or `.infinity`: wait for ever) is listed with a failure. Returns one report per host, the spawner's
+    /// host first.
     public func clearLocalStorage(timeout: Double? = 30) throws -> [ClearReport] {
         try requireLive("clearLocalStorage")
-        var reports = [Runtime.clearLocalStorageHere()]
-        if let transport = runtime.transport {
-            let workers = 1..<runtime.size
-            for worker in workers {
-                runtime.ringDoorbell(of: worker, always: true)
-                try transport.send(WireWriter(kind: .clearStorage, sourceTask: 0, destinationTask: 0).bytes, to: worker)
-            }
-            var waiting = Set(workers)
-            let deadline: Double? = if let timeout, timeout >= 0 { monotonicSeconds() + timeout } else { nil }
-            while !waiting.isEmpty {
-                let remaining: Double? = deadline.map { max(0, $0 - monotonicSeconds()) }
-                guard
-                    let envelope = try transport.receive(
-                        timeout: remaining,
-                        matching: { $0.kind == .clearStorageReport }
-                    )
-                else { break }
-                waiting.remove(envelope.sourceRank)
-                do {
-                    reports.append(
-                        try BinaryDecoder.decode(
-                            ClearReport.self,
-                            from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...])
-                        )
-                    )
-                } catch {
-                    let host =
-                        hostID(TaskID(slot: envelope.sourceRank, number: 0))?.name ?? "rank \(envelope.sourceRank)"
-                    reports.append(
-                        ClearReport(
-                            host: host,
-                            failures: ["rank \(envelope.sourceRank)": "unreadable report: \(error)"]
-                        )
-                    )
-                }
-            }
-            for worker in waiting.sorted() {
-                let host = hostID(TaskID(slot: worker, number: 0))?.name ?? "rank \(worker)"
-                reports.append(
-                    ClearReport(
-                        host: host,
-                        failures: ["rank \(worker)": "no answer within \(timeout ?? 0) s (busy with a long task?)"]
-                    )
-                )
-            }
-        }
+        let deadline = try Deadline(timeout: timeout, for: "clearLocalStorage")
+        let reports = try spawner.clearLocalStorage(
+            until: deadline,
+            timeoutText: timeout.map { "\($0) s" } ?? "ever"
+        )
         // One report per host: ranks on one host usually share the folder, and the first one empties it.
         var merged: [ClearReport] = []
         for report in reports {
@@ -400,6 +322,6 @@ public final class VM: Sendable {
     /// Asks every worker to leave its loop, then finalizes MPI. Every process then exits 0. Tasks still
     /// running finish first. Calling it again does nothing.
     public func finalize() throws {
-        try runtime.finalize()
+        try spawner.finalize()
     }
 }

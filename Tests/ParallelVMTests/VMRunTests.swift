@@ -130,15 +130,30 @@ struct VMRunTests {
         #expect(run.status == 0, "\(run)")
         let host = try #require(run.value("host"))
         let task = try #require(run.value("task"))
-        let lines = run.stdout.split(separator: "\n")
+        // The default handler is swift-log's: standard error.
+        let lines = (run.stdout + run.stderr).split(separator: "\n")
         #expect(lines.contains { $0.contains("host=\(host) task=\(task)") && $0.contains("chatty info") })
         #expect(lines.contains { $0.contains("host=\(host) task=\(task)") && $0.contains("chatty debug") })
+    }
+
+    @Test(arguments: [1, 2])
+    func theProgramsLogHandlerGetsTaskLinesWithTheirMetadata(ranks: Int) throws {
+        let run = try MPIRun.scenario("log-capture", ranks: ranks, environment: ["SCENARIO_LOG_CAPTURE": "1"])
+        #expect(run.status == 0, "\(run)")
+        let lines = run.values("log")
+        if ranks > 1 {
+            let task = try #require(run.value("task"))
+            #expect(lines.contains { $0.hasPrefix("warning|evaluated|") && $0.contains("point=7") && $0.contains("task=\(task)") && $0.contains("host=") }, "\(lines)")
+        }
+        // A job run in the spawner's process logs too, tagged as the spawner's task.
+        #expect(run.value("localValue") == "8")
+        #expect(lines.contains { $0.hasPrefix("warning|evaluated|") && $0.contains("point=8") && $0.contains("task=0:0") }, "\(lines)")
     }
 
     @Test func debugZeroKeepsWorkerDiagnosticsQuiet() throws {
         let run = try MPIRun.scenario("debug", ranks: 2)
         #expect(run.status == 0, "\(run)")
-        #expect(!run.stdout.contains("chatty info"))
+        #expect(!(run.stdout + run.stderr).contains("chatty info"))
     }
 
     @Test(arguments: ["adaptive", "busy", "3000,100"])

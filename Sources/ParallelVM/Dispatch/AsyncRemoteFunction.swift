@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A registered function whose body is `async`: a worker runs it to completion like any other function,
 /// and the dispatcher, running jobs in this process, runs several of them concurrently.
@@ -56,12 +57,10 @@ func waitForAsync<T: Sendable>(_ operation: @escaping @Sendable () async throws 
 }
 
 /// Hands one outcome from a task to the thread waiting for it.
-private final class OutcomeBox<T: Sendable>: @unchecked Sendable {
-    // Invariant for @unchecked Sendable: `outcome` is only touched while holding `lock`.
-    private let lock = NSLock()
-    private var outcome: Result<T, any Error>?
+private final class OutcomeBox<T: Sendable>: Sendable {
+    private let outcome = Mutex<Result<T, any Error>?>(nil)
 
-    func set(_ value: Result<T, any Error>) { lock.withLock { outcome = value } }
+    func set(_ value: Result<T, any Error>) { outcome.withLock { $0 = value } }
 
-    func get() throws -> T { try lock.withLock { outcome! }.get() }
+    func get() throws -> T { try outcome.withLock { $0! }.get() }
 }

@@ -1,5 +1,4 @@
 import Foundation
-import ParallelVMCodec
 
 /// Runs jobs in the VM's worker slots, one job (or chunk of jobs) per slot, and hands their results back
 /// one at a time as they finish: PyOPUS's `Spawn` and `Join`, for writing an asynchronous loop by hand.
@@ -53,7 +52,7 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///   - unjoinedLimitPerSlot: when given, room for a new unit also needs fewer unjoined jobs than this
     ///     many per slot, so that a feeder cannot run ahead of the joiner when jobs finish as fast as they start.
     init(_ vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int? = nil, inputOpen: Bool) throws {
-        if vm.runtime.isFinalized {
+        if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
         }
         engine = FarmEngine(
@@ -88,7 +87,7 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     public func spawn(_ job: Job<Value>) async throws -> Int {
         try await waitForFreeSlot()
         guard let index = engine.submit([job]) else {
-            throw VMError(.invalidSpawn, "cannot spawn \(job.name): the farm is closed")
+            throw VMError(.farmClosed, "cannot spawn \(job.name): the farm is closed")
         }
         return index
     }
@@ -128,61 +127,50 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     var isStopped: Bool { engine.isStopped }
 }
 
-/// The machinery of a ``Farm``: a queue of units, a thread of its own that starts them (in worker slots,
-/// or in this process) and takes their results, and the continuations that hand results to async callers.
+/// The machinery of a ``Farm``: its ``FarmQueue`` behind a condition, a thread of its own that starts
+/// units (``RemoteExecution`` in worker slots, or ``LocalExecution`` in this process) and takes their
+/// results, and the continuations that hand results to async callers.
 ///
 /// The VM's waits block (they poll MPI), so they run on this thread and never on Swift's cooperative pool.
 final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
-    // Invariant for @unchecked Sendable: the `let` properties never change after init; every `var` except
-    // `running`, `resulted` and `context` is only touched while holding `condition`; those three are only
-    // touched by the farm's own thread.
-    typealias Unit = [(index: Int, job: Job<Value>)]
+    // Invariant for @unchecked Sendable: the `let` properties never change after init; every `var` is only
+    // touched while holding `condition`.
+    typealias Unit = FarmQueue<Job<Value>, JobResult<Value>>.Unit
 
     let vm: VM
     let isRemote: Bool
     let slots: Int
-    /// Units allowed in flight (queued or running): the slots plus the lookahead.
-    private let capacity: Int
-    /// Unjoined jobs allowed before a new unit fits (dispatch), or nil (a hand-written loop joins when it likes).
-    private let unjoinedLimit: Int?
     private let condition = NSCondition()
-
-    private var queue: [Unit] = []
-    private var queueHead = 0
-    private var unitsInFlight = 0
-    private var outstandingJobsLocked = 0
-    private var finished: [JobResult<Value>] = []
-    private var finishedHead = 0
-    private var nextIndex = 0
-    private var inputOpen: Bool
-    private var stopped = false
-    private var closing = false
+    private var queue: FarmQueue<Job<Value>, JobResult<Value>>
     private var threadDone = false
+    /// Async jobs running in this process as tasks of their own.
     private var localTasks = 0
     private var joinWaiter: CheckedContinuation<JobResult<Value>?, any Error>?
     private var slotWaiter: CheckedContinuation<Void, any Error>?
     private var doneWaiters: [CheckedContinuation<Void, Never>] = []
 
-    private var running: [TaskID: Unit] = [:]
-    private var resulted: Set<TaskID> = []
-
     init(vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int?, inputOpen: Bool) {
         self.vm = vm
         let workers = vm.slots() - 1
-        self.isRemote = remote && vm.runtime.transport != nil && workers > 0
+        self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)
         self.slots = slots
-        self.capacity = slots * (1 + max(0, lookaheadPerSlot))
-        self.unjoinedLimit = unjoinedLimitPerSlot.map { slots * max(1, $0) }
-        self.inputOpen = inputOpen
+        self.queue = FarmQueue(
+            slots: slots,
+            lookaheadPerSlot: lookaheadPerSlot,
+            unjoinedLimitPerSlot: unjoinedLimitPerSlot,
+            inputOpen: inputOpen,
+            splitsUnits: !isRemote
+        )
     }
 
     func start() {
         let thread = Thread { [self] in
-            if isRemote, let transport = vm.runtime.transport {
-                serveRemote(transport)
+            if isRemote {
+                var execution = RemoteExecution(engine: self)
+                execution.serve()
             } else {
-                serveLocal()
+                LocalExecution(engine: self).serve()
             }
             condition.withLock {
                 threadDone = true
@@ -196,41 +184,31 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     // MARK: - Callers' side
 
-    var hasFreeSlot: Bool { condition.withLock { !stopped && outstandingJobsLocked < slots } }
+    var hasFreeSlot: Bool { condition.withLock { queue.hasFreeSlot } }
     /// Whether a unit submitted now fits: free slots plus the lookahead.
-    var hasRoom: Bool { condition.withLock { hasRoomLocked } }
-
-    private var hasRoomLocked: Bool {
-        !stopped && unitsInFlight < capacity && outstandingJobsLocked < (unjoinedLimit ?? Int.max)
-    }
+    var hasRoom: Bool { condition.withLock { queue.hasRoom } }
+    var outstandingJobs: Int { condition.withLock { queue.outstanding } }
+    var unitsRunning: Int { condition.withLock { queue.unitsInFlight } }
+    var isStopped: Bool { condition.withLock { queue.stopped } }
 
     /// Wakes the task waiting for room, if there is room now.
     private func resumeSlotWaiterIfRoomLocked() {
-        if hasRoomLocked, let slotWaiter {
+        if queue.hasRoom, let slotWaiter {
             self.slotWaiter = nil
             slotWaiter.resume()
         }
     }
-    var outstandingJobs: Int { condition.withLock { outstandingJobsLocked } }
-    var unitsRunning: Int { condition.withLock { unitsInFlight } }
-    var isStopped: Bool { condition.withLock { stopped } }
+
+    private func resumeJoinerIfDrainedLocked() {
+        if queue.isDrained, let joinWaiter {
+            self.joinWaiter = nil
+            joinWaiter.resume(returning: nil)
+        }
+    }
 
     func submit(_ jobs: [Job<Value>]) -> Int? {
-        guard !jobs.isEmpty else { return nil }
-        return condition.withLock {
-            guard !stopped else { return nil }
-            let first = nextIndex
-            let unit: Unit = jobs.enumerated().map { (first + $0.offset, $0.element) }
-            nextIndex += jobs.count
-            // Running in this process, each job is a unit of its own: chunks only save messages.
-            if isRemote {
-                queue.append(unit)
-                unitsInFlight += 1
-            } else {
-                for element in unit { queue.append([element]) }
-                unitsInFlight += unit.count
-            }
-            outstandingJobsLocked += jobs.count
+        condition.withLock {
+            guard let first = queue.submit(jobs) else { return nil }
             condition.signal()
             return first
         }
@@ -238,7 +216,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     func finishInput() {
         condition.withLock {
-            inputOpen = false
+            queue.finishInput()
             resumeJoinerIfDrainedLocked()
         }
     }
@@ -246,13 +224,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     /// Stops starting units and drops queued ones; with `closing`, the thread also ends once nothing runs.
     func stop(closing: Bool) {
         condition.withLock {
-            stopped = true
-            if closing { self.closing = true }
-            let dropped = queue[queueHead...]
-            unitsInFlight -= dropped.count
-            outstandingJobsLocked -= dropped.reduce(0) { $0 + $1.count }
-            queue = []
-            queueHead = 0
+            queue.stop(closing: closing)
             slotWaiter?.resume()
             slotWaiter = nil
             if closing, let joinWaiter {
@@ -270,7 +242,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
                 condition.withLock {
                     if Task.isCancelled {
                         continuation.resume(throwing: CancellationError())
-                    } else if stopped || hasRoomLocked {
+                    } else if queue.stopped || queue.hasRoom {
                         continuation.resume()
                     } else if slotWaiter != nil {
                         continuation.resume(
@@ -291,18 +263,16 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     func join() async throws -> JobResult<Value>? {
         // Fast path: a result is waiting, no suspension needed.
-        if let ready = condition.withLock({ finishedHead < finished.count ? popFinishedLocked() : nil }) {
-            return ready
-        }
+        if let ready = condition.withLock({ popFinishedLocked() }) { return ready }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation {
                 (continuation: CheckedContinuation<JobResult<Value>?, any Error>) in
                 condition.withLock {
                     if Task.isCancelled {
                         continuation.resume(throwing: CancellationError())
-                    } else if finishedHead < finished.count {
-                        continuation.resume(returning: popFinishedLocked())
-                    } else if outstandingJobsLocked == 0 && (!inputOpen || stopped) {
+                    } else if let ready = popFinishedLocked() {
+                        continuation.resume(returning: ready)
+                    } else if queue.isDrained {
                         continuation.resume(returning: nil)
                     } else if joinWaiter != nil {
                         continuation.resume(throwing: VMError(.invalidSpawn, "two tasks join the same farm at once"))
@@ -327,44 +297,23 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    private func popFinishedLocked() -> JobResult<Value> {
-        let result = finished[finishedHead]
-        finishedHead += 1
-        if finishedHead > 1024, finishedHead * 2 > finished.count {
-            finished.removeFirst(finishedHead)
-            finishedHead = 0
-        }
-        outstandingJobsLocked -= 1
+    private func popFinishedLocked() -> JobResult<Value>? {
+        guard let result = queue.popFinished() else { return nil }
         resumeSlotWaiterIfRoomLocked()
         return result
     }
 
-    private func resumeJoinerIfDrainedLocked() {
-        if outstandingJobsLocked == 0, !inputOpen || stopped, let joinWaiter {
-            self.joinWaiter = nil
-            joinWaiter.resume(returning: nil)
-        }
-    }
-
-    // MARK: - Results (any thread)
+    // MARK: - Executors' side (the farm's thread, and local async jobs)
 
     /// Hands finished jobs to the joiner; `unitFinished` frees the unit's place in the farm.
-    private func complete(_ results: [JobResult<Value>], unitFinished: Bool, localTaskEnded: Bool = false) {
+    func complete(_ results: [JobResult<Value>], unitFinished: Bool, localTaskEnded: Bool = false) {
         condition.withLock {
-            for result in results {
-                if let joinWaiter {
-                    self.joinWaiter = nil
-                    outstandingJobsLocked -= 1
-                    resumeSlotWaiterIfRoomLocked()
-                    joinWaiter.resume(returning: result)
-                } else {
-                    finished.append(result)
-                }
+            queue.complete(results, unitFinished: unitFinished)
+            if let joinWaiter, let ready = queue.popFinished() {
+                self.joinWaiter = nil
+                joinWaiter.resume(returning: ready)
             }
-            if unitFinished {
-                unitsInFlight -= 1
-                resumeSlotWaiterIfRoomLocked()
-            }
+            resumeSlotWaiterIfRoomLocked()
             if localTaskEnded {
                 localTasks -= 1
                 condition.broadcast()
@@ -372,42 +321,68 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    private func failure(
+    /// Up to `limit` units to start; waits while there is none and `busy` is false (nothing running).
+    /// nil when the farm closes with nothing running.
+    func takeUnits(limit: Int, busy: Bool) -> [Unit]? {
+        condition.withLock {
+            while !queue.hasQueuedUnits && !busy && !queue.closing { condition.wait() }
+            if queue.closing && !busy { return nil }
+            var units: [Unit] = []
+            while units.count < limit, let unit = queue.nextUnit() { units.append(unit) }
+            return units
+        }
+    }
+
+    /// Units that found no free slot after all: back to the front of the queue.
+    func putBack(_ units: [Unit]) {
+        condition.withLock {
+            queue.putBack(units)
+            resumeJoinerIfDrainedLocked()
+        }
+    }
+
+    /// The next unit to run in this process, once fewer than `slots` async jobs run; nil when the farm
+    /// closes (after the running async jobs have ended).
+    func takeLocalUnit() -> Unit? {
+        condition.withLock {
+            while (!queue.hasQueuedUnits || localTasks >= slots) && !queue.closing { condition.wait() }
+            if queue.closing {
+                while localTasks > 0 { condition.wait() }
+                return nil
+            }
+            return queue.nextUnit()
+        }
+    }
+
+    /// Counts an async job started in this process (``complete(_:unitFinished:localTaskEnded:)`` ends it).
+    func localTaskStarted() { condition.withLock { localTasks += 1 } }
+
+    /// A failed result for one job of a unit.
+    func failure(
         _ code: JobError.Code,
-        _ element: (index: Int, job: Job<Value>),
+        _ element: (index: Int, item: Job<Value>),
         _ error: any Error,
         task: TaskID? = nil
     ) -> JobResult<Value> {
         JobResult(
             index: element.index,
-            job: element.job,
-            outcome: .failure(JobError(code, index: element.index, job: element.job, underlying: error)),
+            job: element.item,
+            outcome: .failure(JobError(code, index: element.index, job: element.item, underlying: error)),
             host: task.flatMap { vm.hostID($0) },
             task: task
         )
     }
 
-    /// Takes the next unit to start, waiting while there is none; nil when the thread should end.
-    private func nextUnitLocked() -> Unit? {
-        guard queueHead < queue.count else { return nil }
-        let unit = queue[queueHead]
-        queueHead += 1
-        if queueHead > 1024, queueHead * 2 > queue.count {
-            queue.removeFirst(queueHead)
-            queueHead = 0
-        }
-        return unit
-    }
-
     /// The jobs of `unit` whose function this process does not know fail at once, as they would on any worker.
-    private func rejectUnknown(_ unit: Unit) -> (known: Unit, rejected: [JobResult<Value>]) {
+    func rejectUnknown(_ unit: Unit) -> (known: Unit, rejected: [JobResult<Value>]) {
         var known: Unit = []
         var rejected: [JobResult<Value>] = []
+        let functions = vm.spawner.functions
         for element in unit {
-            if vm.runtime.functions[element.job.function] == nil {
+            if functions[element.item.function] == nil {
                 let error = VMError(
                     .unknownFunction,
-                    "function '\(element.job.function)' is not registered; pass it to the first VM the program creates (registered: \(vm.runtime.functions.names.filter { $0 != ChunkRunner.name }.joined(separator: ", ")))"
+                    "function '\(element.item.function)' is not registered; pass it to the first VM the program creates (registered: \(functions.names.filter { $0 != ChunkRunner.name }.joined(separator: ", ")))"
                 )
                 rejected.append(failure(.unknownFunction, element, error))
             } else {
@@ -415,270 +390,5 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             }
         }
         return (known, rejected)
-    }
-
-    // MARK: - The farm thread, running jobs in this process
-
-    private func serveLocal() {
-        let context = TaskContext(runtime: vm.runtime, taskID: .spawner, debug: vm.debug, vmIndex: vm.vmIndex)
-        while true {
-            condition.lock()
-            // Async jobs run as tasks of their own; at most `slots` of them at once.
-            while (queueHead == queue.count || localTasks >= slots) && !closing { condition.wait() }
-            if closing {
-                while localTasks > 0 { condition.wait() }
-                condition.unlock()
-                return
-            }
-            let unit = nextUnitLocked()!
-            condition.unlock()
-            run(unit, in: context)
-        }
-    }
-
-    /// Runs a one-job unit in this process: a blocking body here, an async body as a task of its own.
-    private func run(_ unit: Unit, in context: TaskContext) {
-        let (known, rejected) = rejectUnknown(unit)
-        guard let element = known.first else {
-            complete(rejected, unitFinished: true)
-            return
-        }
-        switch element.job.local {
-        case .blocking(let body):
-            let outcome: Result<Value, JobError>
-            do {
-                outcome = .success(try body(context))
-            } catch {
-                outcome = .failure(JobError(.failed, index: element.index, job: element.job, underlying: error))
-            }
-            complete(
-                [JobResult(index: element.index, job: element.job, outcome: outcome, host: nil, task: nil)],
-                unitFinished: true
-            )
-        case .async(let body):
-            condition.withLock { localTasks += 1 }
-            Task {
-                let outcome: Result<Value, JobError>
-                do {
-                    outcome = .success(try await body(context))
-                } catch {
-                    outcome = .failure(JobError(.failed, index: element.index, job: element.job, underlying: error))
-                }
-                self.complete(
-                    [JobResult(index: element.index, job: element.job, outcome: outcome, host: nil, task: nil)],
-                    unitFinished: true,
-                    localTaskEnded: true
-                )
-            }
-        }
-    }
-
-    // MARK: - The farm thread, running jobs on workers
-
-    private func serveRemote(_ transport: Transport) {
-        var backoff = Backoff(transport.waitPolicy)
-        while true {
-            let free = vm.freeSlots()
-            condition.lock()
-            while queueHead == queue.count && running.isEmpty && !closing { condition.wait() }
-            if closing && running.isEmpty {
-                condition.unlock()
-                return
-            }
-            var starting: [Unit] = []
-            while starting.count < free, let unit = nextUnitLocked() { starting.append(unit) }
-            condition.unlock()
-
-            var progressed = false
-            for (offset, unit) in starting.enumerated() where !startRemote(unit) {
-                // Another caller took the slot: put the units back, in order, and try again later.
-                condition.withLock {
-                    let back = Array(starting[offset...])
-                    if !stopped {
-                        queue.replaceSubrange(queueHead..<queueHead, with: back)
-                    } else {
-                        unitsInFlight -= back.count
-                        outstandingJobsLocked -= back.reduce(0) { $0 + $1.count }
-                        resumeJoinerIfDrainedLocked()
-                    }
-                }
-                break
-            }
-            progressed = !starting.isEmpty
-            if !running.isEmpty {
-                do {
-                    if let envelope = try transport.receive(timeout: 0, matching: isForThisFarm) {
-                        handle(envelope)
-                        progressed = true
-                    }
-                } catch {
-                    failAllRunning(error)
-                }
-            }
-            if progressed {
-                backoff = Backoff(transport.waitPolicy)
-            } else {
-                backoff.pause()
-            }
-        }
-    }
-
-    /// Frames this farm takes: its tasks' results and exits, and worker logs (printed as the VM prints them).
-    private func isForThisFarm(_ envelope: Envelope) -> Bool {
-        switch envelope.kind {
-        case .log: true
-        case .taskResult, .taskExit: running[envelope.sourceID] != nil
-        default: false
-        }
-    }
-
-    /// Starts one unit in a free slot: a single job as itself, several as one chunk task.
-    /// Returns false when no slot was free after all (nothing was started).
-    private func startRemote(_ unit: Unit) -> Bool {
-        let (known, rejected) = rejectUnknown(unit)
-        var failed = rejected
-        var sending = known
-        defer { if !failed.isEmpty { complete(failed, unitFinished: sending.isEmpty) } }
-        guard !sending.isEmpty else { return true }
-        do {
-            let task: TaskID?
-            if unit.count == 1 {
-                task = try sending[0].job.spawn(vm)
-            } else {
-                var items: [ChunkRunner.Item] = []
-                var encodable: Unit = []
-                for element in sending {
-                    do {
-                        items.append(
-                            ChunkRunner.Item(
-                                function: element.job.function,
-                                arguments: try element.job.encodedArguments()
-                            )
-                        )
-                        encodable.append(element)
-                    } catch {
-                        let reason = VMError(.encoding, "cannot encode the arguments of \(element.job.name): \(error)")
-                        failed.append(failure(.encoding, element, reason))
-                    }
-                }
-                sending = encodable
-                guard !items.isEmpty else { return true }
-                task = try vm.spawnFunction(named: ChunkRunner.name, args: items, count: 1).first
-            }
-            guard let task else {
-                failed = []
-                return false
-            }
-            running[task] = sending
-        } catch let error as VMError where error.code == .encoding {
-            failed += sending.map { failure(.encoding, $0, error) }
-            sending = []
-        } catch {
-            failed += sending.map { failure(.vm, $0, error) }
-            sending = []
-        }
-        return true
-    }
-
-    private func handle(_ envelope: Envelope) {
-        let task = envelope.sourceID
-        switch envelope.kind {
-        case .log:
-            vm.runtime.printForwardedLog(envelope)
-        case .taskResult:
-            guard let unit = running[task] else { return }
-            resulted.insert(task)
-            complete(results(of: unit, task: task, envelope: envelope), unitFinished: true)
-        case .taskExit:
-            // As VM.receiveMessage does: the exit frees the slot in the book.
-            vm.runtime.taskExited(envelope)
-            guard let unit = running.removeValue(forKey: task) else { return }
-            if resulted.remove(task) == nil {
-                let error = VMError(.mpi, "task \(task) ended without sending a result")
-                complete(unit.map { failure(.vm, $0, error, task: task) }, unitFinished: true)
-            }
-        default:
-            break
-        }
-    }
-
-    /// The results of a unit from its task's result frame (laid out as `VM.receiveMessage` reads it).
-    private func results(of unit: Unit, task: TaskID, envelope: Envelope) -> [JobResult<Value>] {
-        let host = vm.hostID(task) ?? HostID("rank \(task.slot)")
-        let result: TaskResult
-        do {
-            result = try TaskResult(envelope, host: host)
-        } catch {
-            return unit.map { failure(.vm, $0, error, task: task) }
-        }
-        if let error = result.error {
-            return unit.map { failure(.failed, $0, error, task: task) }
-        }
-        let function = result.function
-        let valueType = result.valueType
-        let bytes = result.valueBytes
-        guard function == ChunkRunner.name else {
-            return [decode(unit[0], typeName: valueType, bytes: bytes, task: task, host: host)]
-        }
-        let outcomes: [ChunkRunner.Outcome]
-        do {
-            outcomes = try BinaryDecoder.decode([ChunkRunner.Outcome].self, from: bytes)
-            guard outcomes.count == unit.count else {
-                throw VMError(.encoding, "a chunk of \(unit.count) jobs returned \(outcomes.count) outcomes")
-            }
-        } catch {
-            return unit.map { failure(.encoding, $0, error, task: task) }
-        }
-        return zip(unit, outcomes).map { element, outcome in
-            guard outcome.success else {
-                let error = RemoteError(
-                    function: element.job.function,
-                    typeName: outcome.typeName,
-                    message: outcome.message,
-                    task: task,
-                    host: host
-                )
-                return failure(.failed, element, error, task: task)
-            }
-            return decode(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
-        }
-    }
-
-    private func decode(
-        _ element: (index: Int, job: Job<Value>),
-        typeName: String,
-        bytes: [UInt8],
-        task: TaskID,
-        host: HostID
-    ) -> JobResult<Value> {
-        let expected = _typeName(Value.self, qualified: true)
-        guard typeName == expected else {
-            let error = VMError(
-                .typeMismatch,
-                "the result of '\(element.job.function)' is a \(typeName), not a \(expected)"
-            )
-            return failure(.encoding, element, error, task: task)
-        }
-        do {
-            let value = try BinaryDecoder.decode(Value.self, from: bytes)
-            return JobResult(index: element.index, job: element.job, outcome: .success(value), host: host, task: task)
-        } catch {
-            let reason = VMError(
-                .encoding,
-                "the result of '\(element.job.function)' could not be decoded as \(expected): \(error)"
-            )
-            return failure(.encoding, element, reason, task: task)
-        }
-    }
-
-    /// The transport failed: every running job fails, since its messages may never come.
-    private func failAllRunning(_ error: any Error) {
-        let units = running
-        let done = resulted
-        running = [:]
-        resulted = []
-        for (task, unit) in units where !done.contains(task) {
-            complete(unit.map { failure(.vm, $0, error, task: task) }, unitFinished: true)
-        }
     }
 }

@@ -45,14 +45,6 @@ public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Seconds on the monotonic clock.
-@inline(__always)
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) * 1e-9
-}
-
 /// The pause between two polls of one wait.
 struct Backoff {
     let policy: WaitPolicy

@@ -1,7 +1,7 @@
 /// The internal function that runs a chunk of jobs in one task, so that tiny jobs do not each pay for a
 /// spawn request, a result and an exit message (mpi4py.futures' `chunksize`).
 ///
-/// Every rank registers it (``Runtime/start(functions:logger:)``) over the same function table it
+/// Every rank registers it (`Startup`) over the same function table it
 /// serves, so a chunk can run any registered function. Each item's outcome is reported on its own, so
 /// one failing job does not fail its chunk.
 enum ChunkRunner {
@@ -43,15 +43,9 @@ enum ChunkRunner {
                         value: try function.invoke(item.arguments, task),
                         message: ""
                     )
-                } catch let failure as InvocationFailure {
-                    return Outcome(success: false, typeName: failure.typeName, value: [], message: failure.message)
                 } catch {
-                    return Outcome(
-                        success: false,
-                        typeName: _typeName(type(of: error), qualified: true),
-                        value: [],
-                        message: String(describing: error)
-                    )
+                    let failure = TaskFailure(error)
+                    return Outcome(success: false, typeName: failure.typeName, value: [], message: failure.message)
                 }
             }
         }.erased

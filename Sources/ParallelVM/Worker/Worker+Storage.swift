@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import ParallelVMCodec
 import ParallelVMStorage
 
 /// What a worker process remembers about local storage between tasks.
@@ -11,7 +10,7 @@ struct WorkerStorageState {
     let startDirectory = FileManager.default.currentDirectoryPath
 }
 
-extension Runtime {
+extension Worker {
     /// Prepares the task's local storage and working directory as its VM object asked, and changes into it.
     /// Returns the prepared storage to clean up after the task; throws a `StorageError` naming the path.
     func prepareStorage(_ request: StorageRequest, task: TaskID) throws -> PreparedStorage {
@@ -22,7 +21,7 @@ extension Runtime {
             request,
             mirrored: mirrored,
             root: root,
-            servedBefore: &workerStorage.servedVMs
+            servedBefore: &storage.servedVMs
         )
         if let directory = prepared.workingDirectory {
             guard chdir(directory) == 0 else {
@@ -37,7 +36,7 @@ extension Runtime {
             }
         }
         if prepared.folder != nil {
-            forwardLog(
+            log(
                 .debug,
                 prepared.reused
                     ? "task \(task) reuses persistent storage \(prepared.folder!)"
@@ -49,25 +48,23 @@ extension Runtime {
 
     /// Removes the task's storage (unless persistent) and returns to the folder MPI started the worker in.
     func cleanupStorage(_ prepared: PreparedStorage, task: TaskID) {
-        _ = chdir(workerStorage.startDirectory)
+        _ = chdir(storage.startDirectory)
         do {
             try prepared.cleanup()
         } catch {
-            forwardLog(.warning, "task \(task) could not remove its local storage: \(error)")
+            log(.warning, "task \(task) could not remove its local storage: \(error)")
         }
     }
 
     /// Clears this user's local storage on this worker's host and reports to the spawner.
-    func clearStorageOnWorker(_ envelope: Envelope) {
-        guard let transport else { return }
-        let report = Runtime.clearLocalStorageHere()
-        workerStorage.servedVMs.removeAll()
-        var frame = WireWriter(kind: .clearStorageReport, sourceTask: 0, destinationTask: 0)
+    func clearStorageOnWorker() {
+        let report = Worker.clearLocalStorageHere()
+        storage.servedVMs.removeAll()
         do {
-            frame.bytes.append(contentsOf: try BinaryEncoder.encode(report))
-            try transport.send(frame.bytes, to: 0)
+            wakeSpawnerIfAsleep()
+            try ClearStorageReport.send(report, over: transport)
         } catch {
-            forwardLog(.error, "could not report clearing local storage: \(error)")
+            log(.error, "could not report clearing local storage: \(error)")
         }
     }
 

@@ -4,7 +4,8 @@ import MPI
 //
 //   kind: UInt8 | flags: UInt8 | source task number: Int64 LE | destination task number: Int64 LE | body
 //
-// The body depends on the kind and is written with WireWriter. A fixed binary header (no JSON, no
+// The body depends on the kind; each kind has one file beside this one that writes and reads it
+// (SpawnRequest, TaskEnd, UserFrame, LogRecord, Control). A fixed binary header (no JSON, no
 // reflection) keeps a small message to a few dozen bytes and a few nanoseconds of framing. Payloads at
 // or above `Wire.separatePayloadThreshold` travel as a second MPI message right after the header, sent
 // straight from and received straight into the caller's array, so large buffers are never copied into a frame.
@@ -41,8 +42,8 @@ enum Wire {
     static let separatePayloadThreshold = 32 * 1024
     /// Flag bit: a payload message follows the header.
     static let flagSeparatePayload: UInt8 = 1
-    /// Flag bit on a task result: the task has also ended. The receiving transport turns the frame into the
-    /// result and a TaskExit right after it, so a task costs two MPI messages instead of three.
+    /// Flag bit on a task result: the task has also ended. The spawner hands out the result and then a
+    /// TaskExit, so a task costs two MPI messages instead of three.
     static let flagEndsTask: UInt8 = 2
 }
 
@@ -176,11 +177,10 @@ struct Envelope {
 
     var reader: WireReader { WireReader(frame) }
 
-    /// When the worker sent a task result or exit (its monotonic clock), read from the first body bytes.
-    var sentAt: Double? {
-        guard kind == .taskResult || kind == .taskExit else { return nil }
-        var reader = self.reader
-        return (try? reader.read(UInt64.self)).map(Double.init(bitPattern:))
-    }
     var sourceID: TaskID { TaskID(slot: sourceRank, number: sourceTask) }
+
+    /// The payload of a frame: the separately sent message, or the frame's bytes from `reader`'s offset.
+    func payload(after reader: inout WireReader) -> [UInt8] {
+        payload ?? reader.readRest()
+    }
 }

@@ -1,0 +1,193 @@
+import ParallelVMCodec
+
+/// Runs a farm's units in worker slots, on the farm's thread: starts them as slots free up and turns the
+/// spawner's task events for them into job results. It reaches the VM through the spawner's API only.
+struct RemoteExecution<Value: Codable & Sendable> {
+    typealias Unit = FarmEngine<Value>.Unit
+
+    let engine: FarmEngine<Value>
+    private var vm: VM { engine.vm }
+    /// The units running, by the task that runs them.
+    private var running: [TaskID: Unit] = [:]
+    /// Running tasks whose result has arrived (their exit has not).
+    private var resulted: Set<TaskID> = []
+
+    init(engine: FarmEngine<Value>) {
+        self.engine = engine
+    }
+
+    mutating func serve() {
+        guard let waitPolicy = vm.spawner.waitPolicy else { return }
+        var backoff = Backoff(waitPolicy)
+        while true {
+            let free = vm.freeSlots()
+            guard let starting = engine.takeUnits(limit: free, busy: !running.isEmpty) else { return }
+            for (offset, unit) in starting.enumerated() where !start(unit) {
+                // Another caller took the slot: put the units back, in order, and try again later.
+                engine.putBack(Array(starting[offset...]))
+                break
+            }
+            var progressed = !starting.isEmpty
+            if !running.isEmpty {
+                do {
+                    let mine = running
+                    let event = try vm.spawner.nextEvent(until: .now) { kind, task in
+                        kind != .user && mine[task] != nil
+                    }
+                    if let event {
+                        handle(event)
+                        progressed = true
+                    }
+                } catch {
+                    failAllRunning(error)
+                }
+            }
+            if progressed {
+                backoff = Backoff(waitPolicy)
+            } else {
+                backoff.pause()
+            }
+        }
+    }
+
+    /// Starts one unit in a free slot: a single job as itself, several as one chunk task.
+    /// Returns false when no slot was free after all (nothing was started).
+    private mutating func start(_ unit: Unit) -> Bool {
+        let (known, rejected) = engine.rejectUnknown(unit)
+        var failed = rejected
+        var sending = known
+        defer { if !failed.isEmpty { engine.complete(failed, unitFinished: sending.isEmpty) } }
+        guard !sending.isEmpty else { return true }
+        do {
+            let task: TaskID?
+            if unit.count == 1 {
+                task = try sending[0].item.spawn(vm)
+            } else {
+                var items: [ChunkRunner.Item] = []
+                var encodable: Unit = []
+                for element in sending {
+                    do {
+                        items.append(
+                            ChunkRunner.Item(
+                                function: element.item.function,
+                                arguments: try element.item.encodedArguments()
+                            )
+                        )
+                        encodable.append(element)
+                    } catch {
+                        let reason = VMError(
+                            .encoding,
+                            "cannot encode the arguments of \(element.item.name): \(error)",
+                            underlying: error
+                        )
+                        failed.append(engine.failure(.encoding, element, reason))
+                    }
+                }
+                sending = encodable
+                guard !items.isEmpty else { return true }
+                task = try vm.spawnFunction(named: ChunkRunner.name, args: items, count: 1).first
+            }
+            guard let task else {
+                failed = []
+                return false
+            }
+            running[task] = sending
+        } catch let error as VMError where error.code == .encoding {
+            failed += sending.map { engine.failure(.encoding, $0, error) }
+            sending = []
+        } catch {
+            failed += sending.map { engine.failure(.vm, $0, error) }
+            sending = []
+        }
+        return true
+    }
+
+    private mutating func handle(_ event: TaskEvent) {
+        switch event {
+        case .result(let task, let result):
+            guard let unit = running[task] else { return }
+            resulted.insert(task)
+            engine.complete(results(of: unit, task: task, result: result), unitFinished: true)
+        case .exit(let task):
+            guard let unit = running.removeValue(forKey: task) else { return }
+            if resulted.remove(task) == nil {
+                let error = VMError(.taskLost, "task \(task) ended without sending a result")
+                engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
+            }
+        case .user:
+            break
+        }
+    }
+
+    /// The results of a unit from its task's result.
+    private func results(of unit: Unit, task: TaskID, result: TaskResult) -> [JobResult<Value>] {
+        let host = vm.hostID(task) ?? HostID("rank \(task.slot)")
+        if let error = result.error {
+            return unit.map { engine.failure(.failed, $0, error, task: task) }
+        }
+        guard result.function == ChunkRunner.name else {
+            return [decode(unit[0], typeName: result.valueType, bytes: result.valueBytes, task: task, host: host)]
+        }
+        let outcomes: [ChunkRunner.Outcome]
+        do {
+            outcomes = try BinaryDecoder.decode([ChunkRunner.Outcome].self, from: result.valueBytes)
+            guard outcomes.count == unit.count else {
+                throw VMError(.encoding, "a chunk of \(unit.count) jobs returned \(outcomes.count) outcomes")
+            }
+        } catch {
+            return unit.map { engine.failure(.encoding, $0, error, task: task) }
+        }
+        return zip(unit, outcomes).map { element, outcome in
+            guard outcome.success else {
+                let error = RemoteError(
+                    function: element.item.function,
+                    typeName: outcome.typeName,
+                    message: outcome.message,
+                    task: task,
+                    host: host
+                )
+                return engine.failure(.failed, element, error, task: task)
+            }
+            return decode(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
+        }
+    }
+
+    private func decode(
+        _ element: (index: Int, item: Job<Value>),
+        typeName: String,
+        bytes: [UInt8],
+        task: TaskID,
+        host: HostID
+    ) -> JobResult<Value> {
+        let expected = _typeName(Value.self, qualified: true)
+        guard typeName == expected else {
+            let error = VMError(
+                .typeMismatch,
+                "the result of '\(element.item.function)' is a \(typeName), not a \(expected)"
+            )
+            return engine.failure(.encoding, element, error, task: task)
+        }
+        do {
+            let value = try BinaryDecoder.decode(Value.self, from: bytes)
+            return JobResult(index: element.index, job: element.item, outcome: .success(value), host: host, task: task)
+        } catch {
+            let reason = VMError(
+                .encoding,
+                "the result of '\(element.item.function)' could not be decoded as \(expected): \(error)",
+                underlying: error
+            )
+            return engine.failure(.encoding, element, reason, task: task)
+        }
+    }
+
+    /// The spawner failed: every running job fails, since its messages may never come.
+    private mutating func failAllRunning(_ error: any Error) {
+        let units = running
+        let done = resulted
+        running = [:]
+        resulted = []
+        for (task, unit) in units where !done.contains(task) {
+            engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
+        }
+    }
+}

@@ -1,0 +1,392 @@
+import Foundation
+import Logging
+import MPI
+import ParallelVMStorage
+import Synchronization
+
+/// Rank 0's side of the VM: the slot book, the handshake with the workers, their doorbells, the one source
+/// of task events that ``VM/receiveMessage(timeout:)`` and the dispatcher both read, clearing and finalize.
+///
+/// There is one per process, made by ``Startup`` when the first ``VM`` is created; several VM objects (with
+/// different settings) share it, as several PyOPUS VM objects share one MPI world. Without mpirun it has no
+/// transport: one slot, no workers.
+final class Spawner: Sendable {
+    /// nil when the program runs without mpirun: one process, no workers.
+    let transport: Transport?
+    let host: HostID
+    let functions: FunctionTable
+    /// This process's doorbell: idle workers on this host ring it; it rings theirs.
+    let doorbell: Doorbell?
+    /// Whether every worker shares this host and has a doorbell, so all of them can wake the spawner.
+    let everyWorkerRingsTheSpawner: Bool
+
+    private struct State: ~Copyable {
+        var book: SlotBook
+        var finalized = false
+        var vmCount = 0
+        var logger: Logger
+        /// Exits of tasks whose result (which also ended them) has been handed out: each follows its result.
+        var endedTasks: [(task: TaskID, sentAt: Double)] = []
+    }
+    private let state: Mutex<State>
+
+    var size: Int { transport?.size ?? 1 }
+    /// Whether there are worker ranks to spawn on.
+    var hasWorkers: Bool { size > 1 }
+    /// How this process waits for messages; nil without mpirun.
+    var waitPolicy: WaitPolicy? { transport?.waitPolicy }
+
+    private init(
+        transport: Transport?,
+        host: HostID,
+        functions: FunctionTable,
+        book: SlotBook,
+        logger: Logger,
+        doorbell: Doorbell?
+    ) {
+        self.transport = transport
+        self.host = host
+        self.functions = functions
+        self.doorbell = doorbell
+        self.everyWorkerRingsTheSpawner =
+            doorbell != nil && book.count > 1
+            && book.slots.dropFirst().allSatisfy { $0.host == host && $0.doorbell != 0 }
+        self.state = Mutex(State(book: book, logger: logger))
+    }
+
+    /// The spawner of a program started without mpirun.
+    static func alone(functions: FunctionTable, logger: Logger) -> Spawner {
+        let host = HostID(ProcessInfo.processInfo.hostName)
+        let slot = SlotBook.Slot(host: host, cpus: ProcessInfo.processInfo.activeProcessorCount, pid: getpid(), task: 0)
+        return Spawner(
+            transport: nil,
+            host: host,
+            functions: functions,
+            book: SlotBook(slots: [slot]),
+            logger: logger,
+            doorbell: nil
+        )
+    }
+
+    /// Waits for every worker's ``Hello``, answers each with a ``Welcome``, and returns the spawner.
+    static func handshake(
+        transport: Transport,
+        host: HostID,
+        functions: FunctionTable,
+        logger: Logger,
+        doorbell: Doorbell?
+    ) throws(VMError) -> Spawner {
+        let pid = getpid()
+        var slots = [SlotBook.Slot](
+            repeating: .init(host: host, cpus: ProcessInfo.processInfo.activeProcessorCount, pid: pid, task: nil),
+            count: transport.size
+        )
+        for _ in 1..<transport.size {
+            guard let envelope = try transport.receive(until: .never, matching: { $0.kind == .hello }) else { continue }
+            let hello = try Hello(envelope)
+            slots[envelope.sourceRank] = .init(
+                host: hello.host,
+                cpus: hello.cpus,
+                pid: hello.pid,
+                task: nil,
+                doorbell: hello.doorbell
+            )
+        }
+        let welcome = Welcome(host: host, pid: pid, doorbell: doorbell?.token ?? 0)
+        for worker in 1..<transport.size { try welcome.send(over: transport, to: worker) }
+        return Spawner(
+            transport: transport,
+            host: host,
+            functions: functions,
+            book: SlotBook(slots: slots),
+            logger: logger,
+            doorbell: doorbell
+        )
+    }
+
+    func nextVMIndex() -> Int {
+        state.withLock { state in
+            state.vmCount += 1
+            return state.vmCount
+        }
+    }
+
+    // MARK: - The book
+
+    func withBook<T>(_ body: (inout SlotBook) throws(VMError) -> T) throws(VMError) -> T {
+        try state.withLock { (state) throws(VMError) -> T in try body(&state.book) }
+    }
+
+    func withBook<T>(_ body: (inout SlotBook) -> T) -> T {
+        state.withLock { state in body(&state.book) }
+    }
+
+    var isFinalized: Bool { state.withLock { $0.finalized } }
+
+    // MARK: - Logging
+
+    var logger: Logger { state.withLock { $0.logger } }
+
+    func raiseLogLevel(to level: Logger.Level) {
+        state.withLock { state in
+            if level < state.logger.logLevel { state.logger.logLevel = level }
+        }
+    }
+
+    /// Prints a log line forwarded by a worker, tagged with its host and task and carrying its metadata.
+    private func printForwardedLog(_ envelope: Envelope) {
+        guard let record = try? LogRecord(envelope) else { return }
+        let host = withBook { $0.host(of: envelope.sourceRank) }?.name ?? "rank \(envelope.sourceRank)"
+        var metadata = Logger.Metadata()
+        for (key, value) in record.metadata { metadata[key] = .string(value) }
+        metadata["host"] = .string(host)
+        metadata["task"] = .string(envelope.sourceID.description)
+        logger.log(level: record.level, "\(record.text)", metadata: metadata)
+    }
+
+    // MARK: - Spawning
+
+    /// Places up to `count` tasks in free slots (on `targets` only, when given) and sends each its request.
+    func spawn(
+        function: String,
+        arguments: [UInt8],
+        settings: [UInt8],
+        count: Int?,
+        targets: Set<HostID>?,
+        sendBack: Bool
+    ) throws(VMError) -> [TaskID] {
+        guard let transport else { return [] }
+        let (placed, knownTasks) = withBook { book in
+            let tasks = book.freeSlots(on: targets).prefix(count ?? Int.max).map { book.occupy($0) }
+            return (tasks, book.nextTaskNumber)
+        }
+        for (index, task) in placed.enumerated() {
+            let request = SpawnRequest(
+                task: task.number,
+                sendBack: sendBack,
+                knownTasks: knownTasks,
+                function: function,
+                settings: settings,
+                arguments: arguments
+            )
+            do {
+                // Ring first: a request above MPI's eager limit completes only once the worker takes it.
+                ringDoorbell(of: task.slot)
+                try request.send(over: transport, to: task.slot)
+            } catch {
+                withBook { book in
+                    for unsent in placed[index...] { book.release(unsent) }
+                }
+                throw VMError(
+                    .mpi,
+                    "spawnFunction('\(function)'): sending the request for task \(task) failed: \(error)",
+                    underlying: error
+                )
+            }
+        }
+        return placed
+    }
+
+    /// Sends a user value to `destination`, which the caller has checked is running.
+    func send<T: Encodable>(_ value: T, to destination: TaskID) throws(VMError) {
+        guard let transport else {
+            throw VMError(
+                .invalidDestination,
+                "task \(destination) does not exist: the VM runs without workers (not under mpirun)"
+            )
+        }
+        let knownTasks = withBook { $0.nextTaskNumber }
+        ringDoorbell(of: destination.slot)
+        try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: transport)
+    }
+
+    // MARK: - Task events
+
+    /// Waits until `deadline` for the next task event that `accept` takes, printing forwarded logs on the
+    /// way. A result that also ended its task is followed by that task's exit; an exit frees its slot in
+    /// the book before it is returned. User messages for tasks other than the spawner's are dropped.
+    func nextEvent(
+        until deadline: Deadline,
+        where accept: (TaskEvent.Kind, TaskID) -> Bool
+    ) throws(VMError) -> TaskEvent? {
+        guard let transport else { return nil }
+        let idleWait = spawnerIdleWait
+        while true {
+            if let exit = takeEndedTask(where: accept) { return exit }
+            let envelope = try transport.receive(
+                until: deadline,
+                matching: { envelope in
+                    switch envelope.kind {
+                    case .log: true
+                    case .taskResult: accept(.result, envelope.sourceID)
+                    case .taskExit: accept(.exit, envelope.sourceID)
+                    case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
+                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome: false
+                    }
+                },
+                idleWait: idleWait
+            )
+            guard let envelope else { return nil }
+            let source = envelope.sourceID
+            switch envelope.kind {
+            case .log:
+                printForwardedLog(envelope)
+            case .taskResult:
+                let host = withBook { $0.host(of: source.slot) } ?? HostID("rank \(source.slot)")
+                let result = try TaskEnd.result(from: envelope, host: host)
+                if TaskEnd.endsTask(envelope) {
+                    let sentAt = TaskEnd.sentAt(envelope) ?? monotonicSeconds()
+                    state.withLock { $0.endedTasks.append((source, sentAt)) }
+                }
+                return .result(source, result)
+            case .taskExit:
+                let sentAt = TaskEnd.sentAt(envelope) ?? monotonicSeconds()
+                withBook { _ = $0.release(source, at: sentAt) }
+                return .exit(source)
+            case .user:
+                guard envelope.destinationTask == 0 else { continue }
+                return .user(source, try UserFrame.message(from: envelope))
+            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome:
+                continue
+            }
+        }
+    }
+
+    private func takeEndedTask(where accept: (TaskEvent.Kind, TaskID) -> Bool) -> TaskEvent? {
+        state.withLock { state in
+            guard let index = state.endedTasks.firstIndex(where: { accept(.exit, $0.task) }) else { return nil }
+            let ended = state.endedTasks.remove(at: index)
+            _ = state.book.release(ended.task, at: ended.sentAt)
+            return .exit(ended.task)
+        }
+    }
+
+    /// Whether a task event that `accept` takes is waiting (never blocks).
+    func hasEvent(where accept: (TaskEvent.Kind, TaskID) -> Bool) throws(VMError) -> Bool {
+        guard let transport else { return false }
+        if state.withLock({ state in state.endedTasks.contains { accept(.exit, $0.task) } }) { return true }
+        return try transport.hasIncoming { envelope in
+            switch envelope.kind {
+            case .taskResult: accept(.result, envelope.sourceID)
+            case .taskExit: accept(.exit, envelope.sourceID)
+            case .user: envelope.destinationTask == 0 && accept(.user, envelope.sourceID)
+            default: false
+            }
+        }
+    }
+
+    // MARK: - Doorbells
+
+    /// Rings the doorbell of the worker in `slot` just before a message to it, when it shares this host and
+    /// may be asleep: it has been free for longer than half the spin time (`always`: whatever its state).
+    /// A woken worker spins again for the spin time, so the message that follows finds it awake.
+    func ringDoorbell(of slot: Int, always: Bool = false) {
+        guard let doorbell, let transport else { return }
+        let target: (pid: Int32, token: UInt64)? = withBook { book in
+            guard book.slots.indices.contains(slot) else { return nil }
+            let entry = book.slots[slot]
+            guard entry.doorbell != 0, entry.host == host else { return nil }
+            guard always || monotonicSeconds() - entry.freedAt > transport.waitPolicy.spin / 2 else { return nil }
+            return (entry.pid, entry.doorbell)
+        }
+        if let target { doorbell.ring(pid: target.pid, token: target.token) }
+    }
+
+    /// How the spawner waits once its spin time is over: on its doorbell when every worker shares its
+    /// host (they ring it), otherwise by sleeping between polls (nil).
+    private var spawnerIdleWait: (() -> Bool)? {
+        guard let doorbell, everyWorkerRingsTheSpawner else { return nil }
+        return { doorbell.wait(milliseconds: 10) }
+    }
+
+    // MARK: - Local storage
+
+    /// Clears this user's local storage here and on every worker; one report per rank that answered, and
+    /// a failure for each that did not answer in time.
+    func clearLocalStorage(until deadline: Deadline, timeoutText: String) throws(VMError) -> [ClearReport] {
+        var reports = [Worker.clearLocalStorageHere()]
+        guard let transport else { return reports }
+        let workers = 1..<size
+        for worker in workers {
+            ringDoorbell(of: worker, always: true)
+            try Signal.clearStorage(over: transport, to: worker)
+        }
+        var waiting = Set(workers)
+        while !waiting.isEmpty {
+            guard
+                let envelope = try transport.receive(until: deadline, matching: { $0.kind == .clearStorageReport })
+            else { break }
+            waiting.remove(envelope.sourceRank)
+            do {
+                reports.append(try ClearStorageReport.report(from: envelope))
+            } catch {
+                let host = withBook { $0.host(of: envelope.sourceRank) }?.name ?? "rank \(envelope.sourceRank)"
+                reports.append(ClearReport(host: host, failures: ["rank \(envelope.sourceRank)": "\(error)"]))
+            }
+        }
+        for worker in waiting.sorted() {
+            let host = withBook { $0.host(of: worker) }?.name ?? "rank \(worker)"
+            reports.append(
+                ClearReport(
+                    host: host,
+                    failures: ["rank \(worker)": "no answer within \(timeoutText) (busy with a long task?)"]
+                )
+            )
+        }
+        return reports
+    }
+
+    // MARK: - Finalize
+
+    /// Tells every worker to leave its loop, then finalizes MPI. Safe to call more than once.
+    func finalize() throws(VMError) {
+        let first = state.withLock { state in
+            defer { state.finalized = true }
+            return !state.finalized
+        }
+        guard first, let transport else { return }
+        var failures: [String] = []
+        for worker in 1..<size {
+            do {
+                ringDoorbell(of: worker, always: true)
+                try Signal.finalize(over: transport, to: worker)
+            } catch {
+                failures.append("rank \(worker): \(error)")
+            }
+        }
+        // Print what workers said last, so their diagnostics are not lost.
+        while let envelope = try? transport.receive(until: .now, matching: { $0.kind == .log }) {
+            printForwardedLog(envelope)
+        }
+        do {
+            try MPIEnvironment.finalize()
+        } catch {
+            failures.append("\(error)")
+        }
+        if !failures.isEmpty {
+            throw VMError(.mpi, "finalizing the VM failed: \(failures.joined(separator: "; "))")
+        }
+    }
+
+    /// Finalizes for a program that forgot to; registered with `atexit`.
+    func finalizeAtExit() {
+        guard !isFinalized else { return }
+        do {
+            try finalize()
+        } catch {
+            FileHandle.standardError.write(Data("ParallelVM: \(error)\n".utf8))
+        }
+    }
+}
+
+/// What the spawner hears from tasks.
+enum TaskEvent: Sendable {
+    enum Kind: Sendable { case result, exit, user }
+
+    /// A task's outcome; its exit follows.
+    case result(TaskID, TaskResult)
+    /// A task has ended and its slot is free again.
+    case exit(TaskID)
+    /// A user value a task sent to the spawner.
+    case user(TaskID, UserMessage)
+}

@@ -1,0 +1,97 @@
+import ParallelVMCodec
+import ParallelVMStorage
+
+/// Worker to spawner, once at start: where the worker runs.
+struct Hello {
+    var host: HostID
+    var cpus: Int
+    var pid: Int32
+    /// The worker's doorbell token (0: it has none).
+    var doorbell: UInt64
+
+    func send(over transport: Transport) throws(VMError) {
+        var frame = WireWriter(kind: .hello, sourceTask: 0, destinationTask: 0)
+        frame.append(host.name)
+        frame.append(Int32(cpus))
+        frame.append(pid)
+        frame.append(doorbell)
+        try transport.send(frame.bytes, to: 0)
+    }
+
+    init(host: HostID, cpus: Int, pid: Int32, doorbell: UInt64) {
+        self.host = host
+        self.cpus = cpus
+        self.pid = pid
+        self.doorbell = doorbell
+    }
+
+    init(_ envelope: Envelope) throws(VMError) {
+        var reader = envelope.reader
+        host = HostID(try reader.readString())
+        cpus = Int(try reader.read(Int32.self))
+        pid = try reader.read(Int32.self)
+        doorbell = try reader.read(UInt64.self)
+    }
+}
+
+/// Spawner to worker, once at start: the spawner's host, so that a worker on it can wait on its doorbell.
+struct Welcome {
+    var host: HostID
+    var pid: Int32
+    var doorbell: UInt64
+
+    func send(over transport: Transport, to rank: Int) throws(VMError) {
+        var frame = WireWriter(kind: .welcome, sourceTask: 0, destinationTask: 0)
+        frame.append(host.name)
+        frame.append(pid)
+        frame.append(doorbell)
+        try transport.send(frame.bytes, to: rank)
+    }
+
+    init(host: HostID, pid: Int32, doorbell: UInt64) {
+        self.host = host
+        self.pid = pid
+        self.doorbell = doorbell
+    }
+
+    init(_ envelope: Envelope) throws(VMError) {
+        var reader = envelope.reader
+        host = HostID(try reader.readString())
+        pid = try reader.read(Int32.self)
+        doorbell = try reader.read(UInt64.self)
+    }
+}
+
+/// Spawner to worker: messages with no body.
+enum Signal {
+    /// Leave the worker loop.
+    static func finalize(over transport: Transport, to rank: Int) throws(VMError) {
+        try transport.send(WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes, to: rank)
+    }
+
+    /// Remove this user's local storage and answer with a ``ClearStorageReport``.
+    static func clearStorage(over transport: Transport, to rank: Int) throws(VMError) {
+        try transport.send(WireWriter(kind: .clearStorage, sourceTask: 0, destinationTask: 0).bytes, to: rank)
+    }
+}
+
+/// Worker to spawner: what clearing local storage removed, and what it could not.
+enum ClearStorageReport {
+    static func send(_ report: ClearReport, over transport: Transport) throws(VMError) {
+        var frame = WireWriter(kind: .clearStorageReport, sourceTask: 0, destinationTask: 0)
+        do {
+            frame.bytes.append(contentsOf: try BinaryEncoder.encode(report))
+        } catch {
+            throw VMError(.encoding, "cannot encode a clear report: \(error)", underlying: error)
+        }
+        try transport.send(frame.bytes, to: 0)
+    }
+
+    static func report(from envelope: Envelope) throws(VMError) -> ClearReport {
+        do {
+            return try BinaryDecoder.decode(ClearReport.self, from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...]))
+        } catch {
+            throw VMError(.encoding, "unreadable clear report from rank \(envelope.sourceRank): \(error)", underlying: error)
+        }
+    }
+}

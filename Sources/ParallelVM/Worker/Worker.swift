@@ -1,0 +1,303 @@
+import Foundation
+import Logging
+import MPI
+import ParallelVMStorage
+import Synchronization
+
+/// A worker rank: it serves spawn requests from the spawner until the spawner finalizes, then exits 0.
+///
+/// The worker loop runs on the thread that created the first VM and never returns to the program. Task
+/// code reaches the worker through its ``TaskContext`` from that thread or, for an ``AsyncRemoteFunction``,
+/// from Swift's cooperative pool, so everything task code can touch is in `state`.
+final class Worker: @unchecked Sendable {
+    // Invariant for @unchecked Sendable: the `let` properties never change; `state` guards what task code
+    // can reach; `storage` and `settingsCache` are only touched by the worker loop's thread, between tasks
+    // (preparing and cleaning a task's storage, decoding its request), never by task code.
+    let transport: Transport
+    let host: HostID
+    let functions: FunctionTable
+    /// This process's doorbell: an idle worker on the spawner's host waits on it.
+    let doorbell: Doorbell?
+    var rank: Int { transport.rank }
+
+    private struct State {
+        var serving = false
+        var finalizeRequested = false
+        /// The task running now, if any.
+        var currentTask: Int?
+        /// The highest task number this slot has started.
+        var lastServedTask = 0
+        /// Every task number below this had been handed out when this worker last heard (see ``UserFrame``).
+        var knownTasks = 1
+        /// The debug level of the VM object whose task runs (or ran last).
+        var debug = 0
+        /// Whether this idle worker waits on its doorbell (it shares the spawner's host).
+        var doorbellArmed = false
+        /// On the spawner's host: the spawner's doorbell, rung before a send that may find it asleep.
+        var spawnerDoorbell: (pid: Int32, token: UInt64)?
+    }
+    private let state = Mutex(State())
+
+    var storage = WorkerStorageState()
+    private var settingsCache: (bytes: [UInt8], settings: SpawnSettings)?
+
+    init(transport: Transport, host: HostID, functions: FunctionTable, doorbell: Doorbell?) {
+        self.transport = transport
+        self.host = host
+        self.functions = functions
+        self.doorbell = doorbell
+    }
+
+    /// Whether the worker loop has started (a VM created inside a task finds it so).
+    var isServing: Bool { state.withLock { $0.serving } }
+
+    // MARK: - The loop
+
+    /// Reports to the spawner, then serves spawn requests until the spawner finalizes; finalizes MPI and
+    /// exits 0.
+    func serve() -> Never {
+        state.withLock { $0.serving = true }
+        do {
+            try Hello(
+                host: host,
+                cpus: ProcessInfo.processInfo.activeProcessorCount,
+                pid: getpid(),
+                doorbell: doorbell?.token ?? 0
+            ).send(over: transport)
+        } catch {
+            fail("cannot report to the spawner: \(error)")
+        }
+        while !state.withLock({ $0.finalizeRequested }) {
+            let envelope: Envelope?
+            do {
+                // A user message for a task this slot has not started yet may overtake its spawn request (MPI
+                // orders messages per sender only), so it stays queued until that task runs; one for a task
+                // number its sender did not know to exist is taken now, and dropped.
+                let served = state.withLock { $0.lastServedTask }
+                // An idle worker on the spawner's host blocks on its doorbell once the spin time is over. The
+                // spawner rings it; the 10 ms limit only bounds the delay should a ring ever be missed.
+                let idleWait: (() -> Bool)? =
+                    if state.withLock({ $0.doorbellArmed }), let doorbell { { doorbell.wait(milliseconds: 10) } }
+                    else { nil }
+                envelope = try transport.receive(
+                    until: .never,
+                    matching: {
+                        $0.kind != .user || $0.destinationTask <= served
+                            || UserFrame.knownTasks($0) <= $0.destinationTask
+                    },
+                    idleWait: idleWait
+                )
+            } catch {
+                fail("\(error)")
+            }
+            guard let envelope else { continue }
+            switch envelope.kind {
+            case .spawn:
+                runTask(envelope)
+            case .finalize:
+                state.withLock { $0.finalizeRequested = true }
+            case .clearStorage:
+                clearStorageOnWorker()
+            case .welcome:
+                guard doorbell != nil, let welcome = try? Welcome(envelope), welcome.host == host else { continue }
+                state.withLock { state in
+                    state.doorbellArmed = true
+                    if welcome.doorbell != 0 { state.spawnerDoorbell = (welcome.pid, welcome.doorbell) }
+                }
+            case .user:
+                log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
+            case .hello, .taskResult, .taskExit, .log, .clearStorageReport:
+                log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
+            }
+        }
+        do {
+            try MPIEnvironment.finalize()
+        } catch {
+            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
+            exit(1)
+        }
+        exit(0)
+    }
+
+    /// Ends the job: a worker that cannot talk to the spawner any more cannot do anything useful.
+    private func fail(_ text: String) -> Never {
+        FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(text)\n".utf8))
+        MPIEnvironment.abort(code: 1)
+    }
+
+    /// Rings the spawner's doorbell before a message to it, when it may have gone to sleep: it sleeps only
+    /// after its spin time without messages, and it was awake when it last sent to us.
+    func wakeSpawnerIfAsleep() {
+        guard let bell = state.withLock({ $0.spawnerDoorbell }), let doorbell else { return }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(pid: bell.pid, token: bell.token) }
+    }
+
+    // MARK: - Running a task
+
+    /// Runs one spawned function and reports its result and exit to the spawner.
+    private func runTask(_ envelope: Envelope) {
+        let request: SpawnRequest
+        let settings: SpawnSettings
+        do {
+            request = try SpawnRequest(envelope)
+            // Every spawn of one VM object carries the same settings: decode them once.
+            if let cached = settingsCache, cached.bytes == request.settings {
+                settings = cached.settings
+            } else {
+                settings = try SpawnSettings(decoding: request.settings)
+                settingsCache = (request.settings, settings)
+            }
+        } catch {
+            log(.error, "task \(rank):\(envelope.destinationTask): malformed spawn request: \(error)")
+            sendExit(task: envelope.destinationTask)
+            return
+        }
+        let number = request.task
+        let taskID = TaskID(slot: rank, number: number)
+        state.withLock { state in
+            state.currentTask = number
+            state.lastServedTask = number
+            state.knownTasks = max(state.knownTasks, request.knownTasks)
+            state.debug = settings.debug
+        }
+        // Messages queued for earlier task numbers were for tasks that ran elsewhere or have ended.
+        transport.removePending { $0.kind == .user && $0.destinationTask < number }
+        defer { state.withLock { $0.currentTask = nil } }
+        let context = TaskContext(
+            host: self,
+            taskID: taskID,
+            hostID: host,
+            debug: settings.debug,
+            vmIndex: settings.vmIndex
+        )
+        log(.debug, "task \(taskID) runs '\(request.function)'")
+        let started = monotonicSeconds()
+        let outcome: TaskEnd.Outcome
+        do {
+            guard let function = functions[request.function] else {
+                throw TaskFailure(
+                    typeName: "ParallelVM.VMError",
+                    message:
+                        "function '\(request.function)' is not registered on rank \(rank) (host \(host)); registered: \(functions.names.joined(separator: ", "))",
+                    typedError: VMError(.unknownFunction, "function '\(request.function)' is not registered")
+                )
+            }
+            let prepared = try settings.storage.map { (storageRequest) throws -> PreparedStorage in
+                do {
+                    return try prepareStorage(storageRequest, task: taskID)
+                } catch {
+                    var failure = TaskFailure(error)
+                    failure.message = "preparing local storage for '\(request.function)' failed: \(error)"
+                    throw failure
+                }
+            }
+            defer { if let prepared { cleanupStorage(prepared, task: taskID) } }
+            outcome = .value(type: function.resultType, bytes: try function.invoke(request.arguments, context))
+        } catch {
+            outcome = .failure(TaskFailure(error))
+        }
+        log(
+            .debug,
+            "task \(taskID) finished '\(request.function)' in \(String(format: "%.6f", monotonicSeconds() - started)) s"
+        )
+        guard request.sendBack else {
+            sendExit(task: number)
+            return
+        }
+        do {
+            wakeSpawnerIfAsleep()
+            try TaskEnd.sendResult(task: number, function: request.function, outcome, over: transport)
+        } catch {
+            log(.error, "task \(taskID) could not send its result: \(error)")
+            sendExit(task: number)
+        }
+    }
+
+    private func sendExit(task number: Int) {
+        do {
+            wakeSpawnerIfAsleep()
+            try TaskEnd.sendExit(task: number, over: transport)
+        } catch {
+            fail("cannot report the exit of task \(number): \(error)")
+        }
+    }
+
+    // MARK: - Logging
+
+    /// Sends a worker diagnostic to the spawner's log when the current debug level lets it through.
+    /// `text` is only built when it is sent: every task logs at debug level, and formatting those lines
+    /// cost more than the rest of a trivial task.
+    func log(_ level: Logger.Level, _ text: @autoclosure () -> String) {
+        let (task, debug) = state.withLock { ($0.currentTask ?? 0, $0.debug) }
+        guard level >= Logger.Level(debug: debug) else { return }
+        forward(LogRecord(level: level, text: text()), task: task)
+    }
+
+    private func forward(_ record: LogRecord, task: Int) {
+        wakeSpawnerIfAsleep()
+        try? record.send(from: task, over: transport)
+    }
+}
+
+// MARK: - What tasks reach
+
+extension Worker: TaskHost {
+    func log(_ record: LogRecord, from task: TaskID) { forward(record, task: task.number) }
+
+    func send<T: Encodable>(_ value: T, from task: TaskID, to destination: TaskID) throws(VMError) {
+        let knownTasks = state.withLock { $0.knownTasks }
+        if destination.slot == 0 {
+            guard destination.number == 0 else {
+                throw VMError(.invalidDestination, "task \(destination) does not exist: slot 0 only runs the spawner, 0:0")
+            }
+            wakeSpawnerIfAsleep()
+        } else if destination.number >= knownTasks {
+            throw VMError(
+                .invalidDestination,
+                "task \(destination) does not exist: no task number \(destination.number) had been spawned when task \(task) last heard from the spawner"
+            )
+        }
+        try UserFrame.send(value, from: task.number, to: destination, knownTasks: knownTasks, over: transport)
+    }
+
+    func receive(for task: TaskID, until deadline: Deadline) throws(VMError) -> (source: TaskID, message: Message)? {
+        let number = task.number
+        while true {
+            let matched = try transport.receive(until: deadline) { envelope in
+                (envelope.kind == .user && envelope.destinationTask <= number) || envelope.kind == .finalize
+            }
+            guard let envelope = matched else { return nil }
+            switch envelope.kind {
+            case .finalize:
+                state.withLock { $0.finalizeRequested = true }
+                throw VMError(
+                    .finalized,
+                    "the spawner finalized the VM while task \(task) was waiting for a message"
+                )
+            case .user where envelope.destinationTask == number:
+                let mark = UserFrame.knownTasks(envelope)
+                state.withLock { $0.knownTasks = max($0.knownTasks, mark) }
+                return (envelope.sourceID, .user(try UserFrame.message(from: envelope)))
+            default:
+                log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
+            }
+        }
+    }
+
+    func hasIncoming(for task: TaskID) throws(VMError) -> Bool {
+        let number = task.number
+        return try transport.hasIncoming { $0.kind == .user && $0.destinationTask == number }
+    }
+}
+
+extension Logger.Level {
+    /// The least severe level a given VM debug setting lets through.
+    init(debug: Int) {
+        switch debug {
+        case ...0: self = .warning
+        case 1: self = .info
+        case 2: self = .debug
+        default: self = .trace
+        }
+    }
+}
