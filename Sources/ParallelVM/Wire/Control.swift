@@ -10,12 +10,16 @@ struct Hello {
     var doorbell: UInt64
 
     func send(over transport: Transport) throws(VMError) {
+        try transport.send(frame().bytes, to: 0)
+    }
+
+    func frame() -> WireWriter {
         var frame = WireWriter(kind: .hello, sourceTask: 0, destinationTask: 0)
         frame.append(host.name)
         frame.append(Int32(cpus))
         frame.append(pid)
         frame.append(doorbell)
-        try transport.send(frame.bytes, to: 0)
+        return frame
     }
 
     init(host: HostID, cpus: Int, pid: Int32, doorbell: UInt64) {
@@ -41,11 +45,15 @@ struct Welcome {
     var doorbell: UInt64
 
     func send(over transport: Transport, to rank: Int) throws(VMError) {
+        try transport.send(frame().bytes, to: rank)
+    }
+
+    func frame() -> WireWriter {
         var frame = WireWriter(kind: .welcome, sourceTask: 0, destinationTask: 0)
         frame.append(host.name)
         frame.append(pid)
         frame.append(doorbell)
-        try transport.send(frame.bytes, to: rank)
+        return frame
     }
 
     init(host: HostID, pid: Int32, doorbell: UInt64) {
@@ -78,13 +86,17 @@ enum Signal {
 /// Worker to spawner: what clearing local storage removed, and what it could not.
 enum ClearStorageReport {
     static func send(_ report: ClearReport, over transport: Transport) throws(VMError) {
+        try transport.send(try frame(report).bytes, to: 0)
+    }
+
+    static func frame(_ report: ClearReport) throws(VMError) -> WireWriter {
         var frame = WireWriter(kind: .clearStorageReport, sourceTask: 0, destinationTask: 0)
         do {
             frame.bytes.append(contentsOf: try BinaryEncoder.encode(report))
         } catch {
             throw VMError(.encoding, "cannot encode a clear report: \(error)", underlying: error)
         }
-        try transport.send(frame.bytes, to: 0)
+        return frame
     }
 
     static func report(from envelope: Envelope) throws(VMError) -> ClearReport {

@@ -10,6 +10,10 @@ struct LogRecord: Sendable {
     var metadata: [String: String]
 
     func send(from task: Int, over transport: Transport) throws(VMError) {
+        try transport.send(frame(from: task).bytes, to: 0)
+    }
+
+    func frame(from task: Int) -> WireWriter {
         var frame = WireWriter(kind: .log, sourceTask: task, destinationTask: 0, capacity: 64 + text.utf8.count)
         frame.append(UInt8(Logger.Level.allCases.firstIndex(of: level) ?? 0))
         frame.append(text)
@@ -18,7 +22,7 @@ struct LogRecord: Sendable {
             frame.append(key)
             frame.append(value)
         }
-        try transport.send(frame.bytes, to: 0)
+        return frame
     }
 
     init(level: Logger.Level, text: String, metadata: [String: String] = [:]) {

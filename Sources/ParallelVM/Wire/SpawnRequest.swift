@@ -18,6 +18,12 @@ struct SpawnRequest {
     var arguments: [UInt8]
 
     func send(over transport: Transport, to slot: Int) throws(VMError) {
+        var frame = header()
+        try transport.sendFrame(&frame, payload: arguments, to: slot)
+    }
+
+    /// The frame without the arguments, which travel as its payload.
+    func header() -> WireWriter {
         var frame = WireWriter(
             kind: .spawn,
             sourceTask: 0,
@@ -28,7 +34,7 @@ struct SpawnRequest {
         frame.append(Int64(knownTasks))
         frame.append(function)
         frame.append(lengthPrefixed: settings)
-        try transport.sendFrame(&frame, payload: arguments, to: slot)
+        return frame
     }
 
     init(task: Int, sendBack: Bool, knownTasks: Int, function: String, settings: [UInt8], arguments: [UInt8]) {

@@ -22,28 +22,39 @@ enum TaskEnd {
         _ outcome: Outcome,
         over transport: Transport
     ) throws(VMError) {
+        var (frame, payload) = resultFrame(task: task, function: function, outcome)
+        try transport.sendFrame(&frame, payload: payload, to: 0)
+    }
+
+    /// A result frame, stamped now, and the value's bytes that travel as its payload.
+    static func resultFrame(task: Int, function: String, _ outcome: Outcome) -> (WireWriter, payload: [UInt8]) {
         var frame = WireWriter(kind: .taskResult, flags: Wire.flagEndsTask, sourceTask: task, destinationTask: 0)
         frame.append(UInt64(0))
         frame.append(function)
+        var payload: [UInt8] = []
         switch outcome {
         case .value(let type, let bytes):
             frame.append(true)
             frame.append(type)
-            frame.stampTime(at: Wire.headerSize)
-            try transport.sendFrame(&frame, payload: bytes, to: 0)
+            payload = bytes
         case .failure(let failure):
             frame.append(false)
             failure.write(to: &frame)
-            frame.stampTime(at: Wire.headerSize)
-            try transport.send(frame.bytes, to: 0)
         }
+        frame.stampTime(at: Wire.headerSize)
+        return (frame, payload)
     }
 
     static func sendExit(task: Int, over transport: Transport) throws(VMError) {
+        try transport.send(exitFrame(task: task).bytes, to: 0)
+    }
+
+    /// An exit frame, stamped now.
+    static func exitFrame(task: Int) -> WireWriter {
         var frame = WireWriter(kind: .taskExit, sourceTask: task, destinationTask: 0)
         frame.append(UInt64(0))
         frame.stampTime(at: Wire.headerSize)
-        try transport.send(frame.bytes, to: 0)
+        return frame
     }
 
     /// When the worker sent a result or exit frame.

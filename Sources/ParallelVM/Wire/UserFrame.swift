@@ -17,6 +17,17 @@ enum UserFrame {
         knownTasks: Int,
         over transport: Transport
     ) throws(VMError) {
+        var (frame, payload) = try frame(value, from: sourceTask, to: destination, knownTasks: knownTasks)
+        try transport.sendFrame(&frame, payload: payload, to: destination.slot)
+    }
+
+    /// The frame of a user value, and the encoded value that travels as its payload.
+    static func frame<T: Encodable>(
+        _ value: T,
+        from sourceTask: Int,
+        to destination: TaskID,
+        knownTasks: Int
+    ) throws(VMError) -> (WireWriter, payload: [UInt8]) {
         let raw = T.self == [UInt8].self
         let payload: [UInt8]
         if raw {
@@ -41,7 +52,7 @@ enum UserFrame {
         frame.append(_typeName(T.self, qualified: true))
         frame.append(raw)
         frame.append(Int64(knownTasks))
-        try transport.sendFrame(&frame, payload: payload, to: destination.slot)
+        return (frame, payload)
     }
 
     /// The sender's known-tasks mark, read without decoding the rest.

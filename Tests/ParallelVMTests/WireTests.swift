@@ -1,0 +1,223 @@
+import Testing
+
+@testable import ParallelVM
+@testable import ParallelVMStorage
+
+/// Each wire message read back as written, without MPI: the frame a rank sends is the frame its peer parses.
+@Suite struct WireMessageTests {
+    /// What the receiving transport makes of a frame and its payload (appended, as for small payloads).
+    private func received(_ frame: WireWriter, payload: [UInt8] = [], from rank: Int = 1) throws -> Envelope {
+        try Envelope(sourceRank: rank, frame: frame.bytes + payload, payload: nil)
+    }
+
+    @Test func spawnRequestRoundTrips() throws {
+        let request = SpawnRequest(
+            task: 42,
+            sendBack: true,
+            knownTasks: 43,
+            function: "double",
+            settings: [1, 2, 3],
+            arguments: [9, 8, 7, 6]
+        )
+        let envelope = try received(request.header(), payload: request.arguments, from: 0)
+        #expect(envelope.kind == .spawn)
+        #expect(envelope.destinationTask == 42)
+        let read = try SpawnRequest(envelope)
+        #expect(read.task == 42)
+        #expect(read.sendBack)
+        #expect(read.knownTasks == 43)
+        #expect(read.function == "double")
+        #expect(read.settings == [1, 2, 3])
+        #expect(read.arguments == [9, 8, 7, 6])
+    }
+
+    @Test func spawnRequestWithALargeSeparatePayload() throws {
+        let request = SpawnRequest(
+            task: 1, sendBack: false, knownTasks: 2, function: "f", settings: [], arguments: Array(repeating: 5, count: 70_000))
+        let envelope = try Envelope(sourceRank: 0, frame: request.header().bytes, payload: request.arguments)
+        #expect(try SpawnRequest(envelope).arguments == request.arguments)
+    }
+
+    @Test func resultEndsItsTaskAndCarriesItsValue() throws {
+        let (frame, payload) = TaskEnd.resultFrame(task: 7, function: "double", .value(type: "Swift.Int", bytes: [1, 2]))
+        let envelope = try received(frame, payload: payload)
+        #expect(TaskEnd.endsTask(envelope))
+        #expect(TaskEnd.sentAt(envelope).map { $0 > 0 } == true)
+        let result = try TaskEnd.result(from: envelope, host: "node1")
+        #expect(result.success)
+        #expect(result.function == "double")
+        #expect(result.valueType == "Swift.Int")
+        #expect(result.valueBytes == [1, 2])
+    }
+
+    @Test func aStorageErrorArrivesAsAStorageError() throws {
+        let storage = StorageError(.ioFailure, path: "/scratch/x", reason: "could not be created: No space left on device")
+        let failure = TaskFailure(storage)
+        let (frame, payload) = TaskEnd.resultFrame(task: 3, function: "sim", .failure(failure))
+        let result = try TaskEnd.result(from: try received(frame, payload: payload, from: 2), host: "node2")
+        let error = try #require(result.error)
+        #expect(error.task == TaskID(slot: 2, number: 3))
+        #expect(error.host == "node2")
+        #expect(error.typeName == "ParallelVMStorage.StorageError")
+        #expect(error.underlying as? StorageError == storage)
+    }
+
+    @Test func aVMErrorArrivesWithItsCode() throws {
+        let failure = TaskFailure(VMError(.unknownFunction, "function 'x' is not registered"))
+        let (frame, _) = TaskEnd.resultFrame(task: 3, function: "x", .failure(failure))
+        let error = try #require(try TaskEnd.result(from: try received(frame), host: "h").error)
+        #expect((error.underlying as? VMError)?.code == .unknownFunction)
+        #expect(error.message == "function 'x' is not registered")
+    }
+
+    @Test func otherErrorsArriveAsTypeAndText() throws {
+        struct Odd: Error, CustomStringConvertible { var description: String { "odd input 3" } }
+        let (frame, _) = TaskEnd.resultFrame(task: 3, function: "x", .failure(TaskFailure(Odd())))
+        let error = try #require(try TaskEnd.result(from: try received(frame), host: "h").error)
+        #expect(error.typeName.hasSuffix("Odd"))
+        #expect(error.message == "odd input 3")
+        #expect(error.underlying == nil ? true : false)
+    }
+
+    @Test func exitRoundTrips() throws {
+        let envelope = try received(TaskEnd.exitFrame(task: 9))
+        #expect(envelope.kind == .taskExit)
+        #expect(envelope.sourceID == TaskID(slot: 1, number: 9))
+        #expect(TaskEnd.sentAt(envelope) != nil)
+        #expect(!TaskEnd.endsTask(envelope))
+    }
+
+    @Test func userValueRoundTripsWithItsMark() throws {
+        let (frame, payload) = try UserFrame.frame([1.5, 2.5], from: 4, to: TaskID(slot: 3, number: 5), knownTasks: 6)
+        let envelope = try received(frame, payload: payload, from: 2)
+        #expect(envelope.destinationTask == 5)
+        #expect(UserFrame.knownTasks(envelope) == 6)
+        let message = try UserFrame.message(from: envelope)
+        #expect(try message.decode(as: [Double].self) == [1.5, 2.5])
+        #expect(!message.holds(Int.self))
+    }
+
+    @Test func rawBytesTravelAsThey() throws {
+        let (frame, payload) = try UserFrame.frame([UInt8]([0, 255]), from: 0, to: TaskID(slot: 1, number: 1), knownTasks: 2)
+        #expect(payload == [0, 255])
+        #expect(try UserFrame.message(from: try received(frame, payload: payload)).decode(as: [UInt8].self) == [0, 255])
+    }
+
+    @Test func logRecordKeepsItsMetadata() throws {
+        let record = LogRecord(level: .notice, text: "evaluated", metadata: ["point": "7", "stage": "2"])
+        let read = try LogRecord(try received(record.frame(from: 4)))
+        #expect(read.level == .notice)
+        #expect(read.text == "evaluated")
+        #expect(read.metadata == ["point": "7", "stage": "2"])
+    }
+
+    @Test func helloAndWelcomeRoundTrip() throws {
+        let hello = try Hello(try received(Hello(host: "node3", cpus: 64, pid: 4242, doorbell: 99).frame()))
+        #expect(hello.host == "node3")
+        #expect(hello.cpus == 64)
+        #expect(hello.pid == 4242)
+        #expect(hello.doorbell == 99)
+        let welcome = try Welcome(try received(Welcome(host: "login", pid: 1, doorbell: 0).frame(), from: 0))
+        #expect(welcome.host == "login")
+        #expect(welcome.pid == 1)
+        #expect(welcome.doorbell == 0)
+    }
+
+    @Test func clearReportRoundTrips() throws {
+        let report = ClearReport(host: "node1", removed: ["/tmp/a"], failures: ["/tmp/b": "in use"])
+        #expect(try ClearStorageReport.report(from: try received(ClearStorageReport.frame(report))) == report)
+    }
+
+    @Test func truncatedFramesAreErrorsNotCrashes() throws {
+        let (frame, _) = TaskEnd.resultFrame(task: 1, function: "double", .value(type: "Swift.Int", bytes: []))
+        let cut = Array(frame.bytes.prefix(frame.bytes.count - 3))
+        let envelope = try Envelope(sourceRank: 1, frame: cut, payload: nil)
+        #expect(throws: VMError.self) { try TaskEnd.result(from: envelope, host: "h") }
+        #expect(throws: VMError.self) { try Envelope(sourceRank: 1, frame: [3, 0, 1], payload: nil) }
+    }
+}
+
+/// The farm's bookkeeping, without threads or MPI.
+@Suite struct FarmQueueTests {
+    typealias Queue = FarmQueue<String, Int>
+
+    @Test func unitsStartInOrderAndIndicesCountJobs() {
+        var queue = Queue(slots: 2, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        #expect(queue.submit(["a", "b", "c"]) == 0)
+        #expect(queue.submit(["d"]) == 3)
+        #expect(queue.outstanding == 4)
+        #expect(queue.unitsInFlight == 2)
+        #expect(!queue.hasRoom)
+        #expect(queue.nextUnit()?.map(\.index) == [0, 1, 2])
+        #expect(queue.nextUnit()?.map(\.item) == ["d"])
+        #expect(queue.nextUnit() == nil)
+    }
+
+    @Test func splittingGivesEveryJobItsOwnUnit() {
+        var queue = Queue(slots: 4, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: true)
+        _ = queue.submit(["a", "b", "c"])
+        #expect(queue.unitsInFlight == 3)
+        #expect(queue.nextUnit()?.count == 1)
+    }
+
+    @Test func roomFollowsLookaheadAndTheUnjoinedLimit() {
+        var queue = Queue(slots: 2, lookaheadPerSlot: 1, unjoinedLimitPerSlot: 2, inputOpen: false, splitsUnits: false)
+        for _ in 0..<3 { _ = queue.submit(["x"]) }
+        #expect(queue.hasRoom)
+        _ = queue.submit(["x"])
+        #expect(!queue.hasRoom)
+        // Finished but unjoined jobs still count against the unjoined limit (2 per slot = 4).
+        for _ in 0..<4 {
+            _ = queue.nextUnit()
+            queue.complete([1], unitFinished: true)
+        }
+        #expect(queue.unitsInFlight == 0)
+        #expect(!queue.hasRoom)
+        #expect(queue.popFinished() == 1)
+        #expect(queue.hasRoom)
+    }
+
+    @Test func finishedResultsComeOutInCompletionOrder() {
+        var queue = Queue(slots: 1, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        _ = queue.submit(["a", "b"])
+        _ = queue.nextUnit()
+        queue.complete([20, 10], unitFinished: true)
+        #expect(queue.popFinished() == 20)
+        #expect(queue.popFinished() == 10)
+        #expect(queue.popFinished() == nil)
+        #expect(queue.isDrained)
+    }
+
+    @Test func putBackKeepsOrderUnlessStopped() {
+        var queue = Queue(slots: 2, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        _ = queue.submit(["a"])
+        _ = queue.submit(["b"])
+        let first = queue.nextUnit()!
+        queue.putBack([first])
+        #expect(queue.nextUnit()?.first?.item == "a")
+        queue.stop(closing: false)
+        queue.putBack([first])
+        #expect(queue.outstanding == 0)
+        #expect(queue.unitsInFlight == 0)
+        #expect(queue.submit(["c"]) == nil)
+    }
+
+    @Test func openInputIsNotDrainedUntilFinished() {
+        var queue = Queue(slots: 1, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: true, splitsUnits: false)
+        #expect(!queue.isDrained)
+        queue.finishInput()
+        #expect(queue.isDrained)
+    }
+
+    @Test func stopDropsQueuedUnits() {
+        var queue = Queue(slots: 1, lookaheadPerSlot: 3, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        _ = queue.submit(["a"])
+        _ = queue.submit(["b", "c"])
+        _ = queue.nextUnit()
+        queue.stop(closing: true)
+        #expect(queue.closing)
+        #expect(queue.outstanding == 1)
+        #expect(queue.unitsInFlight == 1)
+        #expect(!queue.hasQueuedUnits)
+    }
+}
