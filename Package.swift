@@ -8,7 +8,9 @@ let package = Package(
         .library(name: "MPI", targets: ["MPI"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2")
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // `swift package generate-documentation --target ParallelVM` builds the DocC catalog.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.

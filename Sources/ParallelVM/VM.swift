@@ -47,6 +47,8 @@ public final class VM: Sendable {
     ///     each task runs in its own local storage folder under `PARALLEL_LOCAL_STORAGE`.
     ///   - startupDir: with a mirror map, a folder relative to the task's storage to start in; without one, a
     ///     spawner path (translated through the mirrored storage when `translateStartupDir`) to start in.
+    ///   - translateStartupDir: whether a `startupDir` given without a mirror map is a spawner path to translate
+    ///     through the mirrored storage (true) or a path taken as it is on every worker (false).
     ///   - persistentStorage: keep task storage after a task and reuse it, without mirroring again, for the
     ///     VM's later tasks on the same worker.
     ///   - missingMirrorSources: whether a mirror source that matches nothing is an error (default) or a
@@ -141,6 +143,8 @@ public final class VM: Sendable {
     /// Spawns `function` with `args` in free slots.
     ///
     /// - Parameters:
+    ///   - function: the registered function to run.
+    ///   - args: its arguments, encoded once and sent to every task.
     ///   - count: how many tasks; nil fills every free slot. Must be positive.
     ///   - targets: only spawn on these hosts; every host must be one of ``hosts()``, and the list must not
     ///     be empty (nil means any host).
@@ -267,7 +271,7 @@ public final class VM: Sendable {
     /// positive waits that many seconds; nil when nothing came in time. NaN is refused with a ``VMError``.
     ///
     /// A ``Message/taskExit`` has already freed its slot when it is returned, and a task's
-    /// ``Message/taskResult`` always comes before its exit.
+    /// ``Message/taskResult(_:)`` always comes before its exit.
     public func receiveMessage(timeout: Double? = nil) throws -> (source: TaskID, message: Message)? {
         try requireLive("receiveMessage")
         let deadline = try Deadline(timeout: timeout, for: "receiveMessage")

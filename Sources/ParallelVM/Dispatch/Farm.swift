@@ -2,7 +2,7 @@ import Foundation
 
 /// Runs jobs in the VM's worker slots, one job (or chunk of jobs) per slot, and hands their results back
 /// one at a time as they finish: PyOPUS's `Spawn` and `Join`, for writing an asynchronous loop by hand.
-/// ``VM/dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`` is built on it.
+/// `VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)` is built on it.
 ///
 /// ```swift
 /// let farm = try Farm<Int>(vm)
@@ -40,7 +40,9 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
 
     /// Creates a farm over `vm` and starts its thread.
     ///
-    /// - Parameter remote: false runs jobs in this process even when workers are available.
+    /// - Parameters:
+    ///   - vm: the VM whose worker slots run the jobs.
+    ///   - remote: false runs jobs in this process even when workers are available.
     public convenience init(_ vm: VM, remote: Bool = true) throws {
         try self.init(vm, remote: remote, lookaheadPerSlot: 0, inputOpen: false)
     }

@@ -1,5 +1,5 @@
 import ParallelVMCodec
-/// One unit of work for ``VM/dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)``
+/// One unit of work for `VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`
 /// and ``Farm``: a registered function, its arguments, and optional extra data that stays on the spawner.
 ///
 /// ```swift
@@ -8,7 +8,7 @@ import ParallelVMCodec
 /// ```
 ///
 /// The arguments are encoded only when the job is sent to a worker; a job that runs in this process
-/// (``VM/dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`` with `remote: false`,
+/// (`VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)` with `remote: false`,
 /// or a program started without mpirun) calls the function directly.
 public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible {
     /// The registered name of the function the job runs.
@@ -27,6 +27,8 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     /// A job that runs `function` with `args`.
     ///
     /// - Parameters:
+    ///   - function: the registered function to run.
+    ///   - args: its arguments, encoded only when the job goes to a worker.
     ///   - name: how results and errors name the job (default: `function(args)`, shortened).
     ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
     public init<Arguments>(
@@ -46,6 +48,12 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     }
 
     /// A job that runs an ``AsyncRemoteFunction``; run in this process, such jobs run concurrently.
+    ///
+    /// - Parameters:
+    ///   - function: the registered function to run.
+    ///   - args: its arguments, encoded only when the job goes to a worker.
+    ///   - name: how results and errors name the job (default: `function(args)`, shortened).
+    ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
     public init<Arguments>(
         _ function: AsyncRemoteFunction<Arguments, Value>,
         args: Arguments,

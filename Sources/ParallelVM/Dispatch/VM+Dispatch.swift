@@ -76,7 +76,7 @@ extension VM {
     }
 
     /// Runs jobs produced by an `AsyncSequence` in the VM's worker slots and returns their results in job
-    /// order; see ``dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`` for the rest.
+    /// order; see the `Sequence` form of `dispatch` for the rest.
     ///
     /// The sequence is consumed by a task of its own, which takes the next job only when a slot is free,
     /// while the results are handled by the calling task: a sequence fed by the collector (jobs decided

@@ -4,7 +4,7 @@ import Glibc
 ///
 /// MPI's own blocking calls spin at 100% of a core. A VM process instead polls with a matched probe and
 /// pauses between polls as this policy says, so that idle workers can leave their core to others. After
-/// `spin`, an idle worker on the spawner's host (one waiting for its next task) blocks on a ``Doorbell``
+/// `spin`, an idle worker on the spawner's host (one waiting for its next task) blocks on a doorbell (a datagram socket)
 /// that the spawner rings, instead of sleeping `sleep` between polls: it costs no CPU while idle and
 /// wakes within microseconds. `busy` never stops spinning.
 public struct WaitPolicy: Sendable, Equatable, CustomStringConvertible {
