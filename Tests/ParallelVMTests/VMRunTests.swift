@@ -118,6 +118,25 @@ struct VMRunTests {
         #expect(run.value("freeAtEnd") == "1")
     }
 
+    @Test func apiEdgesGiveClearErrors() throws {
+        let run = try MPIRun.scenario("api-edges", ranks: 2)
+        #expect(run.status == 0, "\(run)")
+        #expect(run.value("nanTimeout")?.contains("receiveMessage: timeout must be a number of seconds") == true)
+        #expect(run.value("nanTimeout")?.contains("NaN") == true)
+        #expect(run.value("nanClear")?.contains("clearLocalStorage: timeout must be") == true)
+        #expect(run.value("emptyTargets")?.contains("targets is empty") == true, "\(run)")
+        #expect(run.value("blankHosts")?.contains(#"unknown host(s) "", " ""#) == true, "\(run)")
+        #expect(run.value("negativeTask")?.contains("task IDs are never negative") == true)
+        #expect(run.value("futureTask")?.contains("no task number 1000000 has been spawned yet") == true)
+        #expect(run.value("parsedNegative") == "nil")
+        #expect(run.value("infinityGotResult") == "true")
+        #expect(run.value("infinityReturnedNil") == nil)
+        #expect(run.value("task_nan")?.contains("TaskContext.receiveMessage: timeout must be") == true, "\(run)")
+        #expect(run.value("task_future")?.contains("does not exist: no task number") == true, "\(run)")
+        #expect(run.value("task_negative")?.contains("task IDs are never negative") == true)
+        #expect(run.value("freeAtEnd") == "1")
+    }
+
     @Test func messageForAFinishedTaskIsNotGivenToItsSuccessor() throws {
         let run = try MPIRun.scenario("stale", ranks: 3)
         #expect(run.status == 0, "\(run)")

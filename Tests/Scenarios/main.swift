@@ -17,6 +17,7 @@ func report(_ key: String, _ value: Any) {
 let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenarios) { first, _ in first }
     .merging(storageScenarios) { first, _ in first }
     .merging(logScenarios) { first, _ in first }
+    .merging(edgeScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -29,7 +30,7 @@ if ProcessInfo.processInfo.environment["SCENARIO_LOG_CAPTURE"] != nil {
     LoggingSystem.bootstrap { _ in CapturingLogHandler() }
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
-let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions, debug: debug)
+let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions, debug: debug)
 try scenario(vm, Array(arguments.dropFirst()))
 if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
     try vm.finalize()
