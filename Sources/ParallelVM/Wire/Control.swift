@@ -9,7 +9,7 @@ struct Hello {
     /// The worker's doorbell token (0: it has none).
     var doorbell: UInt64
 
-    func send(over transport: Transport) throws(VMError) {
+    func send(over transport: any FrameLink) throws(VMError) {
         try transport.send(frame().bytes, to: 0)
     }
 
@@ -44,7 +44,7 @@ struct Welcome {
     var pid: Int32
     var doorbell: UInt64
 
-    func send(over transport: Transport, to rank: Int) throws(VMError) {
+    func send(over transport: any FrameLink, to rank: Int) throws(VMError) {
         try transport.send(frame().bytes, to: rank)
     }
 
@@ -73,19 +73,19 @@ struct Welcome {
 /// Spawner to worker: messages with no body.
 enum Signal {
     /// Leave the worker loop.
-    static func finalize(over transport: Transport, to rank: Int) throws(VMError) {
+    static func finalize(over transport: any FrameLink, to rank: Int) throws(VMError) {
         try transport.send(WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes, to: rank)
     }
 
     /// Remove this user's local storage and answer with a ``ClearStorageReport``.
-    static func clearStorage(over transport: Transport, to rank: Int) throws(VMError) {
+    static func clearStorage(over transport: any FrameLink, to rank: Int) throws(VMError) {
         try transport.send(WireWriter(kind: .clearStorage, sourceTask: 0, destinationTask: 0).bytes, to: rank)
     }
 }
 
 /// Worker to spawner: what clearing local storage removed, and what it could not.
 enum ClearStorageReport {
-    static func send(_ report: ClearReport, over transport: Transport) throws(VMError) {
+    static func send(_ report: ClearReport, over transport: any FrameLink) throws(VMError) {
         try transport.send(try frame(report).bytes, to: 0)
     }
 

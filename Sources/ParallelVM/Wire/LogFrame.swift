@@ -9,7 +9,7 @@ struct LogRecord: Sendable {
     var text: String
     var metadata: [String: String]
 
-    func send(from task: Int, over transport: Transport) throws(VMError) {
+    func send(from task: Int, over transport: any FrameLink) throws(VMError) {
         try transport.send(frame(from: task).bytes, to: 0)
     }
 

@@ -17,7 +17,7 @@ struct SpawnRequest {
     var settings: [UInt8]
     var arguments: [UInt8]
 
-    func send(over transport: Transport, to slot: Int) throws(VMError) {
+    func send(over transport: any FrameLink, to slot: Int) throws(VMError) {
         var frame = header()
         try transport.sendFrame(&frame, payload: arguments, to: slot)
     }

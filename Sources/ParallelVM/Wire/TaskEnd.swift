@@ -20,7 +20,7 @@ enum TaskEnd {
         task: Int,
         function: String,
         _ outcome: Outcome,
-        over transport: Transport
+        over transport: any FrameLink
     ) throws(VMError) {
         var (frame, payload) = resultFrame(task: task, function: function, outcome)
         try transport.sendFrame(&frame, payload: payload, to: 0)
@@ -45,7 +45,7 @@ enum TaskEnd {
         return (frame, payload)
     }
 
-    static func sendExit(task: Int, over transport: Transport) throws(VMError) {
+    static func sendExit(task: Int, over transport: any FrameLink) throws(VMError) {
         try transport.send(exitFrame(task: task).bytes, to: 0)
     }
 

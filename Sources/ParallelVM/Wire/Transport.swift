@@ -9,7 +9,7 @@ import Synchronization
 /// spawner's main thread and a dispatcher thread can share the transport. Waits release the lock between
 /// polls. Frames that arrive while a caller waits for something else (a send in progress, a storage
 /// report) are kept in `pending`, in arrival order, so waiting never hides or reorders a message.
-final class Transport: Sendable {
+final class Transport: FrameLink {
     let communicator: Communicator
     let waitPolicy: WaitPolicy
     let rank: Int
@@ -38,7 +38,7 @@ final class Transport: Sendable {
     /// Sends a frame, and a separate payload after it when given, to `rank`. Returns when both buffers are
     /// free again; while a large send waits for its receiver, incoming frames are taken in, so two ranks
     /// sending large messages to each other never deadlock.
-    func send(_ frame: [UInt8], payload: [UInt8]? = nil, to rank: Int) throws(VMError) {
+    func send(_ frame: [UInt8], payload: [UInt8]?, to rank: Int) throws(VMError) {
         guard rank >= 0, rank < size else {
             throw VMError(.invalidDestination, "rank \(rank) does not exist (the VM has ranks 0...\(size - 1))")
         }
@@ -50,17 +50,6 @@ final class Transport: Sendable {
             }
         } catch {
             throw VMError(.mpi, "sending to rank \(rank) failed: \(error)", underlying: error as? MPIError)
-        }
-    }
-
-    /// Sends a frame with its payload: appended to the frame when small, as a message of its own when large.
-    func sendFrame(_ frame: inout WireWriter, payload: [UInt8], to rank: Int) throws(VMError) {
-        if payload.count >= Wire.separatePayloadThreshold {
-            frame.insertFlags(Wire.flagSeparatePayload)
-            try send(frame.bytes, payload: payload, to: rank)
-        } else {
-            frame.bytes.append(contentsOf: payload)
-            try send(frame.bytes, to: rank)
         }
     }
 
@@ -117,8 +106,8 @@ final class Transport: Sendable {
     /// the spin time is over.
     func receive(
         until deadline: Deadline,
-        matching: (Envelope) -> Bool = { _ in true },
-        idleWait: (() -> Bool)? = nil
+        matching: (Envelope) -> Bool,
+        idleWait: (() -> Bool)?
     ) throws(VMError) -> Envelope? {
         var backoff = Backoff(waitPolicy, idleWait: idleWait)
         var checked = 0
@@ -160,7 +149,7 @@ final class Transport: Sendable {
     }
 
     /// Whether a frame satisfying `matching` is queued or waiting on the wire (never blocks).
-    func hasIncoming(matching: (Envelope) -> Bool = { _ in true }) throws(VMError) -> Bool {
+    func hasIncoming(matching: (Envelope) -> Bool) throws(VMError) -> Bool {
         try state.withLock { (state) throws(VMError) -> Bool in
             do {
                 while case let polled = try poll(&state), !polled.isEmpty { state.pending.append(contentsOf: polled) }

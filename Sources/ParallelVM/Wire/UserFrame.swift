@@ -15,7 +15,7 @@ enum UserFrame {
         from sourceTask: Int,
         to destination: TaskID,
         knownTasks: Int,
-        over transport: Transport
+        over transport: any FrameLink
     ) throws(VMError) {
         var (frame, payload) = try frame(value, from: sourceTask, to: destination, knownTasks: knownTasks)
         try transport.sendFrame(&frame, payload: payload, to: destination.slot)

@@ -13,7 +13,7 @@ final class Worker: @unchecked Sendable {
     // Invariant for @unchecked Sendable: the `let` properties never change; `state` guards what task code
     // can reach; `storage` and `settingsCache` are only touched by the worker loop's thread, between tasks
     // (preparing and cleaning a task's storage, decoding its request), never by task code.
-    let transport: Transport
+    let transport: any FrameLink
     let host: HostID
     let functions: FunctionTable
     /// This process's doorbell: an idle worker on the spawner's host waits on it.
@@ -41,7 +41,7 @@ final class Worker: @unchecked Sendable {
     var storage = WorkerStorageState()
     private var settingsCache: (bytes: [UInt8], settings: SpawnSettings)?
 
-    init(transport: Transport, host: HostID, functions: FunctionTable, doorbell: Doorbell?) {
+    init(transport: any FrameLink, host: HostID, functions: FunctionTable, doorbell: Doorbell?) {
         self.transport = transport
         self.host = host
         self.functions = functions

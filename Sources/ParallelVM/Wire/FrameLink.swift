@@ -1,0 +1,43 @@
+/// Where a process's VM frames go and come from: MPI between ranks (``Transport``), or, in a task process,
+/// the channel to the worker rank that supervises it (``ChannelLink``). A ``Worker`` serves tasks over either.
+protocol FrameLink: Sendable {
+    /// The rank whose frames these are (a task process has its worker's).
+    var rank: Int { get }
+    /// The number of ranks.
+    var size: Int { get }
+    var waitPolicy: WaitPolicy { get }
+    /// Seconds since a frame from rank 0 last arrived, where tracked.
+    var quietSinceSpawner: Double { get }
+
+    /// Sends a frame, and a separate payload after it when given, to `rank`.
+    func send(_ frame: [UInt8], payload: [UInt8]?, to rank: Int) throws(VMError)
+    /// The first frame that satisfies `matching`, waiting until `deadline`; others stay queued in order.
+    func receive(
+        until deadline: Deadline,
+        matching: (Envelope) -> Bool,
+        idleWait: (() -> Bool)?
+    ) throws(VMError) -> Envelope?
+    /// Whether a frame satisfying `matching` is queued or waiting (never blocks).
+    func hasIncoming(matching: (Envelope) -> Bool) throws(VMError) -> Bool
+    /// Drops queued frames for which `predicate` is true and returns how many were dropped.
+    @discardableResult func removePending(where predicate: (Envelope) -> Bool) -> Int
+}
+
+extension FrameLink {
+    /// Sends a frame with its payload: appended to the frame when small, as a message of its own when large.
+    func sendFrame(_ frame: inout WireWriter, payload: [UInt8], to rank: Int) throws(VMError) {
+        if payload.count >= Wire.separatePayloadThreshold {
+            frame.insertFlags(Wire.flagSeparatePayload)
+            try send(frame.bytes, payload: payload, to: rank)
+        } else {
+            frame.bytes.append(contentsOf: payload)
+            try send(frame.bytes, payload: nil, to: rank)
+        }
+    }
+
+    func send(_ frame: [UInt8], to rank: Int) throws(VMError) { try send(frame, payload: nil, to: rank) }
+
+    func receive(until deadline: Deadline, matching: (Envelope) -> Bool = { _ in true }) throws(VMError) -> Envelope? {
+        try receive(until: deadline, matching: matching, idleWait: nil)
+    }
+}
