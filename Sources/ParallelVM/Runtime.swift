@@ -90,6 +90,9 @@ final class Runtime: @unchecked Sendable {
         for function in functions { try table.register(function.erased) }
         try table.register(ChunkRunner.function(over: table))
         let environment = ProcessInfo.processInfo.environment
+
+        _ = removeStaleLocalStorageHere()  // local storage: remove folders of dead runs on this host
+
         let policy = try WaitPolicy.fromEnvironment(environment)
         let logger = logger ?? Logger(label: "ParallelVM") { StreamLogHandler.standardOutput(label: $0) }
         let pid = getpid()

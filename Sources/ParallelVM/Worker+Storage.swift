@@ -5,8 +5,9 @@ import ParallelVMStorage
 
 /// What a worker process remembers about local storage between tasks.
 struct WorkerStorageState {
-    /// VM keys this process has served: a persistent folder is reused only from the second task of a VM on.
-    var servedVMs: Set<String> = []
+    /// The VMs this process has served and the leases of their persistent folders: a persistent folder
+    /// is reused only from the second task of a VM on, and stays leased while this process lives.
+    var persistentFolders = PersistentFolders()
     /// The folder MPI started the worker in; tasks with no storage settings run there.
     let startDirectory = FileManager.default.currentDirectoryPath
 }
@@ -22,7 +23,8 @@ extension Runtime {
             request,
             mirrored: mirrored,
             root: root,
-            servedBefore: &workerStorage.servedVMs
+            servedBefore: &workerStorage.persistentFolders,
+            holder: "task \(task)"
         )
         if let directory = prepared.workingDirectory {
             guard chdir(directory) == 0 else {
@@ -60,8 +62,9 @@ extension Runtime {
     /// Clears this user's local storage on this worker's host and reports to the spawner.
     func clearStorageOnWorker(_ envelope: Envelope) {
         guard let transport else { return }
+        // No task runs now, so this process's persistent folders are not in use: let them go too.
+        workerStorage.persistentFolders.releaseAll()
         let report = Runtime.clearLocalStorageHere()
-        workerStorage.servedVMs.removeAll()
         var frame = WireWriter(kind: .clearStorageReport, sourceTask: 0, destinationTask: 0)
         do {
             frame.bytes.append(contentsOf: try BinaryEncoder.encode(report))
@@ -79,5 +82,15 @@ extension Runtime {
             let root = ProcessInfo.processInfo.environment[LocalStorageRoot.variable] ?? NSTemporaryDirectory()
             return ClearReport(host: ProcessInfo.processInfo.hostName, failures: [root: "\(error)"])
         }
+    }
+
+    /// Removes the folders of dead runs from this user's local storage on this host (see
+    /// `LocalStorageRoot.removeStale`); called once as the VM starts, on every rank.
+    static func removeStaleLocalStorageHere() -> ClearReport {
+        let environment = ProcessInfo.processInfo.environment
+        guard let root = try? LocalStorageRoot(environment: environment, create: false) else {
+            return ClearReport(host: ProcessInfo.processInfo.hostName)
+        }
+        return root.removeStale()
     }
 }

@@ -98,6 +98,22 @@ private func expectStorageError(_ code: StorageError.Code, _ body: () throws -> 
 
 private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 777, bootID: "boot-a")
 
+/// Options naming the worker's host "workerhost", so folder names are known in advance.
+private func workerOptions(pid: Int32? = nil, host: String = "workerhost") -> TaskStorage.Options {
+    var options = TaskStorage.Options()
+    options.hostName = host
+    if let pid { options.workerPID = pid }
+    return options
+}
+
+/// The owner record in the sidecar of `name` in the per-user folder, nil when there is none.
+private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecord? {
+    let fd = open(root.userFolder + "/." + name + ".parallelvm", O_RDONLY | O_DIRECTORY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    return OwnerRecord.read(in: fd)
+}
+
 // MARK: - Path translation
 
 @Suite struct PathTranslationTests {
@@ -388,13 +404,21 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
             vmIndex: 3,
             spawner: SpawnerIdentity(host: "node/1", pid: 99, startTime: 1, bootID: "b")
         )
-        #expect(TaskStorage.baseName(for: req) == "node_1-99-3")
+        #expect(TaskStorage.baseName(for: req, workerHost: "w/2") == "node_1-99-3@w_2")
         let fd = open(root.userFolder, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-1")
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-2")
-        rmdir(root.userFolder + "/h-1-0-1")
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-1")
+        let record = OwnerRecord(maker: SpawnerIdentity.current(), spawner: req.spawner, vmIndex: 3)
+        func reserve() throws -> String {
+            try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder, record: record).name
+        }
+        #expect(try reserve() == "h-1-0-1")
+        #expect(try reserve() == "h-1-0-2")
+        // The sidecar reserves a name; a folder of that name left by something else is skipped too.
+        try FileManager.default.removeItem(atPath: root.userFolder + "/.h-1-0-1.parallelvm")
+        #expect(try reserve() == "h-1-0-1")
+        #expect(mkdir(root.userFolder + "/h-1-0-3", 0o700) == 0)
+        #expect(try reserve() == "h-1-0-4")
+        #expect(ownerRecord(root, "h-1-0-4") == record)
     }
 
     @Test func prepareAndCleanupNonPersistent() throws {
@@ -407,12 +431,12 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
             m,
             startupDir: "proj/sub"
         )
-        var served = Set<String>()
-        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
-        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        var served = PersistentFolders()
+        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
+        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
         let folder = try #require(first.folder)
-        #expect(folder == root.userFolder + "/spawnhost-4242-3-1")
-        #expect(second.folder == root.userFolder + "/spawnhost-4242-3-2")
+        #expect(folder == root.userFolder + "/spawnhost-4242-3@workerhost-1")
+        #expect(second.folder == root.userFolder + "/spawnhost-4242-3@workerhost-2")
         #expect(first.workingDirectory == folder + "/proj/sub")
         #expect(!first.reused && first.files == 5 && first.bytes == UInt64("main#!/bin/shdeeprsingle".utf8.count))
         #expect(read(folder + "/proj/main.txt") == "main")
@@ -423,10 +447,17 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(isSymlink(folder + "/proj/abs-link"))  // dangling, still copied as a link
         #expect(mode(folder + "/proj/exec.sh") == 0o751)
         #expect(mode(folder + "/proj/ro") == 0o555)
-        let record = TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-1")
-        #expect(record.map { TaskStorage.matches($0, req) } == true)
-        // No staging folder is left behind.
-        #expect(entries(root.userFolder) == ["spawnhost-4242-3-1", "spawnhost-4242-3-2"])
+        let record = try #require(ownerRecord(root, "spawnhost-4242-3@workerhost-1"))
+        #expect(record.matches(req, maker: workerOptions().maker))
+        #expect(record.maker.host == "workerhost" && record.maker.pid == getpid())
+        // No staging folder is left behind; the bookkeeping is beside the folders, not in them.
+        #expect(
+            entries(root.userFolder) == [
+                ".spawnhost-4242-3@workerhost-1.parallelvm", ".spawnhost-4242-3@workerhost-2.parallelvm",
+                "spawnhost-4242-3@workerhost-1", "spawnhost-4242-3@workerhost-2",
+            ]
+        )
+        #expect(entries(folder + "/proj") == ["abs-link", "exec.sh", "link", "main.txt", "ro", "sub"])
         try first.cleanup()
         try second.cleanup()
         #expect(entries(root.userFolder).isEmpty)
@@ -438,7 +469,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("spawner/work")
         try s.dir("worker/work")
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let (req, _) = try StorageRequest.make(
             mirrorMap: nil,
             startupDir: s.sub("spawner/work"),
@@ -466,7 +497,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         // Prove the files come from the worker's path: the spawner's copy disappears.
         chmod(s.sub("spawnerView/proj/ro"), 0o755)
         try FileManager.default.removeItem(atPath: s.sub("spawnerView"))
-        var served = Set<String>()
+        var served = PersistentFolders()
         let p = try TaskStorage.prepare(req, mirrored: workerSide, root: try localRoot(s), servedBefore: &served)
         let folder = try #require(p.folder)
         #expect(read(folder + "/main.txt") == "main")
@@ -480,23 +511,31 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
         let req = try request([s.sub("shared/proj"): "."], m, persistent: true)
-        var options = TaskStorage.Options()
-        options.workerPID = 555
-        var served = Set<String>()
-        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
-        let folder = try #require(first.folder)
-        #expect(folder == root.userFolder + "/spawnhost-4242-3-w555")
-        #expect(!first.reused && first.files > 0)
-        try first.cleanup()  // persistent: stays
-        #expect(exists(folder))
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w555/sentinel", "keep")
-        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
-        #expect(second.reused && second.files == 0 && second.folder == folder)
-        #expect(read(folder + "/sentinel") == "keep")
-        // A new worker process (nothing served yet) clears the folder and mirrors afresh.
-        var freshServed = Set<String>()
+        let options = workerOptions(pid: 555)
+        var served = PersistentFolders()
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-w555"
+        let firstFiles: Int
+        do {
+            let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
+            #expect(first.folder == folder)
+            #expect(!first.reused && first.files > 0)
+            firstFiles = first.files
+            try first.cleanup()  // persistent: stays
+            #expect(exists(folder))
+            try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w555/sentinel", "keep")
+            let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
+            #expect(second.reused && second.files == 0 && second.folder == folder)
+            #expect(read(folder + "/sentinel") == "keep")
+            // While this worker process lives its persistent folder is leased: clearing leaves it.
+            let report = root.clear()
+            #expect(report.failures[folder]?.contains("persistent storage of worker process 555") == true)
+            #expect(exists(folder + "/sentinel"))
+        }
+        // The worker process ends (its leases go with it); a new one with the same PID mirrors afresh.
+        served.releaseAll()
+        var freshServed = PersistentFolders()
         let third = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &freshServed, options: options)
-        #expect(!third.reused && third.files == first.files)
+        #expect(!third.reused && third.files == firstFiles)
         #expect(!exists(folder + "/sentinel"))
         #expect(read(folder + "/proj/main.txt") == "main")
     }
@@ -506,29 +545,26 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try makeSource(s)
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var options = TaskStorage.Options()
-        options.workerPID = 556
+        let options = workerOptions(pid: 556)
         // An earlier spawner run with the same host and PID but another start time left this folder.
         var earlier = identity
         earlier.startTime = 1
         let stale = try request([s.sub("shared/proj"): "."], m, persistent: true, spawner: earlier)
-        var served = Set<String>()
+        var served = PersistentFolders()
         _ = try TaskStorage.prepare(stale, mirrored: m, root: root, servedBefore: &served, options: options)
-        let folder = root.userFolder + "/spawnhost-4242-3-w556"
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w556/stale-marker")
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-w556"
+        try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w556/stale-marker")
         // Even if this worker believes it served the current VM, the record does not match.
         let current = try request([s.sub("shared/proj"): "."], m, persistent: true)
-        served.insert(current.vmKey)
+        served.served.insert(current.vmKey)
         let p = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!p.reused && p.folder == folder)
         #expect(!exists(folder + "/stale-marker"))
-        let record = try #require(
-            TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-w556")
-        )
-        #expect(record["startTime"] == "777")
-        // A half-made folder (no complete record) is not accepted either.
-        try FileManager.default.removeItem(atPath: folder + "/" + TaskStorage.ownerRecordName)
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w556/stale-marker")
+        let record = try #require(ownerRecord(root, "spawnhost-4242-3@workerhost-w556"))
+        #expect(record.spawner.startTime == 777)
+        // A folder without an owner record is not accepted either.
+        try FileManager.default.removeItem(atPath: root.userFolder + "/.spawnhost-4242-3@workerhost-w556.parallelvm/owner")
+        try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w556/stale-marker")
         let again = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!again.reused && !exists(folder + "/stale-marker"))
     }
@@ -540,7 +576,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(mkfifo(s.sub("shared/proj/sub/zz-fifo"), 0o644) == 0)
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let req = try request([s.sub("shared/proj"): "."], m, persistent: persistent)
         let error = expectStorageError(.unsupportedFileType) {
             _ = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
@@ -571,7 +607,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("workerView")
         let req = try request([s.sub("spawnerView/proj/*.txt"): "."], storage(s.sub("spawnerView")))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let error = expectStorageError(.missingSource) {
             _ = try TaskStorage.prepare(req, mirrored: storage(s.sub("workerView")), root: root, servedBefore: &served)
         }
@@ -601,7 +637,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.file("shared/runs/notes.txt", "notes")
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         var options = TaskStorage.Options()
         options.parallelism = 2
         let req = try request([s.sub("shared/runs/*"): "all", s.sub("shared/runs/r*/data.txt"): "flat"], m)
@@ -624,7 +660,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         for d in 0..<8 { for f in 0..<20 { try s.file("shared/tree/d\(d)/f\(f)", "file \(d) \(f)") } }
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let req = try request([s.sub("shared/big.bin"): "data", s.sub("shared/tree"): "."], m)
         let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
         let folder = try #require(p.folder)
@@ -677,7 +713,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.file("outside/precious.txt", "keep")
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let (req, _) = try StorageRequest.make(mirrorMap: [s.sub("shared/in"): "."], mirrored: m, spawner: identity)
         let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
         let folder = try #require(p.folder)
