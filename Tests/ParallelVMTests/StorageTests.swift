@@ -724,3 +724,432 @@ private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecor
         #expect(read(s.sub("outside/precious.txt")) == "keep")
     }
 }
+
+// MARK: - Checked system calls
+
+@Suite(.serialized) struct SystemCallTests {
+    @Test func aFailedCallNamesTheCallThePathAndErrno() throws {
+        let s = try Scratch()
+        let path = s.sub("missing/child")
+        let error = expectStorageError(.ioFailure) {
+            try SystemCall.value("mkdirat") { mkdirat(AT_FDCWD, path, 0o700) }
+                .get("created", path: path, subject: "local storage folder")
+        }
+        #expect(
+            error?.description == "local storage folder \(path) could not be created: mkdirat: "
+                + "No such file or directory (errno 2)"
+        )
+        #expect(error?.call == "mkdirat" && error?.errnoCode == ENOENT && error?.path == path)
+        // The call and errno travel with the error to the spawner.
+        let data = try JSONEncoder().encode(error)
+        #expect(try JSONDecoder().decode(StorageError.self, from: data) == error)
+    }
+
+    /// What the reading thread saw; written by it before `done` is signalled, read after.
+    private final class ReaderState: @unchecked Sendable {
+        var thread = pthread_t()
+        var attempts = 0
+        var result: Result<Int, SystemCallError>?
+        let ready = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+    }
+
+    /// Interrupts a `read` blocked on an empty pipe with a real signal (a handler without SA_RESTART),
+    /// then writes one byte. The reader is a thread of our own: pool threads block signals.
+    private func readInterrupted(retry: Bool) throws -> (Result<Int, SystemCallError>, attempts: Int) {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        action.sa_flags = 0
+        sigemptyset(&action.sa_mask)
+        var previous = sigaction()
+        #expect(sigaction(SIGUSR1, &action, &previous) == 0)
+        defer { sigaction(SIGUSR1, &previous, nil) }
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
+        let state = ReaderState()
+        let readEnd = fds[0]
+        let reader = Thread {
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            state.thread = pthread_self()
+            state.ready.signal()
+            var byte: UInt8 = 0
+            state.result = SystemCall.value("read", retryOnInterrupt: retry) {
+                state.attempts += 1
+                return read(readEnd, &byte, 1)
+            }
+            state.done.signal()
+        }
+        reader.start()
+        state.ready.wait()
+        usleep(200_000)
+        pthread_kill(state.thread, SIGUSR1)
+        usleep(200_000)
+        var byte: UInt8 = 42
+        #expect(write(fds[1], &byte, 1) == 1)
+        state.done.wait()
+        return (try #require(state.result), state.attempts)
+    }
+
+    @Test func anInterruptedCallIsRetried() throws {
+        let (retried, attempts) = try readInterrupted(retry: true)
+        #expect(try retried.get() == 1)
+        #expect(attempts >= 2, "the signal should have interrupted the first read")
+        let (once, _) = try readInterrupted(retry: false)
+        #expect(once.failure?.errno == EINTR)
+        #expect(once.failure?.text == "read: Interrupted system call (errno 4)")
+    }
+}
+
+// MARK: - Safety of clearing and removal
+
+/// Runs a program and waits for it; returns its status and what it printed.
+private func runProgram(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    process.waitUntilExit()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process.terminationStatus, output)
+}
+
+/// A bind mount made with `mount --bind`, undone by `unmount()`.
+private struct BindMount {
+    let target: String
+
+    /// Mounts `source` on `target`, or cancels the test (reported as skipped) saying why it cannot.
+    init(_ source: String, on target: String) throws {
+        self.target = target
+        let (status, output) = try runProgram("/usr/bin/mount", ["--bind", source, target])
+        if status != 0 {
+            let reason = "cannot bind-mount as uid \(geteuid()): mount exited \(status): \(output)"
+            print("skipped: \(reason)")
+            try Test.cancel(Comment(rawValue: reason))
+        }
+    }
+
+    func unmount() { _ = try? runProgram("/usr/bin/umount", [target]) }
+}
+
+/// Writes a storage folder `name` with one file, and its sidecar with `record` (or `recordText`).
+private func plantFolder(
+    _ root: LocalStorageRoot,
+    _ name: String,
+    record: OwnerRecord? = nil,
+    recordText: String? = nil,
+    sidecar: Bool = true
+) throws {
+    let folder = root.userFolder + "/" + name
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    try Data("content".utf8).write(to: URL(fileURLWithPath: folder + "/file"))
+    guard sidecar else { return }
+    let side = root.userFolder + "/." + name + ".parallelvm"
+    try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+    if let text = recordText ?? record?.text {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: side + "/owner"))
+    }
+}
+
+/// A PID that no process has: a child's, after it has been waited for.
+private func deadPID() throws -> Int32 {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/true")
+    try process.run()
+    process.waitUntilExit()
+    return process.processIdentifier
+}
+
+@Suite(.serialized) struct StorageSafetyTests {
+    private func source(_ s: Scratch) throws -> (MirroredStorage, StorageRequest) {
+        try s.file("shared/in/a.txt", "alpha")
+        let m = storage(s.sub("shared"))
+        let (req, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            vmIndex: 3,
+            mirrored: m,
+            spawner: identity
+        )
+        return (m, req)
+    }
+
+    @Test func clearAndCleanupLeaveABindMountInsideAlone() throws {
+        let s = try Scratch()
+        try s.file("outside/precious.txt", "keep")
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-1"
+        var prepared: PreparedStorage? = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
+        #expect(prepared?.folder == folder)
+        try s.dir("local/\(root.userFolderName)/\(PathUtil.lastComponent(folder))/mnt")
+        let mount = try BindMount(s.sub("outside"), on: folder + "/mnt")
+        defer { mount.unmount() }
+
+        // A task's cleanup stops at the mount point and names it; then the task ends (and its lease).
+        let error = expectStorageError(.ioFailure) { try prepared?.cleanup() }
+        prepared = nil
+        #expect(error?.path == folder + "/mnt")
+        #expect(error?.description.contains("is a mount point") == true, "\(String(describing: error))")
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+        #expect(read(folder + "/mnt/precious.txt") == "keep")
+
+        // Clearing too: the rest goes, the mount point and what leads to it stay, and are reported.
+        let report = root.clear()
+        #expect(report.failures[folder + "/mnt"] == TreeRemover.mountPointReason, "\(report)")
+        #expect(!report.removed.contains(root.userFolder))
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+        #expect(!exists(folder + "/in/a.txt"))
+
+        // Once it is unmounted, the folder can go.
+        mount.unmount()
+        let after = root.clear()
+        #expect(after.failures.isEmpty, "\(after)")
+        #expect(!exists(root.userFolder))
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+    }
+
+    @Test func aRunningTasksFolderSurvivesClearAndSaysWhoUsesIt() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let p = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            holder: "task 1:7",
+            options: workerOptions()
+        )
+        let folder = try #require(p.folder)
+        let report = root.clear()
+        #expect(
+            report.failures[folder] == "is in use by task 1:7 of run spawnhost:4242 (VM 3) on host workerhost",
+            "\(report)"
+        )
+        #expect(read(folder + "/in/a.txt") == "alpha")
+        #expect(exists(root.userFolder))
+        // Stale removal does not touch it either (its maker, this process, lives).
+        #expect(root.removeStale().removed.isEmpty)
+        try p.cleanup()
+        #expect(entries(root.userFolder).isEmpty)
+    }
+
+    @Test func aLeaseHeldByAnotherProcessProtectsTheFolderUntilThatProcessDies() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let folder: String
+        do {
+            // The task's storage stays behind without its lease (as after a crash of its worker).
+            let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
+            folder = try #require(p.folder)
+        }
+        let name = PathUtil.lastComponent(folder)
+        // Make its record name a dead maker, so only the lease keeps it.
+        let dead = OwnerRecord(
+            maker: ProcessIdentity(host: PathUtil.hostName(), pid: try deadPID(), startTime: 1, bootID: ""),
+            spawner: identity,
+            vmIndex: 3
+        )
+        try Data(dead.text.utf8).write(to: URL(fileURLWithPath: root.userFolder + "/.\(name).parallelvm/owner"))
+
+        let holder = Process()
+        // One process (the shell, then sleep in its place) opens the lease file, locks it and holds it.
+        holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+        holder.arguments = [
+            "-c", "exec 9<>\"$0\" && flock 9 && echo locked && exec sleep 60",
+            root.userFolder + "/.\(name).parallelvm/lease",
+        ]
+        let pipe = Pipe()
+        holder.standardOutput = pipe
+        try holder.run()
+        defer {
+            if holder.isRunning { kill(holder.processIdentifier, SIGKILL) }
+            holder.waitUntilExit()
+        }
+        let line = String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.hasPrefix("locked"))
+
+        #expect(root.removeStale().removed.isEmpty)
+        let report = root.clear()
+        #expect(report.failures[folder]?.hasPrefix("is in use by") == true, "\(report)")
+        #expect(read(folder + "/in/a.txt") == "alpha")
+
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        let stale = root.removeStale()
+        #expect(stale.failures.isEmpty, "\(stale)")
+        #expect(stale.removed.contains(folder) && stale.removed.contains(root.userFolder + "/.\(name).parallelvm"))
+        #expect(entries(root.userFolder).isEmpty)
+    }
+
+    @Test func aUserFileNamedLikeTheBookkeepingIsMirroredUntouched() throws {
+        let s = try Scratch()
+        try s.file("shared/in/.parallelvm-owner", "mine")
+        try s.file("shared/in/sub/.parallelvm-owner", "mine too")
+        try s.file("shared/in/lease", "not a lock")
+        let m = storage(s.sub("shared"))
+        let root = try localRoot(s)
+        let (req, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            persistent: true,
+            mirrored: m,
+            spawner: identity
+        )
+        var served = PersistentFolders()
+        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        let folder = try #require(first.folder)
+        #expect(read(folder + "/in/.parallelvm-owner") == "mine")
+        #expect(read(folder + "/in/sub/.parallelvm-owner") == "mine too")
+        #expect(read(folder + "/in/lease") == "not a lock")
+        #expect(entries(folder) == ["in"])
+        // The record beside it still lets the next task reuse the folder.
+        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        #expect(second.reused && read(folder + "/in/.parallelvm-owner") == "mine")
+    }
+
+    @Test func staleRemovalTakesOnlyFoldersOfProvablyGoneMakers() throws {
+        let s = try Scratch()
+        let root = try localRoot(s)
+        let me = SpawnerIdentity.current()
+        let host = PathUtil.hostName()
+        func record(pid: Int32, startTime: UInt64 = me.startTime, bootID: String = me.bootID, host: String = host)
+            -> OwnerRecord
+        {
+            OwnerRecord(
+                maker: ProcessIdentity(host: host, pid: pid, startTime: startTime, bootID: bootID),
+                spawner: identity,
+                vmIndex: 0
+            )
+        }
+        let dead = try deadPID()
+        try plantFolder(root, "dead-pid", record: record(pid: dead))
+        try s.dir("local/\(root.userFolderName)/.dead-pid.staging-1a2b")
+        try plantFolder(root, "other-boot", record: record(pid: getpid(), bootID: "an-earlier-boot"))
+        try plantFolder(root, "reused-pid", record: record(pid: getpid(), startTime: me.startTime + 1))
+        try s.dir("local/\(root.userFolderName)/.half-made.staging-99")
+        try plantFolder(root, "half-made", record: record(pid: dead), sidecar: true)
+        try FileManager.default.removeItem(atPath: root.userFolder + "/half-made")
+        try plantFolder(root, "live", record: record(pid: getpid()))
+        try plantFolder(root, "other-host", record: record(pid: dead, host: "another-host"))
+        try plantFolder(root, "garbled", recordText: "host=\(host)\npid=notanumber\n")
+        try plantFolder(root, "no-record")
+        try plantFolder(root, "old-layout", sidecar: false)
+
+        let report = root.removeStale()
+        #expect(report.failures.isEmpty, "\(report)")
+        let user = root.userFolder
+        #expect(
+            Set(report.removed) == [
+                "\(user)/dead-pid", "\(user)/.dead-pid.staging-1a2b", "\(user)/.dead-pid.parallelvm",
+                "\(user)/other-boot", "\(user)/.other-boot.parallelvm",
+                "\(user)/reused-pid", "\(user)/.reused-pid.parallelvm",
+                "\(user)/.half-made.staging-99", "\(user)/.half-made.parallelvm",
+            ]
+        )
+        #expect(
+            entries(user) == [
+                ".garbled.parallelvm", ".live.parallelvm", ".no-record.parallelvm", ".other-host.parallelvm",
+                "garbled", "live", "no-record", "old-layout", "other-host",
+            ]
+        )
+        #expect(read(user + "/live/file") == "content")
+    }
+
+    @Test func workersOnTwoHostsSharingLocalStorageNeverShareAFolder() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let (persistentReq, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            persistent: true,
+            vmIndex: 3,
+            mirrored: m,
+            spawner: identity
+        )
+        let shared = try localRoot(s)
+        var servedA = PersistentFolders()
+        var servedB = PersistentFolders()
+        let a = workerOptions(pid: 700, host: "node-a")
+        let b = workerOptions(pid: 700, host: "node-b")
+        let taskA = try TaskStorage.prepare(req, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+        let taskB = try TaskStorage.prepare(req, mirrored: m, root: shared, servedBefore: &servedB, options: b)
+        #expect(taskA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-1")
+        #expect(taskB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-1")
+        let keepA = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+        let keepB = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedB, options: b)
+        #expect(keepA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-w700")
+        #expect(keepB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-w700")
+        try taskA.cleanup()
+        #expect(read(try #require(taskB.folder) + "/in/a.txt") == "alpha")
+        try taskB.cleanup()
+
+        // Reuse checks the record's host and boot ID, not only the name.
+        let ownerPath = shared.userFolder + "/.spawnhost-4242-3@node-a-w700.parallelvm/owner"
+        let original = try #require(read(ownerPath))
+        for (field, forged) in [("bootID=", "bootID=an-earlier-boot"), ("host=", "host=node-b")] {
+            let text = original.split(separator: "\n").map { $0.hasPrefix(field) ? forged : String($0) }
+            try Data((text.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: ownerPath))
+            try s.file("local/\(shared.userFolderName)/spawnhost-4242-3@node-a-w700/marker")
+            let again = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+            #expect(!again.reused, "a record with \(forged) was accepted")
+            #expect(!exists(shared.userFolder + "/spawnhost-4242-3@node-a-w700/marker"))
+        }
+        let last = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+        #expect(last.reused)
+        withExtendedLifetime((keepA, keepB)) {}
+    }
+
+    @Test func aSymlinkMatchedByAGlobIsMirroredAsASymlink() throws {
+        let s = try Scratch()
+        try s.file("shared/in/a.txt", "alpha")
+        try s.file("shared/in/sub/x.txt", "x")
+        try s.link("shared/in/to-a", to: "a.txt")
+        try s.link("shared/in/to-sub", to: "sub")
+        try s.link("shared/in/dangling", to: "/nonexistent/target")
+        let m = storage(s.sub("shared"))
+        let (req, _) = try StorageRequest.make(mirrorMap: [s.sub("shared/in/*"): "."], mirrored: m, spawner: identity)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        let folder = try #require(p.folder)
+        #expect(entries(folder) == ["a.txt", "dangling", "sub", "to-a", "to-sub"])
+        for (name, target) in [("to-a", "a.txt"), ("to-sub", "sub"), ("dangling", "/nonexistent/target")] {
+            #expect(isSymlink(folder + "/" + name), "\(name) was not mirrored as a symlink")
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: folder + "/" + name) == target)
+        }
+        #expect(read(folder + "/sub/x.txt") == "x" && !isSymlink(folder + "/sub"))
+        #expect(p.files == 2)
+        try p.cleanup()
+    }
+
+    @Test func entriesAreGroupedByTheFolderTheyBelongTo() {
+        #expect(Sidecar.folderName(ofEntry: ".h-1-0-1.parallelvm") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: ".h-1-0-1.staging-ab12") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: "h-1-0-1") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: ".parallelvm") == ".parallelvm")
+        #expect(
+            FolderGroup.grouping([".a.parallelvm", "b", ".a.staging-1", "a"]) == [
+                FolderGroup(name: "a", entries: ["a", ".a.staging-1"], hasSidecar: true),
+                FolderGroup(name: "b", entries: ["b"], hasSidecar: false),
+            ]
+        )
+    }
+}
