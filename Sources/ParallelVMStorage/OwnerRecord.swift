@@ -31,7 +31,9 @@ enum Sidecar {
         if entry.hasSuffix(suffix), entry.count > suffix.count + 1 {
             return String(entry.dropFirst().dropLast(suffix.count))
         }
-        if let marker = entry.range(of: stagingMarker, options: .backwards), marker.lowerBound > entry.index(after: entry.startIndex) {
+        if let marker = entry.range(of: stagingMarker, options: .backwards),
+            marker.lowerBound > entry.index(after: entry.startIndex)
+        {
             return String(entry[entry.index(after: entry.startIndex)..<marker.lowerBound])
         }
         return entry
@@ -129,14 +131,19 @@ struct OwnerRecord: Hashable {
     /// Reads the record in the open sidecar folder; nil when absent, unreadable or malformed.
     static func read(in sidecarFd: Int32) -> OwnerRecord? {
         guard
-            case .success(let fd) = SystemCall.value("openat", {
-                openat(sidecarFd, Sidecar.ownerName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-            })
+            case .success(let fd) = SystemCall.value(
+                "openat",
+                {
+                    openat(sidecarFd, Sidecar.ownerName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+                }
+            )
         else { return nil }
         defer { SystemCall.close(fd) }
         var buffer = [UInt8](repeating: 0, count: 4096)
         let count = buffer.count
-        guard case .success(let n) = SystemCall.value("read", { Glibc.read(fd, &buffer, count) }), n > 0 else { return nil }
+        guard case .success(let n) = SystemCall.value("read", { Glibc.read(fd, &buffer, count) }), n > 0 else {
+            return nil
+        }
         return OwnerRecord(text: String(decoding: buffer[0..<n], as: UTF8.self))
     }
 
@@ -149,10 +156,16 @@ struct OwnerRecord: Hashable {
         }.get("written", path: path, subject: "owner record")
         defer { SystemCall.close(fd) }
         let bytes = Array(text.utf8)
-        let written = try SystemCall.value("write") { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } }
-            .get("written", path: path, subject: "owner record")
+        let written = try SystemCall.value("write") {
+            bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        }
+        .get("written", path: path, subject: "owner record")
         guard written == bytes.count else {
-            throw SystemCallError(call: "write", errno: EIO).storageError("written", path: path, subject: "owner record")
+            throw SystemCallError(call: "write", errno: EIO).storageError(
+                "written",
+                path: path,
+                subject: "owner record"
+            )
         }
         try SystemCall.value("renameat") { renameat(sidecarFd, temporary, sidecarFd, Sidecar.ownerName) }
             .get("moved into place", path: path, subject: "owner record")

@@ -153,7 +153,8 @@ package enum TaskStorage {
 
         let base = baseName(for: request, workerHost: options.hostName)
         let maker = options.maker
-        let run = "run \(request.spawner.host):\(request.spawner.pid) (VM \(request.vmIndex)) on host \(options.hostName)"
+        let run =
+            "run \(request.spawner.host):\(request.spawner.pid) (VM \(request.vmIndex)) on host \(options.hostName)"
         let name: String
         let lease: StorageLease
         if request.persistent {
@@ -176,7 +177,8 @@ package enum TaskStorage {
             // First task of this VM in this worker, or a folder from someone else: start afresh.
             let sidecarFd = try Sidecar.open(for: name, in: userFd, userFolder: root.userFolder, create: true)
             defer { SystemCall.close(sidecarFd) }
-            lease = try servedBefore.leases[name]
+            lease =
+                try servedBefore.leases[name]
                 ?? takeLease(
                     in: sidecarFd,
                     folder: folder,
@@ -219,7 +221,14 @@ package enum TaskStorage {
             }.get("opened", path: stagingPath, subject: "local storage folder")
             defer { SystemCall.close(stagingFd) }
             for entry in request.mirror {
-                try mirror(entry, into: stagingFd, stagingPath: stagingPath, mirrored: mirrored, copier: copier, options: options)
+                try mirror(
+                    entry,
+                    into: stagingFd,
+                    stagingPath: stagingPath,
+                    mirrored: mirrored,
+                    copier: copier,
+                    options: options
+                )
             }
             if let dir = request.startupDir {
                 try requireDirectory(
@@ -336,14 +345,24 @@ package enum TaskStorage {
     }
 
     /// Takes the lease of a folder's sidecar, or throws `.inUse` naming who holds it.
-    private static func takeLease(in sidecarFd: Int32, folder: String, userFolder: String, holder: String) throws
+    private static func takeLease(
+        in sidecarFd: Int32,
+        folder: String,
+        userFolder: String,
+        holder: String
+    ) throws
         -> StorageLease
     {
         let sidecarPath = PathUtil.join(userFolder, Sidecar.name(for: PathUtil.lastComponent(folder)))
         switch try StorageLease.take(in: sidecarFd, path: sidecarPath, holder: holder) {
         case .taken(let lease)?: return lease
         case .held(let other)?:
-            throw StorageError(.inUse, path: folder, reason: StorageLease.inUseText(other), subject: "local storage folder")
+            throw StorageError(
+                .inUse,
+                path: folder,
+                reason: StorageLease.inUseText(other),
+                subject: "local storage folder"
+            )
         case nil:
             throw StorageError(.inUse, path: folder, reason: "has no lease file", subject: "local storage folder")
         }

@@ -69,7 +69,8 @@ final class TreeCopier {
     ) throws {
         var st = stat()
         let examined =
-            followLinks ? SystemCall.value("stat") { stat(source, &st) } : SystemCall.value("lstat") { lstat(source, &st) }
+            followLinks
+            ? SystemCall.value("stat") { stat(source, &st) } : SystemCall.value("lstat") { lstat(source, &st) }
         if let failure = examined.failure {
             throw StorageError(
                 .missingSource,

@@ -118,7 +118,10 @@ struct StorageRunTests {
                 vmIndex: 0
             )
             let side = root.userFolder + "/." + name + ".parallelvm"
-            try FileManager.default.createDirectory(atPath: root.userFolder + "/" + name, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: root.userFolder + "/" + name,
+                withIntermediateDirectories: true
+            )
             try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
             try Data(record.text.utf8).write(to: URL(fileURLWithPath: side + "/owner"))
             return root.userFolder + "/" + name

@@ -432,8 +432,20 @@ private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecor
             startupDir: "proj/sub"
         )
         var served = PersistentFolders()
-        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
-        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
+        let first = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
+        let second = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
         let folder = try #require(first.folder)
         #expect(folder == root.userFolder + "/spawnhost-4242-3@workerhost-1")
         #expect(second.folder == root.userFolder + "/spawnhost-4242-3@workerhost-2")
@@ -563,7 +575,9 @@ private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecor
         let record = try #require(ownerRecord(root, "spawnhost-4242-3@workerhost-w556"))
         #expect(record.spawner.startTime == 777)
         // A folder without an owner record is not accepted either.
-        try FileManager.default.removeItem(atPath: root.userFolder + "/.spawnhost-4242-3@workerhost-w556.parallelvm/owner")
+        try FileManager.default.removeItem(
+            atPath: root.userFolder + "/.spawnhost-4242-3@workerhost-w556.parallelvm/owner"
+        )
         try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w556/stale-marker")
         let again = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!again.reused && !exists(folder + "/stale-marker"))
@@ -959,7 +973,13 @@ private func deadPID() throws -> Int32 {
         let folder: String
         do {
             // The task's storage stays behind without its lease (as after a crash of its worker).
-            let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: workerOptions())
+            let p = try TaskStorage.prepare(
+                req,
+                mirrored: m,
+                root: root,
+                servedBefore: &served,
+                options: workerOptions()
+            )
             folder = try #require(p.folder)
         }
         let name = PathUtil.lastComponent(folder)
@@ -1031,7 +1051,12 @@ private func deadPID() throws -> Int32 {
         let root = try localRoot(s)
         let me = SpawnerIdentity.current()
         let host = PathUtil.hostName()
-        func record(pid: Int32, startTime: UInt64 = me.startTime, bootID: String = me.bootID, host: String = host)
+        func record(
+            pid: Int32,
+            startTime: UInt64 = me.startTime,
+            bootID: String = me.bootID,
+            host: String = host
+        )
             -> OwnerRecord
         {
             OwnerRecord(
@@ -1093,8 +1118,20 @@ private func deadPID() throws -> Int32 {
         let taskB = try TaskStorage.prepare(req, mirrored: m, root: shared, servedBefore: &servedB, options: b)
         #expect(taskA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-1")
         #expect(taskB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-1")
-        let keepA = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
-        let keepB = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedB, options: b)
+        let keepA = try TaskStorage.prepare(
+            persistentReq,
+            mirrored: m,
+            root: shared,
+            servedBefore: &servedA,
+            options: a
+        )
+        let keepB = try TaskStorage.prepare(
+            persistentReq,
+            mirrored: m,
+            root: shared,
+            servedBefore: &servedB,
+            options: b
+        )
         #expect(keepA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-w700")
         #expect(keepB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-w700")
         try taskA.cleanup()
@@ -1108,7 +1145,13 @@ private func deadPID() throws -> Int32 {
             let text = original.split(separator: "\n").map { $0.hasPrefix(field) ? forged : String($0) }
             try Data((text.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: ownerPath))
             try s.file("local/\(shared.userFolderName)/spawnhost-4242-3@node-a-w700/marker")
-            let again = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+            let again = try TaskStorage.prepare(
+                persistentReq,
+                mirrored: m,
+                root: shared,
+                servedBefore: &servedA,
+                options: a
+            )
             #expect(!again.reused, "a record with \(forged) was accepted")
             #expect(!exists(shared.userFolder + "/spawnhost-4242-3@node-a-w700/marker"))
         }

@@ -133,7 +133,8 @@ let storageScenarios: [String: Scenario] = [
         let record = sidecar(first.cwd) + "/owner"
         let text = try String(contentsOfFile: record, encoding: .utf8)
         let stale =
-            text.split(separator: "\n").map { $0.hasPrefix("spawnerStartTime=") ? "spawnerStartTime=1" : String($0) }.joined(
+            text.split(separator: "\n").map { $0.hasPrefix("spawnerStartTime=") ? "spawnerStartTime=1" : String($0) }
+            .joined(
                 separator: "\n"
             ) + "\n"
         try stale.write(toFile: record, atomically: false, encoding: .utf8)
