@@ -50,6 +50,8 @@ enum Startup {
         for function in functions { try table.register(function.erased) }
         try table.register(ChunkRunner.function(over: table))
         let environment = ProcessInfo.processInfo.environment
+        // Folders of dead runs on this host go as the VM starts, on every rank (their owners are provably gone).
+        _ = Worker.removeStaleLocalStorageHere()
         let policy = try WaitPolicy.fromEnvironment(environment)
         // A library's logger: the program's LoggingSystem.bootstrap decides where the lines go.
         let logger = logger ?? Logger(label: "ParallelVM")

@@ -20,18 +20,24 @@ package struct LocalStorageRoot: Sendable, Hashable {
 
     /// Resolves the root from `environment`, creates it (with missing parents) when it does not exist,
     /// canonicalises it and creates the per-user folder (mode 0700).
-    /// - Parameter userName: overrides the login name in the per-user folder's name (tests).
+    /// - Parameters:
+    ///   - userName: overrides the login name in the per-user folder's name (tests).
+    ///   - create: false resolves the paths without creating anything (for looking at what is there).
     /// - Throws: `StorageError.unwritableRoot` naming the path and the errno text.
-    package init(environment: [String: String] = ProcessInfo.processInfo.environment, userName: String? = nil) throws {
+    package init(
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        userName: String? = nil,
+        create: Bool = true
+    ) throws {
         var raw = environment[Self.variable] ?? ""
         if raw.isEmpty { raw = environment["TMPDIR"] ?? "" }
         if raw.isEmpty { raw = "/tmp" }
         let absolute = PathUtil.canonicalize(raw, environment: environment)
-        try Self.makeDirectories(absolute)
+        if create { try Self.makeDirectories(absolute) }
         // Canonicalise again now that it exists, so symlinks in the created path are resolved.
         self.path = PathUtil.realPath(absolute) ?? absolute
         self.userFolderName = "parallelvm-" + PathUtil.sanitizeComponent(userName ?? PathUtil.userName())
-        try ensureUserFolder()
+        if create { try ensureUserFolder() }
     }
 
     /// Creates the per-user folder if needed and checks it is a real directory owned by us.
@@ -40,34 +46,18 @@ package struct LocalStorageRoot: Sendable, Hashable {
     /// folder owned by someone else is refused: in a shared `/tmp` another user could plant either.
     func ensureUserFolder() throws {
         let folder = userFolder
-        if mkdir(folder, 0o700) != 0 {
-            let err = errno
-            guard err == EEXIST else {
-                throw StorageError.errno(
-                    err,
-                    "created",
-                    path: folder,
-                    subject: "local storage folder",
-                    code: .unwritableRoot
-                )
-            }
-        }
+        let subject = "local storage folder"
+        let made = SystemCall.value("mkdir") { mkdir(folder, 0o700) }
+        if !made.failed(with: EEXIST) { try made.get("created", path: folder, subject: subject, code: .unwritableRoot) }
         var st = stat()
-        guard lstat(folder, &st) == 0 else {
-            throw StorageError.errno(
-                errno,
-                "examined",
-                path: folder,
-                subject: "local storage folder",
-                code: .unwritableRoot
-            )
-        }
+        try SystemCall.value("lstat") { lstat(folder, &st) }
+            .get("examined", path: folder, subject: subject, code: .unwritableRoot)
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
             throw StorageError(
                 .unwritableRoot,
                 path: folder,
                 reason: "is not a directory (a symlink or file is in the way)",
-                subject: "local storage folder"
+                subject: subject
             )
         }
         guard st.st_uid == geteuid() else {
@@ -75,18 +65,17 @@ package struct LocalStorageRoot: Sendable, Hashable {
                 .unwritableRoot,
                 path: folder,
                 reason: "belongs to uid \(st.st_uid), not to us (uid \(geteuid()))",
-                subject: "local storage folder"
+                subject: subject
             )
         }
-        guard access(folder, W_OK | X_OK) == 0 else {
-            throw StorageError.errno(
-                errno,
-                "written",
-                path: folder,
-                subject: "local storage folder",
-                code: .unwritableRoot
-            )
-        }
+        try SystemCall.value("access") { access(folder, W_OK | X_OK) }
+            .get("written", path: folder, subject: subject, code: .unwritableRoot)
+    }
+
+    /// Opens the per-user folder (never through a symlink) for fd-relative work inside it.
+    func openUserFolder() throws -> Int32 {
+        try SystemCall.value("open") { open(userFolder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            .get("opened", path: userFolder, subject: "local storage folder", code: .unwritableRoot)
     }
 
     /// `mkdir -p`: creates every missing folder of an absolute path (mode 0777 minus umask, like mkdir(1)).
@@ -94,16 +83,22 @@ package struct LocalStorageRoot: Sendable, Hashable {
         var current = ""
         for component in PathUtil.components(absolute) {
             current += "/" + component
-            if mkdir(current, 0o777) == 0 { continue }
-            let err = errno
+            let made = SystemCall.value("mkdir") { mkdir(current, 0o777) }
+            guard let failure = made.failure else { continue }
             var st = stat()
             // EEXIST is fine when it is a directory (or a symlink to one: stat follows it).
-            if err == EEXIST, stat(current, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR { continue }
+            if failure.errno == EEXIST, SystemCall.value("stat", { stat(current, &st) }).succeeded,
+                (st.st_mode & S_IFMT) == S_IFDIR
+            {
+                continue
+            }
             throw StorageError(
                 .unwritableRoot,
                 path: absolute,
-                reason: "cannot be created (\(current): \(err == EEXIST ? "not a directory" : errnoText(err)))",
-                subject: "local storage root"
+                reason: "cannot be created (\(current): \(failure.errno == EEXIST ? "not a directory" : failure.text))",
+                subject: "local storage root",
+                call: "\(failure.call)",
+                errnoCode: failure.errno
             )
         }
     }

@@ -53,13 +53,14 @@ package enum PathUtil {
     /// The process's current folder, or "/" when it cannot be determined.
     static func currentDirectory() -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        guard getcwd(&buffer, buffer.count) != nil else { return "/" }
+        let count = buffer.count
+        guard SystemCall.pointer("getcwd", { getcwd(&buffer, count) }).succeeded else { return "/" }
         return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
     /// `realpath(3)` as a Swift string, or nil when the path does not exist (or cannot be resolved).
     static func realPath(_ path: String) -> String? {
-        guard let resolved = realpath(path, nil) else { return nil }
+        guard case .success(let resolved) = SystemCall.pointer("realpath", { realpath(path, nil) }) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
     }
@@ -147,7 +148,8 @@ package enum PathUtil {
     /// This host's name as `gethostname` reports it.
     static func hostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let count = buffer.count - 1
+        guard SystemCall.value("gethostname", { gethostname(&buffer, count) }).succeeded else { return "localhost" }
         return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
@@ -167,6 +169,3 @@ package enum PathUtil {
         return cleaned.isEmpty || cleaned.hasPrefix(".") ? "_" + cleaned : cleaned
     }
 }
-
-/// Top-level shorthand used in error construction.
-func errnoText(_ err: Int32) -> String { PathUtil.errnoText(err) }

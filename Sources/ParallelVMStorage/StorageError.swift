@@ -22,6 +22,8 @@ public struct StorageError: Error, CustomStringConvertible, Codable, Sendable, H
         case unwritableRoot
         /// A system call failed while copying, creating or removing files.
         case ioFailure
+        /// A storage folder is in use by a running task (its lease is held), so it was left alone.
+        case inUse
     }
 
     /// What went wrong.
@@ -32,28 +34,28 @@ public struct StorageError: Error, CustomStringConvertible, Codable, Sendable, H
     public var reason: String
     /// What the path is, e.g. "mirror source", "mirror target", "local storage root"; starts the message.
     public var subject: String
+    /// The system call that failed (e.g. "openat"), when the error comes from one.
+    public var call: String?
+    /// The errno value that call failed with.
+    public var errnoCode: Int32?
 
     /// Creates an error; `subject` defaults to "path".
-    public init(_ code: Code, path: String, reason: String, subject: String = "path") {
+    public init(
+        _ code: Code,
+        path: String,
+        reason: String,
+        subject: String = "path",
+        call: String? = nil,
+        errnoCode: Int32? = nil
+    ) {
         self.code = code
         self.path = path
         self.reason = reason
         self.subject = subject
+        self.call = call
+        self.errnoCode = errnoCode
     }
 
     /// A sentence such as "mirror source /x/y is outside every mirrored folder (PARALLEL_MIRRORED_STORAGE=/a:/b)".
     public var description: String { "\(subject) \(path) \(reason)" }
-}
-
-extension StorageError {
-    /// Builds an `.ioFailure` (or the given code) from an errno value, naming the failing operation.
-    static func errno(
-        _ err: Int32,
-        _ operation: String,
-        path: String,
-        subject: String = "path",
-        code: Code = .ioFailure
-    ) -> StorageError {
-        StorageError(code, path: path, reason: "could not be \(operation): \(errnoText(err))", subject: subject)
-    }
 }

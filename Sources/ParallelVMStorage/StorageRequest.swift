@@ -60,17 +60,13 @@ package struct SpawnerIdentity: Codable, Hashable, Sendable {
 
     /// Reads a small text file with plain syscalls (no Foundation, works for /proc files of size 0).
     static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        guard case .success(let fd) = SystemCall.value("open", { open(path, O_RDONLY | O_CLOEXEC) }) else { return nil }
+        defer { SystemCall.close(fd) }
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
+        let size = buffer.count
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
+            guard case .success(let n) = SystemCall.value("read", { read(fd, &buffer, size) }) else { return nil }
             if n == 0 { break }
             bytes.append(contentsOf: buffer[0..<n])
             if bytes.count > 1 << 20 { return nil }

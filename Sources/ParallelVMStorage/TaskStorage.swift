@@ -17,8 +17,12 @@ package struct PreparedStorage: Sendable, Hashable {
     package var reused: Bool
     /// Whether the folder outlives the task.
     package var persistent: Bool
+    /// The lease that marks the folder in use while the task runs (a persistent folder's lease is also
+    /// kept by the worker's `PersistentFolders`, for as long as the worker lives).
+    package var lease: StorageLease?
 
-    /// Removes the task's storage folder unless it is persistent (links inside are not followed).
+    /// Removes the task's storage folder and its bookkeeping unless it is persistent (links inside are
+    /// not followed, mount points inside are left alone).
     /// - Throws: `StorageError.ioFailure` naming the first path that could not be removed.
     package func cleanup() throws {
         let report = cleanupReport()
@@ -37,14 +41,20 @@ package struct PreparedStorage: Sendable, Hashable {
         var report = ClearReport(host: PathUtil.hostName())
         guard let folder, !persistent else { return report }
         let parent = PathUtil.parent(folder)
-        let fd = open(parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            report.failures[folder] = errnoText(errno)
+        let opened = SystemCall.value("open") { open(parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard case .success(let fd) = opened else {
+            report.failures[folder] = opened.failure?.text
             return report
         }
-        defer { close(fd) }
-        if TreeRemover.remove(PathUtil.lastComponent(folder), in: fd, path: folder, failures: &report.failures) {
-            report.removed.append(folder)
+        defer { SystemCall.close(fd) }
+        let name = PathUtil.lastComponent(folder)
+        guard TreeRemover.remove(name, in: fd, path: folder, failures: &report.failures) else { return report }
+        report.removed.append(folder)
+        // The lease is still ours (this value holds it), so nobody else is removing the sidecar.
+        let sidecar = Sidecar.name(for: name)
+        let sidecarPath = PathUtil.join(parent, sidecar)
+        if TreeRemover.remove(sidecar, in: fd, path: sidecarPath, failures: &report.failures) {
+            report.removed.append(sidecarPath)
         }
         return report
     }
@@ -52,48 +62,63 @@ package struct PreparedStorage: Sendable, Hashable {
 
 /// Worker-side preparation of a task's local storage: naming, atomic mirroring, persistent reuse.
 package enum TaskStorage {
-    /// Name of the owner record written into every storage folder.
-    static let ownerRecordName = ".parallelvm-owner"
-
     /// Knobs that the VM leaves at their defaults and tests change.
     package struct Options {
         /// The worker process id, part of a persistent folder's name so worker processes on one host
-        /// never share (and clear) each other's persistent folder.
+        /// never share (and clear) each other's persistent folder, and recorded as the folder's maker.
         var workerPID: Int32 = getpid()
+        /// The worker's host, part of every folder's name so that workers on several hosts sharing one
+        /// `PARALLEL_LOCAL_STORAGE` never pick the same name, and recorded as the folder's host.
+        var hostName: String = PathUtil.hostName()
         /// Threads copying subfolders of a mirrored folder concurrently.
         var parallelism: Int = TaskStorage.defaultParallelism
         /// Called after every copied file with the running count; throwing simulates a failure.
         var afterFile: ((Int) throws -> Void)? = nil
 
         package init() {}
+
+        /// The worker process as the owner record names it.
+        var maker: ProcessIdentity {
+            let current = SpawnerIdentity.current()
+            return ProcessIdentity(
+                host: hostName,
+                pid: workerPID,
+                startTime: workerPID == current.pid ? current.startTime : 0,
+                bootID: current.bootID
+            )
+        }
     }
 
     /// Two threads keep the disk and the CPU busy without crowding out other tasks on the host.
     static let defaultParallelism = max(1, min(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
 
-    /// `<host>-<pid>-<vmIndex>`: the spawner's host and PID and the VM index, made safe as a file name.
-    static func baseName(for request: StorageRequest) -> String {
+    /// `<spawnerHost>-<spawnerPID>-<vmIndex>@<workerHost>`, made safe as a file name.
+    static func baseName(for request: StorageRequest, workerHost: String) -> String {
         "\(PathUtil.sanitizeComponent(request.spawner.host))-\(request.spawner.pid)-\(request.vmIndex)"
+            + "@\(PathUtil.sanitizeComponent(workerHost))"
     }
 
     /// Prepares the storage for one task and works out its working folder.
     ///
     /// Without mirror entries nothing is created: the working folder is `startupDir` (translated
     /// through `mirrored` when the request says so) or nil. With mirror entries a folder is built
-    /// under `root`'s per-user folder:
-    /// - non-persistent: `<base>-<n>`, the first free `n` reserved atomically with `mkdir`, so
-    ///   concurrent tasks never share;
+    /// under `root`'s per-user folder, with its bookkeeping (owner record and lease) in the sidecar
+    /// `.<name>.parallelvm` beside it:
+    /// - non-persistent: `<base>-<n>`, the first free `n` reserved atomically by creating its sidecar
+    ///   with `mkdir`, so concurrent tasks never share;
     /// - persistent: `<base>-w<workerPID>`, reused as is when this worker process has served the VM
-    ///   before (`servedBefore`) and the folder's owner record names the same spawner run; otherwise
-    ///   any old folder of that name is removed and the mirroring is done afresh.
-    /// The copy is built in a hidden staging folder that gets an owner record and is then renamed
-    /// into place, so a half-made folder is never accepted. Any failure removes the staging folder.
+    ///   before (`servedBefore`) and the owner record names the same spawner run, this host and its
+    ///   current boot; otherwise any old folder of that name is removed and the mirroring is done afresh.
+    /// The folder is leased (`holder` says by whom) before anything is copied. The copy is built in a
+    /// hidden staging folder that is renamed into place when complete, so a half-made folder is never
+    /// accepted. Any failure removes the staging folder.
     /// - Throws: `StorageError` naming the path and the reason.
     package static func prepare(
         _ request: StorageRequest,
         mirrored: MirroredStorage,
         root: LocalStorageRoot,
-        servedBefore: inout Set<String>,
+        servedBefore: inout PersistentFolders,
+        holder: String = "a task",
         options: Options = Options()
     ) throws -> PreparedStorage {
         let clock = ContinuousClock.now
@@ -117,31 +142,26 @@ package enum TaskStorage {
                 bytes: 0,
                 seconds: seconds(),
                 reused: false,
-                persistent: request.persistent
+                persistent: request.persistent,
+                lease: nil
             )
         }
 
         try root.ensureUserFolder()
-        let userFd = open(root.userFolder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard userFd >= 0 else {
-            throw StorageError.errno(
-                errno,
-                "opened",
-                path: root.userFolder,
-                subject: "local storage folder",
-                code: .unwritableRoot
-            )
-        }
-        defer { close(userFd) }
+        let userFd = try root.openUserFolder()
+        defer { SystemCall.close(userFd) }
 
-        let base = baseName(for: request)
+        let base = baseName(for: request, workerHost: options.hostName)
+        let maker = options.maker
+        let run =
+            "run \(request.spawner.host):\(request.spawner.pid) (VM \(request.vmIndex)) on host \(options.hostName)"
         let name: String
-        var reserved = false
+        let lease: StorageLease
         if request.persistent {
             name = "\(base)-w\(options.workerPID)"
             let folder = PathUtil.join(root.userFolder, name)
-            if servedBefore.contains(request.vmKey),
-                ownerRecord(in: userFd, folder: name).map({ matches($0, request) }) == true
+            if servedBefore.served.contains(request.vmKey), let held = servedBefore.leases[name],
+                isReusable(name, in: userFd, userFolder: root.userFolder, request: request, maker: maker)
             {
                 return PreparedStorage(
                     workingDirectory: try workingDirectory(folder: folder, request: request),
@@ -150,10 +170,21 @@ package enum TaskStorage {
                     bytes: 0,
                     seconds: seconds(),
                     reused: true,
-                    persistent: true
+                    persistent: true,
+                    lease: held
                 )
             }
             // First task of this VM in this worker, or a folder from someone else: start afresh.
+            let sidecarFd = try Sidecar.open(for: name, in: userFd, userFolder: root.userFolder, create: true)
+            defer { SystemCall.close(sidecarFd) }
+            lease =
+                try servedBefore.leases[name]
+                ?? takeLease(
+                    in: sidecarFd,
+                    folder: folder,
+                    userFolder: root.userFolder,
+                    holder: "persistent storage of worker process \(options.workerPID) for \(run)"
+                )
             var failures: [String: String] = [:]
             if !TreeRemover.remove(name, in: userFd, path: folder, failures: &failures) {
                 let (path, reason) = failures.sorted(by: { $0.key < $1.key })[0]
@@ -164,62 +195,40 @@ package enum TaskStorage {
                     subject: "stale local storage"
                 )
             }
+            try OwnerRecord(maker: maker, spawner: request.spawner, vmIndex: request.vmIndex)
+                .write(in: sidecarFd, path: PathUtil.join(root.userFolder, Sidecar.name(for: name)))
         } else {
-            name = try reserveName(base: base, in: userFd, userFolder: root.userFolder)
-            reserved = true
+            (name, lease) = try reserveName(
+                base: base,
+                in: userFd,
+                userFolder: root.userFolder,
+                holder: "\(holder) of \(run)",
+                record: OwnerRecord(maker: maker, spawner: request.spawner, vmIndex: request.vmIndex)
+            )
         }
         let folder = PathUtil.join(root.userFolder, name)
 
         // Build everything in a hidden staging folder next to the final one.
-        let staging = ".\(name).staging-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+        let staging = Sidecar.stagingName(for: name)
         let stagingPath = PathUtil.join(root.userFolder, staging)
-        if mkdirat(userFd, staging, 0o700) != 0 {
-            let err = errno
-            if reserved { _ = unlinkat(userFd, name, AT_REMOVEDIR) }
-            throw StorageError.errno(err, "created", path: stagingPath, subject: "local storage folder")
-        }
         do {
+            try SystemCall.value("mkdirat") { mkdirat(userFd, staging, 0o700) }
+                .get("created", path: stagingPath, subject: "local storage folder")
             let copier = TreeCopier()
             copier.afterFile = options.afterFile
-            let stagingFd = openat(userFd, staging, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard stagingFd >= 0 else {
-                throw StorageError.errno(errno, "opened", path: stagingPath, subject: "local storage folder")
-            }
-            defer { close(stagingFd) }
+            let stagingFd = try SystemCall.value("openat") {
+                openat(userFd, staging, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }.get("opened", path: stagingPath, subject: "local storage folder")
+            defer { SystemCall.close(stagingFd) }
             for entry in request.mirror {
-                let (literal, pattern) = try mirrored.localPattern(for: entry.source)
-                let matches = Glob.expand(literal: literal, pattern: pattern)
-                if matches.isEmpty {
-                    throw StorageError(
-                        .missingSource,
-                        path: PathUtil.join(literal, pattern),
-                        reason: "matches nothing on host \(PathUtil.hostName()) (mirrored as \(entry.source), "
-                            + "\(mirrored.listDescription))",
-                        subject: "mirror source"
-                    )
-                }
-                let targetPath = PathUtil.join(stagingPath, entry.target)
-                let targetFd = try makeDirectories(entry.target, in: stagingFd, path: targetPath)
-                defer { close(targetFd) }
-                // Matches of one glob have distinct names unless they come from different folders;
-                // only then may they be copied concurrently without racing for the same name.
-                let distinct = Set(matches.map(PathUtil.lastComponent)).count == matches.count
-                if matches.count == 1 || !distinct || options.parallelism <= 1 {
-                    for source in matches {
-                        try copier.copyTopLevel(
-                            source: source,
-                            into: targetFd,
-                            dstPath: targetPath,
-                            parallelism: options.parallelism
-                        )
-                    }
-                } else {
-                    try copier.runInParallel(count: matches.count, threads: options.parallelism) {
-                        index,
-                        threadCopier in
-                        try threadCopier.copyTopLevel(source: matches[index], into: targetFd, dstPath: targetPath)
-                    }
-                }
+                try mirror(
+                    entry,
+                    into: stagingFd,
+                    stagingPath: stagingPath,
+                    mirrored: mirrored,
+                    copier: copier,
+                    options: options
+                )
             }
             if let dir = request.startupDir {
                 try requireDirectory(
@@ -228,12 +237,13 @@ package enum TaskStorage {
                     shownAs: PathUtil.join(folder, dir)
                 )
             }
-            try writeOwnerRecord(for: request, in: stagingFd, path: stagingPath)
-            // rename() replaces our empty reserved folder (or takes a free name) atomically.
-            if renameat(userFd, staging, userFd, name) != 0 {
-                throw StorageError.errno(errno, "moved into place", path: folder, subject: "local storage folder")
+            // rename() takes the free name (or replaces an empty folder of that name) atomically.
+            try SystemCall.value("renameat") { renameat(userFd, staging, userFd, name) }
+                .get("moved into place", path: folder, subject: "local storage folder")
+            if request.persistent {
+                servedBefore.served.insert(request.vmKey)
+                servedBefore.leases[name] = lease
             }
-            if request.persistent { servedBefore.insert(request.vmKey) }
             return PreparedStorage(
                 workingDirectory: try workingDirectory(folder: folder, request: request),
                 folder: folder,
@@ -241,12 +251,20 @@ package enum TaskStorage {
                 bytes: copier.bytes,
                 seconds: seconds(),
                 reused: false,
-                persistent: request.persistent
+                persistent: request.persistent,
+                lease: lease
             )
         } catch {
             var ignored: [String: String] = [:]
             TreeRemover.remove(staging, in: userFd, path: stagingPath, failures: &ignored)
-            if reserved { _ = unlinkat(userFd, name, AT_REMOVEDIR) }
+            // The lease is still held here, so the bookkeeping can go with the half-made folder.
+            let sidecar = Sidecar.name(for: name)
+            TreeRemover.remove(sidecar, in: userFd, path: PathUtil.join(root.userFolder, sidecar), failures: &ignored)
+            if request.persistent {
+                servedBefore.served.remove(request.vmKey)
+                servedBefore.leases[name] = nil
+            }
+            withExtendedLifetime(lease) {}
             if let error = error as? StorageError { throw error }
             throw StorageError(
                 .ioFailure,
@@ -257,23 +275,140 @@ package enum TaskStorage {
         }
     }
 
-    /// Reserves `<base>-<n>` for the first free `n` by creating it: mkdir is atomic, so two tasks on
-    /// one host can never get the same folder.
-    static func reserveName(base: String, in userFd: Int32, userFolder: String) throws -> String {
+    /// Copies what one mirror entry matches on this host into the open staging folder.
+    private static func mirror(
+        _ entry: MirrorEntry,
+        into stagingFd: Int32,
+        stagingPath: String,
+        mirrored: MirroredStorage,
+        copier: TreeCopier,
+        options: Options
+    ) throws {
+        let (literal, pattern) = try mirrored.localPattern(for: entry.source)
+        let matches = Glob.expand(literal: literal, pattern: pattern)
+        if matches.isEmpty {
+            throw StorageError(
+                .missingSource,
+                path: PathUtil.join(literal, pattern),
+                reason: "matches nothing on host \(PathUtil.hostName()) (mirrored as \(entry.source), "
+                    + "\(mirrored.listDescription))",
+                subject: "mirror source"
+            )
+        }
+        // A glob's matches are entries of their folders: a symlink among them stays a symlink, as it
+        // would inside a copied tree. A path named without a glob is followed, as the user named it.
+        let followLinks = pattern.isEmpty
+        let targetPath = PathUtil.join(stagingPath, entry.target)
+        let targetFd = try makeDirectories(entry.target, in: stagingFd, path: targetPath)
+        defer { SystemCall.close(targetFd) }
+        // Matches of one glob have distinct names unless they come from different folders;
+        // only then may they be copied concurrently without racing for the same name.
+        let distinct = Set(matches.map(PathUtil.lastComponent)).count == matches.count
+        if matches.count == 1 || !distinct || options.parallelism <= 1 {
+            for source in matches {
+                try copier.copyTopLevel(
+                    source: source,
+                    into: targetFd,
+                    dstPath: targetPath,
+                    followLinks: followLinks,
+                    parallelism: options.parallelism
+                )
+            }
+        } else {
+            try copier.runInParallel(count: matches.count, threads: options.parallelism) { index, threadCopier in
+                try threadCopier.copyTopLevel(
+                    source: matches[index],
+                    into: targetFd,
+                    dstPath: targetPath,
+                    followLinks: followLinks
+                )
+            }
+        }
+    }
+
+    /// True when the persistent folder `name` exists as a folder and its owner record names this request's
+    /// run and VM, made on this host since its last boot.
+    private static func isReusable(
+        _ name: String,
+        in userFd: Int32,
+        userFolder: String,
+        request: StorageRequest,
+        maker: ProcessIdentity
+    ) -> Bool {
+        var st = stat()
+        guard SystemCall.value("fstatat", { fstatat(userFd, name, &st, AT_SYMLINK_NOFOLLOW) }).succeeded,
+            st.st_mode & S_IFMT == S_IFDIR,
+            let sidecarFd = try? Sidecar.open(for: name, in: userFd, userFolder: userFolder, create: false)
+        else { return false }
+        defer { SystemCall.close(sidecarFd) }
+        return OwnerRecord.read(in: sidecarFd)?.matches(request, maker: maker) == true
+    }
+
+    /// Takes the lease of a folder's sidecar, or throws `.inUse` naming who holds it.
+    private static func takeLease(
+        in sidecarFd: Int32,
+        folder: String,
+        userFolder: String,
+        holder: String
+    ) throws
+        -> StorageLease
+    {
+        let sidecarPath = PathUtil.join(userFolder, Sidecar.name(for: PathUtil.lastComponent(folder)))
+        switch try StorageLease.take(in: sidecarFd, path: sidecarPath, holder: holder) {
+        case .taken(let lease)?: return lease
+        case .held(let other)?:
+            throw StorageError(
+                .inUse,
+                path: folder,
+                reason: StorageLease.inUseText(other),
+                subject: "local storage folder"
+            )
+        case nil:
+            throw StorageError(.inUse, path: folder, reason: "has no lease file", subject: "local storage folder")
+        }
+    }
+
+    /// Reserves `<base>-<n>` for the first free `n`: creating its sidecar with mkdir is atomic, so two
+    /// tasks (on one host, or on several sharing the folder) never get the same name. A name whose folder
+    /// exists without a sidecar (left by something else) is skipped. The new folder is leased and its
+    /// owner record written before the name is returned.
+    static func reserveName(
+        base: String,
+        in userFd: Int32,
+        userFolder: String,
+        holder: String = "a task",
+        record: OwnerRecord
+    ) throws -> (name: String, lease: StorageLease) {
         var n = 1
         while true {
             let name = "\(base)-\(n)"
-            if mkdirat(userFd, name, 0o700) == 0 { return name }
-            let err = errno
-            guard err == EEXIST else {
-                throw StorageError.errno(
-                    err,
-                    "created",
-                    path: PathUtil.join(userFolder, name),
-                    subject: "local storage folder"
-                )
-            }
             n += 1
+            let sidecar = Sidecar.name(for: name)
+            let sidecarPath = PathUtil.join(userFolder, sidecar)
+            let made = SystemCall.value("mkdirat") { mkdirat(userFd, sidecar, 0o700) }
+            if made.failed(with: EEXIST) { continue }
+            try made.get("created", path: sidecarPath, subject: "storage bookkeeping folder")
+            var st = stat()
+            if SystemCall.value("fstatat", { fstatat(userFd, name, &st, AT_SYMLINK_NOFOLLOW) }).succeeded {
+                _ = SystemCall.value("unlinkat") { unlinkat(userFd, sidecar, AT_REMOVEDIR) }
+                continue
+            }
+            do {
+                let sidecarFd = try Sidecar.open(for: name, in: userFd, userFolder: userFolder, create: false)
+                defer { SystemCall.close(sidecarFd) }
+                let lease = try takeLease(
+                    in: sidecarFd,
+                    folder: PathUtil.join(userFolder, name),
+                    userFolder: userFolder,
+                    holder: holder
+                )
+                try record.write(in: sidecarFd, path: sidecarPath)
+                return (name, lease)
+            } catch {
+                var ignored: [String: String] = [:]
+                TreeRemover.remove(sidecar, in: userFd, path: sidecarPath, failures: &ignored)
+                throw error
+            }
         }
     }
 
@@ -302,26 +437,17 @@ package enum TaskStorage {
                 subject: "mirror target"
             )
         }
-        var fd = dup(parent)
+        var fd = try SystemCall.value("dup") { dup(parent) }.get("opened", path: path, subject: "mirror target")
         for component in PathUtil.components(normalized) {
             let c = String(component)
-            if mkdirat(fd, c, 0o777) != 0 && errno != EEXIST {
-                let err = errno
-                close(fd)
-                throw StorageError.errno(err, "created", path: path, subject: "mirror target")
+            let made = SystemCall.value("mkdirat") { mkdirat(fd, c, 0o777) }
+            if let failure = made.failure, failure.errno != EEXIST {
+                SystemCall.close(fd)
+                throw failure.storageError("created", path: path, subject: "mirror target")
             }
-            let next = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let err = errno
-            close(fd)
-            guard next >= 0 else {
-                throw StorageError.errno(
-                    err,
-                    "opened (a file or link is in the way?)",
-                    path: path,
-                    subject: "mirror target"
-                )
-            }
-            fd = next
+            let next = SystemCall.value("openat") { openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            SystemCall.close(fd)
+            fd = try next.get("opened (a file or link is in the way?)", path: path, subject: "mirror target")
         }
         return fd
     }
@@ -329,79 +455,18 @@ package enum TaskStorage {
     /// Throws unless `path` is a directory (following links, as chdir will).
     private static func requireDirectory(_ path: String, subject: String, shownAs: String? = nil) throws {
         var st = stat()
-        guard stat(path, &st) == 0 else {
+        if let failure = SystemCall.value("stat", { stat(path, &st) }).failure {
             throw StorageError(
                 .missingSource,
                 path: shownAs ?? path,
-                reason: "does not exist: \(errnoText(errno))",
-                subject: subject
+                reason: "does not exist: \(failure.text)",
+                subject: subject,
+                call: "stat",
+                errnoCode: failure.errno
             )
         }
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw StorageError(.missingSource, path: shownAs ?? path, reason: "is not a directory", subject: subject)
-        }
-    }
-
-    // MARK: Owner record
-
-    /// The fields of an owner record, parsed.
-    typealias OwnerRecord = [String: String]
-
-    /// The text written into `.parallelvm-owner`: one `key=value` per line, `complete=1` last.
-    static func ownerRecordText(for request: StorageRequest) -> String {
-        let s = request.spawner
-        return "host=\(s.host)\npid=\(s.pid)\nstartTime=\(s.startTime)\nbootID=\(s.bootID)\n"
-            + "vmIndex=\(request.vmIndex)\ncomplete=1\n"
-    }
-
-    /// True when a record names exactly this spawner run and VM and says the copy was complete.
-    static func matches(_ record: OwnerRecord, _ request: StorageRequest) -> Bool {
-        let s = request.spawner
-        return record["complete"] == "1" && record["host"] == s.host && record["pid"] == String(s.pid)
-            && record["startTime"] == String(s.startTime) && record["bootID"] == s.bootID
-            && record["vmIndex"] == String(request.vmIndex)
-    }
-
-    /// Reads the owner record of `folder` (inside the open `parent`), nil when absent or unreadable.
-    static func ownerRecord(in parent: Int32, folder: String) -> OwnerRecord? {
-        let dirFd = openat(parent, folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard dirFd >= 0 else { return nil }
-        defer { close(dirFd) }
-        let fd = openat(dirFd, ownerRecordName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        var record: OwnerRecord = [:]
-        for line in String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n") {
-            guard let eq = line.firstIndex(of: "=") else { continue }
-            record[String(line[..<eq])] = String(line[line.index(after: eq)...])
-        }
-        return record
-    }
-
-    /// Writes the owner record into the open staging folder.
-    static func writeOwnerRecord(for request: StorageRequest, in dirFd: Int32, path: String) throws {
-        let fd = openat(dirFd, ownerRecordName, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw StorageError.errno(
-                errno,
-                "written",
-                path: PathUtil.join(path, ownerRecordName),
-                subject: "owner record"
-            )
-        }
-        defer { close(fd) }
-        let bytes = Array(ownerRecordText(for: request).utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count else {
-            throw StorageError.errno(
-                written < 0 ? errno : EIO,
-                "written",
-                path: PathUtil.join(path, ownerRecordName),
-                subject: "owner record"
-            )
         }
     }
 }

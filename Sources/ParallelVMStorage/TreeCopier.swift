@@ -20,9 +20,6 @@ private let copyFileRange:
 /// `FICLONE` = `_IOW(0x94, 9, int)`; the C macro is not importable.
 private let FICLONE: UInt = 0x4004_9409
 
-/// Offset of `d_name` in `struct dirent`, so names are passed to `*at` calls without making Strings.
-private let direntNameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
-
 /// The process umask, read once from /proc (reading it with umask(2) would briefly change it for
 /// every thread). Nil when unknown: permissions are then always set explicitly.
 private let processUmask: mode_t? = {
@@ -60,25 +57,40 @@ final class TreeCopier {
     init() {}
     deinit { buffer?.deallocate() }
 
-    /// Copies one top-level mirror source (symlinks followed, as the user named it) into the folder
-    /// `dstDir` under its own name: a directory as a tree, a file as a file.
-    func copyTopLevel(source: String, into dstDir: Int32, dstPath: String, parallelism: Int = 1) throws {
+    /// Copies one top-level mirror source into the folder `dstDir` under its own name: a directory as a
+    /// tree, a file as a file. With `followLinks` (a path the user named) a symlink is followed; without
+    /// (a glob's match) it is recreated as a symlink, as inside trees.
+    func copyTopLevel(
+        source: String,
+        into dstDir: Int32,
+        dstPath: String,
+        followLinks: Bool = true,
+        parallelism: Int = 1
+    ) throws {
         var st = stat()
-        guard stat(source, &st) == 0 else {
-            let err = errno
+        let examined =
+            followLinks
+            ? SystemCall.value("stat") { stat(source, &st) } : SystemCall.value("lstat") { lstat(source, &st) }
+        if let failure = examined.failure {
             throw StorageError(
                 .missingSource,
                 path: source,
-                reason: "cannot be read: \(errnoText(err))",
-                subject: "mirror source"
+                reason: "cannot be read: \(failure.text)",
+                subject: "mirror source",
+                call: "\(failure.call)",
+                errnoCode: failure.errno
             )
         }
         let name = PathUtil.lastComponent(source)
         switch st.st_mode & S_IFMT {
         case S_IFDIR:
-            let srcFd = open(source, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard srcFd >= 0 else { throw StorageError.errno(errno, "opened", path: source, subject: "mirror source") }
-            let dstFd = try makeDirectory(name, in: dstDir, path: PathUtil.join(dstPath, name))
+            let srcFd = try SystemCall.value("open") { open(source, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+                .get("opened", path: source, subject: "mirror source")
+            let dstFd: Int32
+            do { dstFd = try makeDirectory(name, in: dstDir, path: PathUtil.join(dstPath, name)) } catch {
+                SystemCall.close(srcFd)
+                throw error
+            }
             try copyDirectory(
                 src: srcFd,
                 dst: dstFd,
@@ -88,15 +100,21 @@ final class TreeCopier {
                 parallelism: parallelism
             )
         case S_IFREG:
-            let srcFd = open(source, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-            guard srcFd >= 0 else { throw StorageError.errno(errno, "opened", path: source, subject: "mirror source") }
-            defer { close(srcFd) }
+            let srcFd = try SystemCall.value("open") { open(source, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
+                .get("opened", path: source, subject: "mirror source")
+            defer { SystemCall.close(srcFd) }
             try name.withCString { try copyOpenFile(srcFd, name: $0, into: dstDir, srcPath: { source }) }
+        case S_IFLNK:
+            let parent = PathUtil.parent(source)
+            let parentFd = try SystemCall.value("open") { open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+                .get("opened", path: parent, subject: "mirror source folder")
+            defer { SystemCall.close(parentFd) }
+            try name.withCString { try copySymlink($0, from: parentFd, to: dstDir, srcPath: parent) }
         default:
             throw StorageError(
                 .unsupportedFileType,
                 path: source,
-                reason: "is not a regular file or a directory",
+                reason: "is not a regular file, a directory or a symbolic link",
                 subject: "mirror source"
             )
         }
@@ -113,61 +131,52 @@ final class TreeCopier {
         dstPath: String,
         parallelism: Int = 1
     ) throws {
-        guard let dir = fdopendir(src) else {
-            let err = errno
-            close(src)
-            close(dst)
-            throw StorageError.errno(err, "listed", path: srcPath, subject: "mirror source")
+        defer { SystemCall.close(dst) }
+        let stream: DirectoryStream
+        do { stream = try DirectoryStream(taking: src) } catch {
+            throw error.storageError("listed", path: srcPath, subject: "mirror source")
         }
-        defer {
-            closedir(dir)
-            close(dst)
-        }
-        let srcFd = dirfd(dir)
+        let srcFd = stream.fd
         var subdirectories: [String] = []  // only filled when copying in parallel
         while true {
-            errno = 0
-            guard let entry = readdir(dir) else {
-                if errno != 0 { throw StorageError.errno(errno, "listed", path: srcPath, subject: "mirror source") }
-                break
+            let next: (name: UnsafePointer<CChar>, type: UInt8)?
+            do { next = try stream.next() } catch {
+                throw error.storageError("listed", path: srcPath, subject: "mirror source")
             }
-            let name = UnsafeRawPointer(entry).advanced(by: direntNameOffset).assumingMemoryBound(to: CChar.self)
-            if name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0)) { continue }  // "." and ".."
-            var type = entry.pointee.d_type
+            guard let entry = next else { break }
+            let name = entry.name
+            var type = entry.type
             var st = stat()
             var haveStat = false
             if type == UInt8(DT_UNKNOWN) || type == UInt8(DT_DIR) {
                 // Folders need their mode anyway; DT_UNKNOWN (some filesystems) needs a stat to decide.
-                guard fstatat(srcFd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
-                    throw StorageError.errno(errno, "examined", path: child(srcPath, name), subject: "mirror source")
-                }
+                try SystemCall.value("fstatat") { fstatat(srcFd, name, &st, AT_SYMLINK_NOFOLLOW) }
+                    .get("examined", path: child(srcPath, name), subject: "mirror source")
                 haveStat = true
                 type = direntType(st.st_mode)
             }
             switch Int32(type) {
             case Int32(DT_REG):
-                let fd = openat(srcFd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-                guard fd >= 0 else {
-                    throw StorageError.errno(errno, "opened", path: child(srcPath, name), subject: "mirror source")
-                }
-                defer { close(fd) }
+                let fd = try SystemCall.value("openat") {
+                    openat(srcFd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+                }.get("opened", path: child(srcPath, name), subject: "mirror source")
+                defer { SystemCall.close(fd) }
                 try copyOpenFile(fd, name: name, into: dst, srcPath: { self.child(srcPath, name) })
             case Int32(DT_DIR):
                 if parallelism > 1 {
                     subdirectories.append(String(cString: name))
                     continue
                 }
-                let childSrc = openat(srcFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard childSrc >= 0 else {
-                    throw StorageError.errno(errno, "opened", path: child(srcPath, name), subject: "mirror source")
-                }
+                let childSrc = try SystemCall.value("openat") {
+                    openat(srcFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                }.get("opened", path: child(srcPath, name), subject: "mirror source")
                 let childDstPath = child(dstPath, name)
                 let childDst: Int32
                 do { childDst = try makeDirectory(name, in: dst, path: childDstPath) } catch {
-                    close(childSrc)
+                    SystemCall.close(childSrc)
                     throw error
                 }
-                if !haveStat { fstat(childSrc, &st) }
+                if !haveStat { _ = SystemCall.value("fstat") { fstat(childSrc, &st) } }
                 try copyDirectory(
                     src: childSrc,
                     dst: childDst,
@@ -198,9 +207,8 @@ final class TreeCopier {
             )
         }
         // Set the mode last so a read-only source folder does not stop us from filling the copy.
-        if fchmod(dst, mode & 0o7777) != 0 {
-            throw StorageError.errno(errno, "given its permissions", path: dstPath, subject: "local copy")
-        }
+        try SystemCall.value("fchmod") { fchmod(dst, mode & 0o7777) }
+            .get("given its permissions", path: dstPath, subject: "local copy")
     }
 
     /// Copies the named subfolders of `srcFd` into `dstFd` on several threads.
@@ -216,21 +224,19 @@ final class TreeCopier {
             let name = names[index]
             let childSrcPath = PathUtil.join(srcPath, name)
             let childDstPath = PathUtil.join(dstPath, name)
-            let src = openat(srcFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard src >= 0 else {
-                throw StorageError.errno(errno, "opened", path: childSrcPath, subject: "mirror source")
-            }
+            let src = try SystemCall.value("openat") {
+                openat(srcFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }.get("opened", path: childSrcPath, subject: "mirror source")
             var st = stat()
-            fstat(src, &st)
+            _ = SystemCall.value("fstat") { fstat(src, &st) }
             let dst: Int32
             do { dst = try copier.makeDirectory(name, in: dstFd, path: childDstPath) } catch {
-                close(src)
+                SystemCall.close(src)
                 throw error
             }
             try copier.copyDirectory(src: src, dst: dst, mode: st.st_mode, srcPath: childSrcPath, dstPath: childDstPath)
         }
     }
-
     /// Runs jobs `0..<count` on up to `threads` threads, each thread with its own copier (sharing
     /// this one's test hook), adds their counts to this copier and rethrows the first failure. Jobs
     /// not yet started when one fails are skipped. With one thread the jobs run here, in order.
@@ -273,12 +279,10 @@ final class TreeCopier {
         in parent: Int32,
         path: @autoclosure () -> String
     ) throws -> Int32 {
-        if mkdirat(parent, name, 0o700) != 0, errno != EEXIST {
-            throw StorageError.errno(errno, "created", path: path(), subject: "local copy")
-        }
-        let fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw StorageError.errno(errno, "opened", path: path(), subject: "local copy") }
-        return fd
+        let made = SystemCall.value("mkdirat") { mkdirat(parent, name, 0o700) }
+        if !made.failed(with: EEXIST) { try made.get("created", path: path(), subject: "local copy") }
+        return try SystemCall.value("openat") { openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            .get("opened", path: path(), subject: "local copy")
     }
 
     func makeDirectory(_ name: String, in parent: Int32, path: @autoclosure () -> String) throws -> Int32 {
@@ -293,9 +297,7 @@ final class TreeCopier {
         srcPath: () -> String
     ) throws {
         var st = stat()
-        guard fstat(src, &st) == 0 else {
-            throw StorageError.errno(errno, "examined", path: srcPath(), subject: "mirror source")
-        }
+        try SystemCall.value("fstat") { fstat(src, &st) }.get("examined", path: srcPath(), subject: "mirror source")
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             // It was replaced by something else after it was listed.
             throw StorageError(
@@ -306,26 +308,20 @@ final class TreeCopier {
             )
         }
         let mode = st.st_mode & 0o7777
-        var dst = openat(dstDir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        if dst < 0 && errno == EEXIST {
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        var created = SystemCall.value("openat") { openat(dstDir, name, flags, mode) }
+        if created.failed(with: EEXIST) {
             // Overlapping mirror entries: the later one wins, whatever type the earlier copy was.
-            _ = unlinkat(dstDir, name, 0)
-            dst = openat(dstDir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            _ = SystemCall.value("unlinkat") { unlinkat(dstDir, name, 0) }
+            created = SystemCall.value("openat") { openat(dstDir, name, flags, mode) }
         }
-        guard dst >= 0 else {
-            let err = errno
-            throw StorageError(
-                .ioFailure,
-                path: srcPath(),
-                reason: "could not be copied: creating the copy failed: \(errnoText(err))",
-                subject: "mirror source"
-            )
-        }
-        defer { close(dst) }
+        let dst = try created.get("copied (creating the copy failed)", path: srcPath(), subject: "mirror source")
+        defer { SystemCall.close(dst) }
         if let umask = processUmask, mode & umask == 0 {
             // open() already applied exactly these bits.
-        } else if fchmod(dst, mode) != 0 {
-            throw StorageError.errno(errno, "given its permissions", path: srcPath(), subject: "copy of mirror source")
+        } else {
+            try SystemCall.value("fchmod") { fchmod(dst, mode) }
+                .get("given its permissions", path: srcPath(), subject: "copy of mirror source")
         }
         try copyData(from: src, to: dst, size: Int64(st.st_size), device: UInt64(st.st_dev), srcPath: srcPath)
         files += 1
@@ -338,32 +334,30 @@ final class TreeCopier {
     private func copyData(from src: Int32, to dst: Int32, size: Int64, device: UInt64, srcPath: () -> String) throws {
         if size == 0 { return }
         if !noCloneDevices.contains(device) {
-            if ioctl(dst, FICLONE, src) == 0 { return }
-            let err = errno
-            guard isUnsupported(err) || err == EBADF || err == ETXTBSY else {
-                throw failure(err, srcPath)
+            guard let failure = SystemCall.value("ioctl", { ioctl(dst, FICLONE, src) }).failure else { return }
+            guard isUnsupported(failure.errno) || failure.errno == EBADF || failure.errno == ETXTBSY else {
+                throw failure.storageError("copied", path: srcPath(), subject: "mirror source")
             }
             noCloneDevices.insert(device)
         }
         var copied: Int64 = 0
         if rangeCopyWorks, let copyFileRange {
             while copied < size {
-                let n = copyFileRange(src, nil, dst, nil, Int(min(size - copied, 1 << 30)), 0)
-                if n > 0 {
-                    copied += Int64(n)
-                    continue
+                let chunk = Int(min(size - copied, 1 << 30))
+                switch SystemCall.value("copy_file_range", { copyFileRange(src, nil, dst, nil, chunk, 0) }) {
+                case .success(0): return  // the file shrank since fstat: what is there has been copied
+                case .success(let n): copied += Int64(n)
+                case .failure(let failure):
+                    if isUnsupported(failure.errno) && copied == 0 {
+                        // Only give up on it for good when the system lacks it; EXDEV etc. may be per-pair.
+                        if failure.errno == ENOSYS { rangeCopyWorks = false }
+                        try readWriteCopy(from: src, to: dst, srcPath: srcPath)
+                        return
+                    }
+                    throw failure.storageError("copied", path: srcPath(), subject: "mirror source")
                 }
-                if n == 0 { return }  // the file shrank since fstat: what is there has been copied
-                let err = errno
-                if err == EINTR { continue }
-                if isUnsupported(err) && copied == 0 {
-                    // Only give up on it for good when the system lacks it; EXDEV etc. may be per-pair.
-                    if err == ENOSYS { rangeCopyWorks = false }
-                    break
-                }
-                throw failure(err, srcPath)
             }
-            if copied >= size { return }
+            return
         }
         try readWriteCopy(from: src, to: dst, srcPath: srcPath)
     }
@@ -372,21 +366,16 @@ final class TreeCopier {
     private func readWriteCopy(from src: Int32, to dst: Int32, srcPath: () -> String) throws {
         if buffer == nil { buffer = .allocate(byteCount: bufferSize, alignment: 4096) }
         let buffer = buffer!
+        let size = bufferSize
         while true {
-            let n = read(src, buffer, bufferSize)
+            let n = try SystemCall.value("read") { read(src, buffer, size) }
+                .get("copied", path: srcPath(), subject: "mirror source")
             if n == 0 { return }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw failure(errno, srcPath)
-            }
             var written = 0
             while written < n {
-                let w = write(dst, buffer + written, n - written)
-                if w < 0 {
-                    if errno == EINTR { continue }
-                    throw failure(errno, srcPath)
-                }
-                written += w
+                let offset = written
+                written += try SystemCall.value("write") { write(dst, buffer + offset, n - offset) }
+                    .get("copied", path: srcPath(), subject: "mirror source")
             }
         }
     }
@@ -395,35 +384,21 @@ final class TreeCopier {
     private func copySymlink(_ name: UnsafePointer<CChar>, from srcDir: Int32, to dstDir: Int32, srcPath: String) throws
     {
         var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlinkat(srcDir, name, &target, target.count - 1)
-        guard n >= 0 else {
-            throw StorageError.errno(errno, "read", path: child(srcPath, name), subject: "symbolic link")
-        }
+        let capacity = target.count - 1
+        let n = try SystemCall.value("readlinkat") { readlinkat(srcDir, name, &target, capacity) }
+            .get("read", path: child(srcPath, name), subject: "symbolic link")
         target[n] = 0
-        if symlinkat(target, dstDir, name) != 0 {
-            var err = errno
-            if err == EEXIST {
-                _ = unlinkat(dstDir, name, 0)
-                err = symlinkat(target, dstDir, name) == 0 ? 0 : errno
-            }
-            if err != 0 {
-                throw StorageError.errno(err, "recreated", path: child(srcPath, name), subject: "symbolic link")
-            }
+        var made = SystemCall.value("symlinkat") { symlinkat(target, dstDir, name) }
+        if made.failed(with: EEXIST) {
+            _ = SystemCall.value("unlinkat") { unlinkat(dstDir, name, 0) }
+            made = SystemCall.value("symlinkat") { symlinkat(target, dstDir, name) }
         }
+        try made.get("recreated", path: child(srcPath, name), subject: "symbolic link")
     }
 
     /// errno values meaning "this mechanism is not available here" rather than a real failure.
     private func isUnsupported(_ err: Int32) -> Bool {
         err == EXDEV || err == ENOSYS || err == EOPNOTSUPP || err == EINVAL || err == ENOTTY || err == EPERM
-    }
-
-    private func failure(_ err: Int32, _ srcPath: () -> String) -> StorageError {
-        StorageError(
-            .ioFailure,
-            path: srcPath(),
-            reason: "could not be copied: \(errnoText(err))",
-            subject: "mirror source"
-        )
     }
 
     private func child(_ folder: String, _ name: UnsafePointer<CChar>) -> String {

@@ -1,4 +1,3 @@
-import Foundation
 import Glibc
 
 /// What `clearLocalStorage` (or a task's cleanup) removed on one host and what it could not remove.
@@ -7,7 +6,7 @@ public struct ClearReport: Codable, Sendable, Hashable {
     public var host: String
     /// Paths removed: the entries of the per-user folder, then the per-user folder itself.
     public var removed: [String]
-    /// Paths that could not be removed, with the reason (errno text).
+    /// Paths that were not removed, with the reason: an errno text, "is a mount point", "is in use by ...".
     public var failures: [String: String]
 
     /// Creates a report.
@@ -18,160 +17,156 @@ public struct ClearReport: Codable, Sendable, Hashable {
     }
 }
 
-/// Removes folder trees with fd-relative calls that never follow a symbolic link.
+/// `statx(2)`, looked up at run time like `copy_file_range`: Swift's Glibc module does not import it.
+private let statxFunction:
+    (@convention(c) (Int32, UnsafePointer<CChar>, Int32, UInt32, UnsafeMutableRawPointer) -> Int32)? = {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "statx") else { return nil }
+        return unsafeBitCast(
+            symbol,
+            to: (@convention(c) (Int32, UnsafePointer<CChar>, Int32, UInt32, UnsafeMutableRawPointer) -> Int32).self
+        )
+    }()
+
+/// Where a folder lives: its device and, where the kernel says, its mount. A bind mount of a folder
+/// from the same filesystem has the same device as its parent but another mount ID.
+struct MountIdentity: Equatable {
+    var device: UInt64
+    var mountID: UInt64?
+
+    /// The identity of the open folder `fd`; nil when even `fstat` fails.
+    init?(of fd: Int32) {
+        var st = stat()
+        guard SystemCall.value("fstat", { fstat(fd, &st) }).succeeded else { return nil }
+        device = UInt64(st.st_dev)
+        mountID = Self.mountID(of: fd)
+    }
+
+    /// `stx_mnt_id` (Linux 5.8 and later). The buffer stands for `struct statx` (256 bytes), whose layout
+    /// is fixed by the kernel ABI: `stx_mask` at 0, `stx_mnt_id` at 144.
+    private static func mountID(of fd: Int32) -> UInt64? {
+        guard let statxFunction else { return nil }
+        let statxMountID: UInt32 = 0x1000  // STATX_MNT_ID
+        let atEmptyPath: Int32 = 0x1000  // AT_EMPTY_PATH, behind _GNU_SOURCE
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: 256)
+        let done = SystemCall.value("statx") { statxFunction(fd, "", atEmptyPath, statxMountID, buffer) }
+        guard done.succeeded, buffer.load(fromByteOffset: 0, as: UInt32.self) & statxMountID != 0 else { return nil }
+        return buffer.load(fromByteOffset: 144, as: UInt64.self)
+    }
+
+    /// True when `child` is on another mount than this folder, its parent.
+    func isBoundary(to child: MountIdentity) -> Bool {
+        if device != child.device { return true }
+        if let mountID, let other = child.mountID { return mountID != other }
+        return false
+    }
+}
+
+/// Removes folder trees with fd-relative calls that never follow a symbolic link and never cross into
+/// another filesystem.
 ///
 /// Each level is opened with `O_NOFOLLOW | O_DIRECTORY` relative to its already-open parent, and a
 /// symlink is removed with `unlinkat`, so a link inside local storage pointing at `/home` removes the
-/// link and leaves `/home` alone, even if someone swaps a folder for a link while we work.
+/// link and leaves `/home` alone, even if someone swaps a folder for a link while we work. A folder that
+/// is a mount point (another device, or another mount of the same one, as a bind mount is) is left alone
+/// with everything in it and reported, like `rm --one-file-system`.
 enum TreeRemover {
+    /// The reason given for a mount point that was not entered.
+    static let mountPointReason = "is a mount point (another filesystem is mounted there); left alone"
+
     /// Removes `name` (file, link or whole folder) inside the open folder `parent`.
     /// - Returns: true when it no longer exists; failures are recorded under their full path.
     @discardableResult
     static func remove(_ name: String, in parent: Int32, path: String, failures: inout [String: String]) -> Bool {
-        name.withCString { remove($0, in: parent, path: path, isDirectory: false, failures: &failures) }
+        guard let parentMount = MountIdentity(of: parent) else {
+            failures[path] = "its folder could not be examined"
+            return false
+        }
+        return name.withCString {
+            remove($0, in: parent, parentMount: parentMount, path: path, isDirectory: false, failures: &failures)
+        }
     }
 
     /// Removes `name` inside `parent`; `isDirectory` is a hint from `d_type` that skips a failing unlink.
     private static func remove(
         _ name: UnsafePointer<CChar>,
         in parent: Int32,
+        parentMount: MountIdentity,
         path: @autoclosure () -> String,
         isDirectory: Bool,
         failures: inout [String: String]
     ) -> Bool {
         if !isDirectory {
-            if unlinkat(parent, name, 0) == 0 { return true }
-            let err = errno
-            if err == ENOENT { return true }
-            guard err == EISDIR || err == EPERM else {
-                failures[path()] = errnoText(err)
+            let unlinked = SystemCall.value("unlinkat") { unlinkat(parent, name, 0) }
+            guard let failure = unlinked.failure else { return true }
+            if failure.errno == ENOENT { return true }
+            if failure.errno == EBUSY {
+                failures[path()] = mountPointReason  // a file bind-mounted over a file
+                return false
+            }
+            guard failure.errno == EISDIR || failure.errno == EPERM else {
+                failures[path()] = failure.text
                 return false
             }
         }
-        var fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 && errno == EACCES {
+        let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+        var opened = SystemCall.value("openat") { openat(parent, name, flags) }
+        if opened.failed(with: EACCES) {
             // A copied folder may have had no read permission; it is ours, so grant it and retry.
             // AT_SYMLINK_NOFOLLOW makes this fail (rather than follow) if it became a link.
-            if fchmodat(parent, name, 0o700, AT_SYMLINK_NOFOLLOW) == 0 {
-                fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if SystemCall.value("fchmodat", { fchmodat(parent, name, 0o700, AT_SYMLINK_NOFOLLOW) }).succeeded {
+                opened = SystemCall.value("openat") { openat(parent, name, flags) }
             }
         }
-        guard fd >= 0 else {
-            let err = errno
-            if err == ENOENT { return true }
-            if err == ENOTDIR || err == ELOOP {
+        let fd: Int32
+        switch opened {
+        case .success(let value): fd = value
+        case .failure(let failure):
+            if failure.errno == ENOENT { return true }
+            if failure.errno == ENOTDIR || failure.errno == ELOOP {
                 // Not a folder after all (it was swapped): unlink whatever it is now.
-                if unlinkat(parent, name, 0) == 0 { return true }
+                if SystemCall.value("unlinkat", { unlinkat(parent, name, 0) }).succeeded { return true }
             }
-            failures[path()] = errnoText(err)
+            failures[path()] = failure.text
+            return false
+        }
+        guard let mount = MountIdentity(of: fd), !parentMount.isBoundary(to: mount) else {
+            SystemCall.close(fd)
+            failures[path()] = mountPointReason
             return false
         }
         var st = stat()
-        if fstat(fd, &st) == 0, st.st_mode & 0o700 != 0o700 {
+        if SystemCall.value("fstat", { fstat(fd, &st) }).succeeded, st.st_mode & 0o700 != 0o700 {
             // Read-only copies (mode 0555) would refuse to let us unlink their entries.
-            fchmod(fd, (st.st_mode & 0o7777) | 0o700)
-        }
-        guard let dir = fdopendir(fd) else {
-            let err = errno
-            close(fd)
-            failures[path()] = errnoText(err)
-            return false
+            _ = SystemCall.value("fchmod") { fchmod(fd, (st.st_mode & 0o7777) | 0o700) }
         }
         let folderPath = path()
-        let dfd = dirfd(dir)
-        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         var ok = true
-        while true {
-            errno = 0
-            guard let entry = readdir(dir) else {
-                if errno != 0 {
-                    failures[folderPath] = errnoText(errno)
+        do throws(SystemCallError) {
+            let stream = try DirectoryStream(taking: fd)
+            while let entry = try stream.next() {
+                if !remove(
+                    entry.name,
+                    in: stream.fd,
+                    parentMount: mount,
+                    path: PathUtil.join(folderPath, String(cString: entry.name)),
+                    isDirectory: entry.type == UInt8(DT_DIR),
+                    failures: &failures
+                ) {
                     ok = false
                 }
-                break
             }
-            let child = UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self)
-            if child[0] == 0x2E && (child[1] == 0 || (child[1] == 0x2E && child[2] == 0)) { continue }
-            let childIsDir = entry.pointee.d_type == UInt8(DT_DIR)
-            if !remove(
-                child,
-                in: dfd,
-                path: PathUtil.join(folderPath, String(cString: child)),
-                isDirectory: childIsDir,
-                failures: &failures
-            ) {
-                ok = false
-            }
+        } catch {
+            failures[folderPath] = error.text
+            return false
         }
-        closedir(dir)
         guard ok else { return false }
-        if unlinkat(parent, name, AT_REMOVEDIR) != 0 && errno != ENOENT {
-            failures[folderPath] = errnoText(errno)
+        let removed = SystemCall.value("unlinkat") { unlinkat(parent, name, AT_REMOVEDIR) }
+        if let failure = removed.failure, failure.errno != ENOENT {
+            failures[folderPath] = failure.errno == EBUSY ? mountPointReason : failure.text
             return false
         }
         return true
     }
-}
-
-/// Removes this user's local storage on this host: every entry of the per-user folder (task
-/// folders, persistent folders, leftover staging folders) and the folder itself, nothing else.
-///
-/// Links are removed, never followed, and nothing outside `root.path` is touched. Run it only when
-/// no task of this user is running on the host, since their folders go too.
-func clearLocalStorage(root: LocalStorageRoot) -> ClearReport {
-    var report = ClearReport(host: PathUtil.hostName())
-    let rootFd = open(root.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard rootFd >= 0 else {
-        let err = errno
-        if err != ENOENT { report.failures[root.path] = errnoText(err) }
-        return report
-    }
-    defer { close(rootFd) }
-    let userFd = openat(rootFd, root.userFolderName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-    guard userFd >= 0 else {
-        let err = errno
-        if err == ENOENT { return report }
-        if err == ENOTDIR || err == ELOOP {
-            // Something other than our folder (e.g. a planted symlink) has its name: remove that name only.
-            if unlinkat(rootFd, root.userFolderName, 0) == 0 {
-                report.removed.append(root.userFolder)
-            } else {
-                report.failures[root.userFolder] = errnoText(errno)
-            }
-            return report
-        }
-        report.failures[root.userFolder] = errnoText(err)
-        return report
-    }
-    // List the top-level entries first so the report names what was there.
-    var names: [String] = []
-    if let dir = fdopendir(dup(userFd)) {
-        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
-        while let entry = readdir(dir) {
-            let name = String(
-                cString: UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self)
-            )
-            if name != "." && name != ".." { names.append(name) }
-        }
-        closedir(dir)
-    }
-    for name in names.sorted() {
-        let path = PathUtil.join(root.userFolder, name)
-        if TreeRemover.remove(name, in: userFd, path: path, failures: &report.failures) { report.removed.append(path) }
-    }
-    close(userFd)
-    if report.failures.isEmpty {
-        if unlinkat(rootFd, root.userFolderName, AT_REMOVEDIR) == 0 || errno == ENOENT {
-            report.removed.append(root.userFolder)
-        } else {
-            report.failures[root.userFolder] = errnoText(errno)
-        }
-    }
-    return report
-}
-
-extension LocalStorageRoot {
-    /// Same as `clearLocalStorage(root: self)`; handy inside a type whose own `clearLocalStorage(timeout:)`
-    /// method would shadow the free function.
-    package func clear() -> ClearReport { clearLocalStorage(root: self) }
 }

@@ -1,5 +1,8 @@
 import Foundation
+import Glibc
 import Testing
+
+@testable import ParallelVMStorage
 
 /// A "shared" storage seen at two different paths (two folders with identical content stand in for one
 /// share mounted in two places; only `which-mount` tells them apart) and one local storage root per rank.
@@ -97,6 +100,47 @@ struct StorageRunTests {
         #expect(run.value("outsideSurvives") == "true")
         #expect(run.value("afterClear") == "true")
         #expect(FileManager.default.fileExists(atPath: fixture.outside + "/keep-me"))
+    }
+
+    @Test func foldersOfDeadRunsAreRemovedOnEveryRankWhenTheVMStarts() throws {
+        let fixture = try StorageFixture()
+        defer { fixture.remove() }
+        let me = SpawnerIdentity.current()
+        let ended = Process()
+        ended.executableURL = URL(fileURLWithPath: "/bin/true")
+        try ended.run()
+        ended.waitUntilExit()
+        func plant(_ rank: Int, _ name: String, maker pid: Int32, host: String = me.host) throws -> String {
+            let root = try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": fixture.local(rank)])
+            let record = OwnerRecord(
+                maker: ProcessIdentity(host: host, pid: pid, startTime: me.startTime, bootID: me.bootID),
+                spawner: me,
+                vmIndex: 0
+            )
+            let side = root.userFolder + "/." + name + ".parallelvm"
+            try FileManager.default.createDirectory(
+                atPath: root.userFolder + "/" + name,
+                withIntermediateDirectories: true
+            )
+            try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+            try Data(record.text.utf8).write(to: URL(fileURLWithPath: side + "/owner"))
+            return root.userFolder + "/" + name
+        }
+        var dead: [String] = []
+        var kept: [String] = []
+        for rank in 0..<2 {
+            dead.append(try plant(rank, "dead-run", maker: ended.processIdentifier))
+            kept.append(try plant(rank, "live-run", maker: getpid()))  // this test process lives on
+            kept.append(try plant(rank, "other-host", maker: ended.processIdentifier, host: "another-host"))
+        }
+        let run = try MPIRun.scenario(
+            "storage-worker-errors",
+            rankEnvironments: fixture.environments(ranks: 2),
+            arguments: [fixture.shareA + "/data"]
+        )
+        #expect(run.status == 0, "\(run)")
+        for path in dead { #expect(!FileManager.default.fileExists(atPath: path), "\(path) was left") }
+        for path in kept { #expect(FileManager.default.fileExists(atPath: path + "/"), "\(path) was removed") }
     }
 
     @Test func badMirrorSettingsAreRefusedOnTheSpawnerNamingThePath() throws {

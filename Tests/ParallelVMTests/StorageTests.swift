@@ -98,6 +98,22 @@ private func expectStorageError(_ code: StorageError.Code, _ body: () throws -> 
 
 private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 777, bootID: "boot-a")
 
+/// Options naming the worker's host "workerhost", so folder names are known in advance.
+private func workerOptions(pid: Int32? = nil, host: String = "workerhost") -> TaskStorage.Options {
+    var options = TaskStorage.Options()
+    options.hostName = host
+    if let pid { options.workerPID = pid }
+    return options
+}
+
+/// The owner record in the sidecar of `name` in the per-user folder, nil when there is none.
+private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecord? {
+    let fd = open(root.userFolder + "/." + name + ".parallelvm", O_RDONLY | O_DIRECTORY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    return OwnerRecord.read(in: fd)
+}
+
 // MARK: - Path translation
 
 @Suite struct PathTranslationTests {
@@ -388,13 +404,21 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
             vmIndex: 3,
             spawner: SpawnerIdentity(host: "node/1", pid: 99, startTime: 1, bootID: "b")
         )
-        #expect(TaskStorage.baseName(for: req) == "node_1-99-3")
+        #expect(TaskStorage.baseName(for: req, workerHost: "w/2") == "node_1-99-3@w_2")
         let fd = open(root.userFolder, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-1")
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-2")
-        rmdir(root.userFolder + "/h-1-0-1")
-        #expect(try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder) == "h-1-0-1")
+        let record = OwnerRecord(maker: SpawnerIdentity.current(), spawner: req.spawner, vmIndex: 3)
+        func reserve() throws -> String {
+            try TaskStorage.reserveName(base: "h-1-0", in: fd, userFolder: root.userFolder, record: record).name
+        }
+        #expect(try reserve() == "h-1-0-1")
+        #expect(try reserve() == "h-1-0-2")
+        // The sidecar reserves a name; a folder of that name left by something else is skipped too.
+        try FileManager.default.removeItem(atPath: root.userFolder + "/.h-1-0-1.parallelvm")
+        #expect(try reserve() == "h-1-0-1")
+        #expect(mkdir(root.userFolder + "/h-1-0-3", 0o700) == 0)
+        #expect(try reserve() == "h-1-0-4")
+        #expect(ownerRecord(root, "h-1-0-4") == record)
     }
 
     @Test func prepareAndCleanupNonPersistent() throws {
@@ -407,12 +431,24 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
             m,
             startupDir: "proj/sub"
         )
-        var served = Set<String>()
-        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
-        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        var served = PersistentFolders()
+        let first = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
+        let second = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
         let folder = try #require(first.folder)
-        #expect(folder == root.userFolder + "/spawnhost-4242-3-1")
-        #expect(second.folder == root.userFolder + "/spawnhost-4242-3-2")
+        #expect(folder == root.userFolder + "/spawnhost-4242-3@workerhost-1")
+        #expect(second.folder == root.userFolder + "/spawnhost-4242-3@workerhost-2")
         #expect(first.workingDirectory == folder + "/proj/sub")
         #expect(!first.reused && first.files == 5 && first.bytes == UInt64("main#!/bin/shdeeprsingle".utf8.count))
         #expect(read(folder + "/proj/main.txt") == "main")
@@ -423,10 +459,17 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(isSymlink(folder + "/proj/abs-link"))  // dangling, still copied as a link
         #expect(mode(folder + "/proj/exec.sh") == 0o751)
         #expect(mode(folder + "/proj/ro") == 0o555)
-        let record = TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-1")
-        #expect(record.map { TaskStorage.matches($0, req) } == true)
-        // No staging folder is left behind.
-        #expect(entries(root.userFolder) == ["spawnhost-4242-3-1", "spawnhost-4242-3-2"])
+        let record = try #require(ownerRecord(root, "spawnhost-4242-3@workerhost-1"))
+        #expect(record.matches(req, maker: workerOptions().maker))
+        #expect(record.maker.host == "workerhost" && record.maker.pid == getpid())
+        // No staging folder is left behind; the bookkeeping is beside the folders, not in them.
+        #expect(
+            entries(root.userFolder) == [
+                ".spawnhost-4242-3@workerhost-1.parallelvm", ".spawnhost-4242-3@workerhost-2.parallelvm",
+                "spawnhost-4242-3@workerhost-1", "spawnhost-4242-3@workerhost-2",
+            ]
+        )
+        #expect(entries(folder + "/proj") == ["abs-link", "exec.sh", "link", "main.txt", "ro", "sub"])
         try first.cleanup()
         try second.cleanup()
         #expect(entries(root.userFolder).isEmpty)
@@ -438,7 +481,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("spawner/work")
         try s.dir("worker/work")
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let (req, _) = try StorageRequest.make(
             mirrorMap: nil,
             startupDir: s.sub("spawner/work"),
@@ -466,7 +509,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         // Prove the files come from the worker's path: the spawner's copy disappears.
         chmod(s.sub("spawnerView/proj/ro"), 0o755)
         try FileManager.default.removeItem(atPath: s.sub("spawnerView"))
-        var served = Set<String>()
+        var served = PersistentFolders()
         let p = try TaskStorage.prepare(req, mirrored: workerSide, root: try localRoot(s), servedBefore: &served)
         let folder = try #require(p.folder)
         #expect(read(folder + "/main.txt") == "main")
@@ -480,23 +523,31 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
         let req = try request([s.sub("shared/proj"): "."], m, persistent: true)
-        var options = TaskStorage.Options()
-        options.workerPID = 555
-        var served = Set<String>()
-        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
-        let folder = try #require(first.folder)
-        #expect(folder == root.userFolder + "/spawnhost-4242-3-w555")
-        #expect(!first.reused && first.files > 0)
-        try first.cleanup()  // persistent: stays
-        #expect(exists(folder))
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w555/sentinel", "keep")
-        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
-        #expect(second.reused && second.files == 0 && second.folder == folder)
-        #expect(read(folder + "/sentinel") == "keep")
-        // A new worker process (nothing served yet) clears the folder and mirrors afresh.
-        var freshServed = Set<String>()
+        let options = workerOptions(pid: 555)
+        var served = PersistentFolders()
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-w555"
+        let firstFiles: Int
+        do {
+            let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
+            #expect(first.folder == folder)
+            #expect(!first.reused && first.files > 0)
+            firstFiles = first.files
+            try first.cleanup()  // persistent: stays
+            #expect(exists(folder))
+            try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w555/sentinel", "keep")
+            let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served, options: options)
+            #expect(second.reused && second.files == 0 && second.folder == folder)
+            #expect(read(folder + "/sentinel") == "keep")
+            // While this worker process lives its persistent folder is leased: clearing leaves it.
+            let report = root.clear()
+            #expect(report.failures[folder]?.contains("persistent storage of worker process 555") == true)
+            #expect(exists(folder + "/sentinel"))
+        }
+        // The worker process ends (its leases go with it); a new one with the same PID mirrors afresh.
+        served.releaseAll()
+        var freshServed = PersistentFolders()
         let third = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &freshServed, options: options)
-        #expect(!third.reused && third.files == first.files)
+        #expect(!third.reused && third.files == firstFiles)
         #expect(!exists(folder + "/sentinel"))
         #expect(read(folder + "/proj/main.txt") == "main")
     }
@@ -506,29 +557,28 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try makeSource(s)
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var options = TaskStorage.Options()
-        options.workerPID = 556
+        let options = workerOptions(pid: 556)
         // An earlier spawner run with the same host and PID but another start time left this folder.
         var earlier = identity
         earlier.startTime = 1
         let stale = try request([s.sub("shared/proj"): "."], m, persistent: true, spawner: earlier)
-        var served = Set<String>()
+        var served = PersistentFolders()
         _ = try TaskStorage.prepare(stale, mirrored: m, root: root, servedBefore: &served, options: options)
-        let folder = root.userFolder + "/spawnhost-4242-3-w556"
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w556/stale-marker")
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-w556"
+        try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w556/stale-marker")
         // Even if this worker believes it served the current VM, the record does not match.
         let current = try request([s.sub("shared/proj"): "."], m, persistent: true)
-        served.insert(current.vmKey)
+        served.served.insert(current.vmKey)
         let p = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!p.reused && p.folder == folder)
         #expect(!exists(folder + "/stale-marker"))
-        let record = try #require(
-            TaskStorage.ownerRecord(in: open(root.userFolder, O_RDONLY), folder: "spawnhost-4242-3-w556")
+        let record = try #require(ownerRecord(root, "spawnhost-4242-3@workerhost-w556"))
+        #expect(record.spawner.startTime == 777)
+        // A folder without an owner record is not accepted either.
+        try FileManager.default.removeItem(
+            atPath: root.userFolder + "/.spawnhost-4242-3@workerhost-w556.parallelvm/owner"
         )
-        #expect(record["startTime"] == "777")
-        // A half-made folder (no complete record) is not accepted either.
-        try FileManager.default.removeItem(atPath: folder + "/" + TaskStorage.ownerRecordName)
-        try s.file("local/\(root.userFolderName)/spawnhost-4242-3-w556/stale-marker")
+        try s.file("local/\(root.userFolderName)/spawnhost-4242-3@workerhost-w556/stale-marker")
         let again = try TaskStorage.prepare(current, mirrored: m, root: root, servedBefore: &served, options: options)
         #expect(!again.reused && !exists(folder + "/stale-marker"))
     }
@@ -540,7 +590,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         #expect(mkfifo(s.sub("shared/proj/sub/zz-fifo"), 0o644) == 0)
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let req = try request([s.sub("shared/proj"): "."], m, persistent: persistent)
         let error = expectStorageError(.unsupportedFileType) {
             _ = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
@@ -571,7 +621,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.dir("workerView")
         let req = try request([s.sub("spawnerView/proj/*.txt"): "."], storage(s.sub("spawnerView")))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let error = expectStorageError(.missingSource) {
             _ = try TaskStorage.prepare(req, mirrored: storage(s.sub("workerView")), root: root, servedBefore: &served)
         }
@@ -601,7 +651,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.file("shared/runs/notes.txt", "notes")
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         var options = TaskStorage.Options()
         options.parallelism = 2
         let req = try request([s.sub("shared/runs/*"): "all", s.sub("shared/runs/r*/data.txt"): "flat"], m)
@@ -624,7 +674,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         for d in 0..<8 { for f in 0..<20 { try s.file("shared/tree/d\(d)/f\(f)", "file \(d) \(f)") } }
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let req = try request([s.sub("shared/big.bin"): "data", s.sub("shared/tree"): "."], m)
         let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
         let folder = try #require(p.folder)
@@ -677,7 +727,7 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try s.file("outside/precious.txt", "keep")
         let m = storage(s.sub("shared"))
         let root = try localRoot(s)
-        var served = Set<String>()
+        var served = PersistentFolders()
         let (req, _) = try StorageRequest.make(mirrorMap: [s.sub("shared/in"): "."], mirrored: m, spawner: identity)
         let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
         let folder = try #require(p.folder)
@@ -686,5 +736,463 @@ private let identity = SpawnerIdentity(host: "spawnhost", pid: 4242, startTime: 
         try p.cleanup()
         #expect(!exists(folder))
         #expect(read(s.sub("outside/precious.txt")) == "keep")
+    }
+}
+
+// MARK: - Checked system calls
+
+@Suite(.serialized) struct SystemCallTests {
+    @Test func aFailedCallNamesTheCallThePathAndErrno() throws {
+        let s = try Scratch()
+        let path = s.sub("missing/child")
+        let error = expectStorageError(.ioFailure) {
+            try SystemCall.value("mkdirat") { mkdirat(AT_FDCWD, path, 0o700) }
+                .get("created", path: path, subject: "local storage folder")
+        }
+        #expect(
+            error?.description == "local storage folder \(path) could not be created: mkdirat: "
+                + "No such file or directory (errno 2)"
+        )
+        #expect(error?.call == "mkdirat" && error?.errnoCode == ENOENT && error?.path == path)
+        // The call and errno travel with the error to the spawner.
+        let data = try JSONEncoder().encode(error)
+        #expect(try JSONDecoder().decode(StorageError.self, from: data) == error)
+    }
+
+    /// What the reading thread saw; written by it before `done` is signalled, read after.
+    private final class ReaderState: @unchecked Sendable {
+        var thread = pthread_t()
+        var attempts = 0
+        var result: Result<Int, SystemCallError>?
+        let ready = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+    }
+
+    /// Interrupts a `read` blocked on an empty pipe with a real signal (a handler without SA_RESTART),
+    /// then writes one byte. The reader is a thread of our own: pool threads block signals.
+    private func readInterrupted(retry: Bool) throws -> (Result<Int, SystemCallError>, attempts: Int) {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        action.sa_flags = 0
+        sigemptyset(&action.sa_mask)
+        var previous = sigaction()
+        #expect(sigaction(SIGUSR1, &action, &previous) == 0)
+        defer { sigaction(SIGUSR1, &previous, nil) }
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
+        let state = ReaderState()
+        let readEnd = fds[0]
+        let reader = Thread {
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            state.thread = pthread_self()
+            state.ready.signal()
+            var byte: UInt8 = 0
+            state.result = SystemCall.value("read", retryOnInterrupt: retry) {
+                state.attempts += 1
+                return read(readEnd, &byte, 1)
+            }
+            state.done.signal()
+        }
+        reader.start()
+        state.ready.wait()
+        usleep(200_000)
+        pthread_kill(state.thread, SIGUSR1)
+        usleep(200_000)
+        var byte: UInt8 = 42
+        #expect(write(fds[1], &byte, 1) == 1)
+        state.done.wait()
+        return (try #require(state.result), state.attempts)
+    }
+
+    @Test func anInterruptedCallIsRetried() throws {
+        let (retried, attempts) = try readInterrupted(retry: true)
+        #expect(try retried.get() == 1)
+        #expect(attempts >= 2, "the signal should have interrupted the first read")
+        let (once, _) = try readInterrupted(retry: false)
+        #expect(once.failure?.errno == EINTR)
+        #expect(once.failure?.text == "read: Interrupted system call (errno 4)")
+    }
+}
+
+// MARK: - Safety of clearing and removal
+
+/// Runs a program and waits for it; returns its status and what it printed.
+private func runProgram(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    process.waitUntilExit()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process.terminationStatus, output)
+}
+
+/// A bind mount made with `mount --bind`, undone by `unmount()`.
+private struct BindMount {
+    let target: String
+
+    /// Mounts `source` on `target`, or cancels the test (reported as skipped) saying why it cannot.
+    init(_ source: String, on target: String) throws {
+        self.target = target
+        let (status, output) = try runProgram("/usr/bin/mount", ["--bind", source, target])
+        if status != 0 {
+            let reason = "cannot bind-mount as uid \(geteuid()): mount exited \(status): \(output)"
+            print("skipped: \(reason)")
+            try Test.cancel(Comment(rawValue: reason))
+        }
+    }
+
+    func unmount() { _ = try? runProgram("/usr/bin/umount", [target]) }
+}
+
+/// Writes a storage folder `name` with one file, and its sidecar with `record` (or `recordText`).
+private func plantFolder(
+    _ root: LocalStorageRoot,
+    _ name: String,
+    record: OwnerRecord? = nil,
+    recordText: String? = nil,
+    sidecar: Bool = true
+) throws {
+    let folder = root.userFolder + "/" + name
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    try Data("content".utf8).write(to: URL(fileURLWithPath: folder + "/file"))
+    guard sidecar else { return }
+    let side = root.userFolder + "/." + name + ".parallelvm"
+    try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+    if let text = recordText ?? record?.text {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: side + "/owner"))
+    }
+}
+
+/// A PID that no process has: a child's, after it has been waited for.
+private func deadPID() throws -> Int32 {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/true")
+    try process.run()
+    process.waitUntilExit()
+    return process.processIdentifier
+}
+
+@Suite(.serialized) struct StorageSafetyTests {
+    private func source(_ s: Scratch) throws -> (MirroredStorage, StorageRequest) {
+        try s.file("shared/in/a.txt", "alpha")
+        let m = storage(s.sub("shared"))
+        let (req, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            vmIndex: 3,
+            mirrored: m,
+            spawner: identity
+        )
+        return (m, req)
+    }
+
+    @Test func clearAndCleanupLeaveABindMountInsideAlone() throws {
+        let s = try Scratch()
+        try s.file("outside/precious.txt", "keep")
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let folder = root.userFolder + "/spawnhost-4242-3@workerhost-1"
+        var prepared: PreparedStorage? = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            options: workerOptions()
+        )
+        #expect(prepared?.folder == folder)
+        try s.dir("local/\(root.userFolderName)/\(PathUtil.lastComponent(folder))/mnt")
+        let mount = try BindMount(s.sub("outside"), on: folder + "/mnt")
+        defer { mount.unmount() }
+
+        // A task's cleanup stops at the mount point and names it; then the task ends (and its lease).
+        let error = expectStorageError(.ioFailure) { try prepared?.cleanup() }
+        prepared = nil
+        #expect(error?.path == folder + "/mnt")
+        #expect(error?.description.contains("is a mount point") == true, "\(String(describing: error))")
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+        #expect(read(folder + "/mnt/precious.txt") == "keep")
+
+        // Clearing too: the rest goes, the mount point and what leads to it stay, and are reported.
+        let report = root.clear()
+        #expect(report.failures[folder + "/mnt"] == TreeRemover.mountPointReason, "\(report)")
+        #expect(!report.removed.contains(root.userFolder))
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+        #expect(!exists(folder + "/in/a.txt"))
+
+        // Once it is unmounted, the folder can go.
+        mount.unmount()
+        let after = root.clear()
+        #expect(after.failures.isEmpty, "\(after)")
+        #expect(!exists(root.userFolder))
+        #expect(read(s.sub("outside/precious.txt")) == "keep")
+    }
+
+    @Test func aRunningTasksFolderSurvivesClearAndSaysWhoUsesIt() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let p = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            holder: "task 1:7",
+            options: workerOptions()
+        )
+        let folder = try #require(p.folder)
+        let report = root.clear()
+        #expect(
+            report.failures[folder] == "is in use by task 1:7 of run spawnhost:4242 (VM 3) on host workerhost",
+            "\(report)"
+        )
+        #expect(read(folder + "/in/a.txt") == "alpha")
+        #expect(exists(root.userFolder))
+        // Stale removal does not touch it either (its maker, this process, lives).
+        #expect(root.removeStale().removed.isEmpty)
+        try p.cleanup()
+        #expect(entries(root.userFolder).isEmpty)
+    }
+
+    @Test func aLeaseHeldByAnotherProcessProtectsTheFolderUntilThatProcessDies() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let folder: String
+        do {
+            // The task's storage stays behind without its lease (as after a crash of its worker).
+            let p = try TaskStorage.prepare(
+                req,
+                mirrored: m,
+                root: root,
+                servedBefore: &served,
+                options: workerOptions()
+            )
+            folder = try #require(p.folder)
+        }
+        let name = PathUtil.lastComponent(folder)
+        // Make its record name a dead maker, so only the lease keeps it.
+        let dead = OwnerRecord(
+            maker: ProcessIdentity(host: PathUtil.hostName(), pid: try deadPID(), startTime: 1, bootID: ""),
+            spawner: identity,
+            vmIndex: 3
+        )
+        try Data(dead.text.utf8).write(to: URL(fileURLWithPath: root.userFolder + "/.\(name).parallelvm/owner"))
+
+        let holder = Process()
+        // One process (the shell, then sleep in its place) opens the lease file, locks it and holds it.
+        holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+        holder.arguments = [
+            "-c", "exec 9<>\"$0\" && flock 9 && echo locked && exec sleep 60",
+            root.userFolder + "/.\(name).parallelvm/lease",
+        ]
+        let pipe = Pipe()
+        holder.standardOutput = pipe
+        try holder.run()
+        defer {
+            if holder.isRunning { kill(holder.processIdentifier, SIGKILL) }
+            holder.waitUntilExit()
+        }
+        let line = String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.hasPrefix("locked"))
+
+        #expect(root.removeStale().removed.isEmpty)
+        let report = root.clear()
+        #expect(report.failures[folder]?.hasPrefix("is in use by") == true, "\(report)")
+        #expect(read(folder + "/in/a.txt") == "alpha")
+
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        let stale = root.removeStale()
+        #expect(stale.failures.isEmpty, "\(stale)")
+        #expect(stale.removed.contains(folder) && stale.removed.contains(root.userFolder + "/.\(name).parallelvm"))
+        #expect(entries(root.userFolder).isEmpty)
+    }
+
+    @Test func aUserFileNamedLikeTheBookkeepingIsMirroredUntouched() throws {
+        let s = try Scratch()
+        try s.file("shared/in/.parallelvm-owner", "mine")
+        try s.file("shared/in/sub/.parallelvm-owner", "mine too")
+        try s.file("shared/in/lease", "not a lock")
+        let m = storage(s.sub("shared"))
+        let root = try localRoot(s)
+        let (req, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            persistent: true,
+            mirrored: m,
+            spawner: identity
+        )
+        var served = PersistentFolders()
+        let first = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        let folder = try #require(first.folder)
+        #expect(read(folder + "/in/.parallelvm-owner") == "mine")
+        #expect(read(folder + "/in/sub/.parallelvm-owner") == "mine too")
+        #expect(read(folder + "/in/lease") == "not a lock")
+        #expect(entries(folder) == ["in"])
+        // The record beside it still lets the next task reuse the folder.
+        let second = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        #expect(second.reused && read(folder + "/in/.parallelvm-owner") == "mine")
+    }
+
+    @Test func staleRemovalTakesOnlyFoldersOfProvablyGoneMakers() throws {
+        let s = try Scratch()
+        let root = try localRoot(s)
+        let me = SpawnerIdentity.current()
+        let host = PathUtil.hostName()
+        func record(
+            pid: Int32,
+            startTime: UInt64 = me.startTime,
+            bootID: String = me.bootID,
+            host: String = host
+        )
+            -> OwnerRecord
+        {
+            OwnerRecord(
+                maker: ProcessIdentity(host: host, pid: pid, startTime: startTime, bootID: bootID),
+                spawner: identity,
+                vmIndex: 0
+            )
+        }
+        let dead = try deadPID()
+        try plantFolder(root, "dead-pid", record: record(pid: dead))
+        try s.dir("local/\(root.userFolderName)/.dead-pid.staging-1a2b")
+        try plantFolder(root, "other-boot", record: record(pid: getpid(), bootID: "an-earlier-boot"))
+        try plantFolder(root, "reused-pid", record: record(pid: getpid(), startTime: me.startTime + 1))
+        try s.dir("local/\(root.userFolderName)/.half-made.staging-99")
+        try plantFolder(root, "half-made", record: record(pid: dead), sidecar: true)
+        try FileManager.default.removeItem(atPath: root.userFolder + "/half-made")
+        try plantFolder(root, "live", record: record(pid: getpid()))
+        try plantFolder(root, "other-host", record: record(pid: dead, host: "another-host"))
+        try plantFolder(root, "garbled", recordText: "host=\(host)\npid=notanumber\n")
+        try plantFolder(root, "no-record")
+        try plantFolder(root, "old-layout", sidecar: false)
+
+        let report = root.removeStale()
+        #expect(report.failures.isEmpty, "\(report)")
+        let user = root.userFolder
+        #expect(
+            Set(report.removed) == [
+                "\(user)/dead-pid", "\(user)/.dead-pid.staging-1a2b", "\(user)/.dead-pid.parallelvm",
+                "\(user)/other-boot", "\(user)/.other-boot.parallelvm",
+                "\(user)/reused-pid", "\(user)/.reused-pid.parallelvm",
+                "\(user)/.half-made.staging-99", "\(user)/.half-made.parallelvm",
+            ]
+        )
+        #expect(
+            entries(user) == [
+                ".garbled.parallelvm", ".live.parallelvm", ".no-record.parallelvm", ".other-host.parallelvm",
+                "garbled", "live", "no-record", "old-layout", "other-host",
+            ]
+        )
+        #expect(read(user + "/live/file") == "content")
+    }
+
+    @Test func workersOnTwoHostsSharingLocalStorageNeverShareAFolder() throws {
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let (persistentReq, _) = try StorageRequest.make(
+            mirrorMap: [s.sub("shared/in"): "."],
+            persistent: true,
+            vmIndex: 3,
+            mirrored: m,
+            spawner: identity
+        )
+        let shared = try localRoot(s)
+        var servedA = PersistentFolders()
+        var servedB = PersistentFolders()
+        let a = workerOptions(pid: 700, host: "node-a")
+        let b = workerOptions(pid: 700, host: "node-b")
+        let taskA = try TaskStorage.prepare(req, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+        let taskB = try TaskStorage.prepare(req, mirrored: m, root: shared, servedBefore: &servedB, options: b)
+        #expect(taskA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-1")
+        #expect(taskB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-1")
+        let keepA = try TaskStorage.prepare(
+            persistentReq,
+            mirrored: m,
+            root: shared,
+            servedBefore: &servedA,
+            options: a
+        )
+        let keepB = try TaskStorage.prepare(
+            persistentReq,
+            mirrored: m,
+            root: shared,
+            servedBefore: &servedB,
+            options: b
+        )
+        #expect(keepA.folder == shared.userFolder + "/spawnhost-4242-3@node-a-w700")
+        #expect(keepB.folder == shared.userFolder + "/spawnhost-4242-3@node-b-w700")
+        try taskA.cleanup()
+        #expect(read(try #require(taskB.folder) + "/in/a.txt") == "alpha")
+        try taskB.cleanup()
+
+        // Reuse checks the record's host and boot ID, not only the name.
+        let ownerPath = shared.userFolder + "/.spawnhost-4242-3@node-a-w700.parallelvm/owner"
+        let original = try #require(read(ownerPath))
+        for (field, forged) in [("bootID=", "bootID=an-earlier-boot"), ("host=", "host=node-b")] {
+            let text = original.split(separator: "\n").map { $0.hasPrefix(field) ? forged : String($0) }
+            try Data((text.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: ownerPath))
+            try s.file("local/\(shared.userFolderName)/spawnhost-4242-3@node-a-w700/marker")
+            let again = try TaskStorage.prepare(
+                persistentReq,
+                mirrored: m,
+                root: shared,
+                servedBefore: &servedA,
+                options: a
+            )
+            #expect(!again.reused, "a record with \(forged) was accepted")
+            #expect(!exists(shared.userFolder + "/spawnhost-4242-3@node-a-w700/marker"))
+        }
+        let last = try TaskStorage.prepare(persistentReq, mirrored: m, root: shared, servedBefore: &servedA, options: a)
+        #expect(last.reused)
+        withExtendedLifetime((keepA, keepB)) {}
+    }
+
+    @Test func aSymlinkMatchedByAGlobIsMirroredAsASymlink() throws {
+        let s = try Scratch()
+        try s.file("shared/in/a.txt", "alpha")
+        try s.file("shared/in/sub/x.txt", "x")
+        try s.link("shared/in/to-a", to: "a.txt")
+        try s.link("shared/in/to-sub", to: "sub")
+        try s.link("shared/in/dangling", to: "/nonexistent/target")
+        let m = storage(s.sub("shared"))
+        let (req, _) = try StorageRequest.make(mirrorMap: [s.sub("shared/in/*"): "."], mirrored: m, spawner: identity)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let p = try TaskStorage.prepare(req, mirrored: m, root: root, servedBefore: &served)
+        let folder = try #require(p.folder)
+        #expect(entries(folder) == ["a.txt", "dangling", "sub", "to-a", "to-sub"])
+        for (name, target) in [("to-a", "a.txt"), ("to-sub", "sub"), ("dangling", "/nonexistent/target")] {
+            #expect(isSymlink(folder + "/" + name), "\(name) was not mirrored as a symlink")
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: folder + "/" + name) == target)
+        }
+        #expect(read(folder + "/sub/x.txt") == "x" && !isSymlink(folder + "/sub"))
+        #expect(p.files == 2)
+        try p.cleanup()
+    }
+
+    @Test func entriesAreGroupedByTheFolderTheyBelongTo() {
+        #expect(Sidecar.folderName(ofEntry: ".h-1-0-1.parallelvm") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: ".h-1-0-1.staging-ab12") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: "h-1-0-1") == "h-1-0-1")
+        #expect(Sidecar.folderName(ofEntry: ".parallelvm") == ".parallelvm")
+        #expect(
+            FolderGroup.grouping([".a.parallelvm", "b", ".a.staging-1", "a"]) == [
+                FolderGroup(name: "a", entries: ["a", ".a.staging-1"], hasSidecar: true),
+                FolderGroup(name: "b", entries: ["b"], hasSidecar: false),
+            ]
+        )
     }
 }

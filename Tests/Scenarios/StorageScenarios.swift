@@ -23,7 +23,7 @@ let inspectStorage = RemoteFunction("inspect-storage") { (writeSentinel: Bool, _
     let manager = FileManager.default
     let cwd = URL(fileURLWithPath: manager.currentDirectoryPath).resolvingSymlinksInPath().path
     var entries: [String] = []
-    for path in (try manager.subpathsOfDirectory(atPath: ".")).sorted() where !path.hasPrefix(".parallelvm") {
+    for path in (try manager.subpathsOfDirectory(atPath: ".")).sorted() {
         let attributes = try manager.attributesOfItem(atPath: path)
         switch attributes[.type] as? FileAttributeType {
         case .typeSymbolicLink?: entries.append("l:\(path)->\(try manager.destinationOfSymbolicLink(atPath: path))")
@@ -126,10 +126,15 @@ let storageScenarios: [String: Scenario] = [
 
         // Pretend the folder was left by an earlier run whose spawner had the same PID: change the start
         // time in its owner record and leave a marker. The next task must get a fresh copy.
-        let record = first.cwd + "/.parallelvm-owner"
+        let userFolder = (first.cwd as NSString).deletingLastPathComponent
+        let sidecar = { (folder: String) in
+            userFolder + "/." + (folder as NSString).lastPathComponent + ".parallelvm"
+        }
+        let record = sidecar(first.cwd) + "/owner"
         let text = try String(contentsOfFile: record, encoding: .utf8)
         let stale =
-            text.split(separator: "\n").map { $0.hasPrefix("startTime=") ? "startTime=1" : String($0) }.joined(
+            text.split(separator: "\n").map { $0.hasPrefix("spawnerStartTime=") ? "spawnerStartTime=1" : String($0) }
+            .joined(
                 separator: "\n"
             ) + "\n"
         try stale.write(toFile: record, atomically: false, encoding: .utf8)
@@ -144,17 +149,17 @@ let storageScenarios: [String: Scenario] = [
         // A second VM object: its folder name differs by the VM index. Plant a folder of that name with an
         // owner record that matches this run; the worker has not served that VM yet, so it must not reuse it.
         let other = try VM(mirrorMap: [source: "."], persistentStorage: true)
-        let plantedName = first.cwd.replacingOccurrences(of: "-\(vm.vmIndex)-w", with: "-\(other.vmIndex)-w")
+        let plantedName = first.cwd.replacingOccurrences(of: "-\(vm.vmIndex)@", with: "-\(other.vmIndex)@")
         try manager.createDirectory(atPath: plantedName, withIntermediateDirectories: false)
+        try manager.createDirectory(atPath: sidecar(plantedName), withIntermediateDirectories: false)
         try text.replacingOccurrences(of: "vmIndex=\(vm.vmIndex)", with: "vmIndex=\(other.vmIndex)")
-            .write(toFile: plantedName + "/.parallelvm-owner", atomically: false, encoding: .utf8)
+            .write(toFile: sidecar(plantedName) + "/owner", atomically: false, encoding: .utf8)
         _ = manager.createFile(atPath: plantedName + "/leftover", contents: nil)
         guard let (_, fourth) = try inspect(other, count: 1).first else { throw Failure(what: "no slot") }
         report("plantedIsTaskFolder", fourth.cwd == plantedName)
         report("firstServeReused", fourth.entries.contains("f:leftover"))
 
         // clearLocalStorage: a symlink inside the user folder pointing outside must not be followed.
-        let userFolder = (first.cwd as NSString).deletingLastPathComponent
         try manager.createSymbolicLink(atPath: userFolder + "/escape", withDestinationPath: outside)
         let reports = try vm.clearLocalStorage(timeout: 30)
         report("reportHosts", reports.count)

@@ -4,8 +4,9 @@ import ParallelVMStorage
 
 /// What a worker process remembers about local storage between tasks.
 struct WorkerStorageState {
-    /// VM keys this process has served: a persistent folder is reused only from the second task of a VM on.
-    var servedVMs: Set<String> = []
+    /// The VMs this process has served and the leases of their persistent folders: a persistent folder
+    /// is reused only from the second task of a VM on, and stays leased while this process lives.
+    var persistentFolders = PersistentFolders()
     /// The folder MPI started the worker in; tasks with no storage settings run there.
     let startDirectory = FileManager.default.currentDirectoryPath
 }
@@ -21,7 +22,8 @@ extension Worker {
             request,
             mirrored: mirrored,
             root: root,
-            servedBefore: &storage.servedVMs
+            servedBefore: &storage.persistentFolders,
+            holder: "task \(task)"
         )
         if let directory = prepared.workingDirectory {
             guard chdir(directory) == 0 else {
@@ -58,8 +60,9 @@ extension Worker {
 
     /// Clears this user's local storage on this worker's host and reports to the spawner.
     func clearStorageOnWorker() {
+        // No task runs now, so this process's persistent folders are not in use: let them go too.
+        storage.persistentFolders.releaseAll()
         let report = Worker.clearLocalStorageHere()
-        storage.servedVMs.removeAll()
         do {
             wakeSpawnerIfAsleep()
             try ClearStorageReport.send(report, over: transport)
@@ -76,5 +79,15 @@ extension Worker {
             let root = ProcessInfo.processInfo.environment[LocalStorageRoot.variable] ?? NSTemporaryDirectory()
             return ClearReport(host: ProcessInfo.processInfo.hostName, failures: [root: "\(error)"])
         }
+    }
+
+    /// Removes the folders of dead runs from this user's local storage on this host (see
+    /// `LocalStorageRoot.removeStale`); called once as the VM starts, on every rank.
+    static func removeStaleLocalStorageHere() -> ClearReport {
+        let environment = ProcessInfo.processInfo.environment
+        guard let root = try? LocalStorageRoot(environment: environment, create: false) else {
+            return ClearReport(host: ProcessInfo.processInfo.hostName)
+        }
+        return root.removeStale()
     }
 }
