@@ -23,7 +23,8 @@ package struct BinaryDecoder {
 
     /// Decodes a `T` that must occupy exactly all of `bytes`. The memory only needs to stay valid
     /// for the duration of the call (decoded values never point into it).
-    package static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T
+    {
         try decode(type, from: bytes, maxDepth: maxDepth)
     }
 

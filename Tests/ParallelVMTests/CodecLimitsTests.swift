@@ -358,7 +358,9 @@ private func peakRSS() -> Int {
             expectRefused([.corrupted]) {
                 _ = try BinaryDecoder.decode([[Int]].self, from: unkeyed(count: count, one))
             }
-            expectRefused([.corrupted]) { _ = try BinaryDecoder.decode(Set<Int>.self, from: unkeyed(count: count, one)) }
+            expectRefused([.corrupted]) {
+                _ = try BinaryDecoder.decode(Set<Int>.self, from: unkeyed(count: count, one))
+            }
             expectRefused([.corrupted]) {
                 _ = try BinaryDecoder.decode([Int16: String].self, from: unkeyed(count: count, one))
             }
@@ -398,7 +400,6 @@ private func peakRSS() -> Int {
         // Element bytes not a multiple of the width, read directly or element by element.
         let odd: [UInt8] = [4 << 3 | 7, Double.codecRawCode, 1, 2, 3]
         expectRefused([.corrupted]) { _ = try BinaryDecoder.decode([Double].self, from: odd) }
-        struct Wrapped: Codable { var v: [Wrapper] }
         struct Wrapper: Codable { var x: Double }
         expectRefused([.corrupted]) { _ = try BinaryDecoder.decode([Wrapper].self, from: odd) }
     }
