@@ -8,10 +8,32 @@ import Foundation
 #endif
 
 /// Decodes values produced by `BinaryEncoder`.
+///
+/// Nesting limit: at most `maxDepth` (128, the same as `BinaryEncoder.maxDepth`) nested values
+/// whose own `init(from:)` runs, the top-level value included; deeper input throws `CodecError`
+/// with code `.nestingTooDeep` instead of overflowing the stack.
+///
+/// Sizes: every length, element count and key length read from the input is checked against the
+/// bytes that remain before anything is allocated from it, so corrupted input throws `.truncated`
+/// or `.corrupted` and never reserves more memory than the input could fill (an unkeyed count
+/// never exceeds its payload bytes, since each element takes at least one).
 package struct BinaryDecoder {
+    /// Most nested values (top level included) a decode accepts; see `BinaryEncoder.maxDepth`.
+    package static let maxDepth = BinaryEncoder.maxDepth
+
     /// Decodes a `T` that must occupy exactly all of `bytes`. The memory only needs to stay valid
     /// for the duration of the call (decoded values never point into it).
-    package static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(CodecError) -> T
+    {
+        try decode(type, from: bytes, maxDepth: maxDepth)
+    }
+
+    /// Decodes with a nesting limit of `maxDepth` instead of the default (for tests).
+    static func decode<T: Decodable>(
+        _ type: T.Type,
+        from bytes: UnsafeRawBufferPointer,
+        maxDepth: Int
+    ) throws(CodecError) -> T {
         let input = CodecInput(bytes)
         var pos = 0
         let s: CodecSlot
@@ -26,6 +48,7 @@ package struct BinaryDecoder {
             throw CodecError(error.code, typeName: String(reflecting: T.self), reason: error.reason)
         }
         let d = CodecCache.decoder(input: input, topType: T.self, root: s)
+        d.maxDepth = maxDepth
         let v: T
         do {
             v = try d.decodeSlot(T.self, s, parent: 0, item: .none)
@@ -38,8 +61,13 @@ package struct BinaryDecoder {
 
     /// Decodes a `T` from an array holding exactly one encoded value.
     package static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(CodecError) -> T {
+        try decode(type, from: bytes, maxDepth: maxDepth)
+    }
+
+    /// Decodes from an array with a nesting limit of `maxDepth` instead of the default (for tests).
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], maxDepth: Int) throws(CodecError) -> T {
         do {
-            return try bytes.withUnsafeBytes { raw in try decode(type, from: raw) }
+            return try bytes.withUnsafeBytes { raw in try decode(type, from: raw, maxDepth: maxDepth) }
         } catch {
             // The closure only throws CodecError; the fallback just keeps this path trap-free.
             throw (error as? CodecError)
@@ -344,6 +372,9 @@ final class BinaryDecoderImpl: Decoder {
     @exclusivity(unchecked) var nodes: [CodecPathNode]
     @exclusivity(unchecked) var tables: [CodecKeyTable] = []
     @exclusivity(unchecked) var gen = 0
+    /// Values whose `init(from:)` is running (the recursion depth) and the most allowed.
+    @exclusivity(unchecked) var depth = 0
+    @exclusivity(unchecked) var maxDepth = BinaryDecoder.maxDepth
 
     init(input: CodecInput, topType: any Any.Type, root: CodecSlot) {
         self.input = input
@@ -361,6 +392,7 @@ final class BinaryDecoderImpl: Decoder {
         currentType = topType
         node = 0
         gen = 0
+        depth = 0
         if nodes.count > 1 { nodes.removeLast(nodes.count - 1) }
         nodes[0] = CodecPathNode(parent: -1, item: .none, gen: 0, scanStart: -1, cursor: 0, table: -1)
         if !tables.isEmpty { tables.removeAll(keepingCapacity: true) }
@@ -430,6 +462,8 @@ final class BinaryDecoderImpl: Decoder {
             return try (T.self as! any CodecOptionalDecodable.Type).decodeWrapped(self, s, parent: parent, item: item)
                 as! T
         }
+        guard depth < maxDepth else { throw tooDeep(T.self, parent: parent, item: item) }
+        depth += 1
         let savedSlot = current
         let savedType = currentType
         let savedNode = node
@@ -440,6 +474,7 @@ final class BinaryDecoderImpl: Decoder {
         node = push(parent, item)
         defer {
             // Also on failure: user code may catch the error (`try?`) and keep decoding.
+            depth -= 1
             current = savedSlot
             currentType = savedType
             node = savedNode
@@ -453,6 +488,23 @@ final class BinaryDecoderImpl: Decoder {
         } catch {
             throw convert(error)  // runs before the deferred restore, so the path is the failing one
         }
+    }
+
+    /// The error for a value of type `type` that would nest deeper than `maxDepth`; the path is
+    /// elided in the middle so it stays readable.
+    @inline(never)
+    func tooDeep(_ type: any Any.Type, parent: Int, item: CodecPathItem) -> CodecError {
+        var it = items(parent)
+        it.append(item)
+        let top = String(reflecting: topType)
+        return CodecError(
+            .nestingTooDeep,
+            typeName: top,
+            valueTypeName: String(reflecting: type),
+            codingPath: CodecPathItem.renderElided(it, bytes: input.bytes),
+            reason: "values nested deeper than the maximum depth of \(maxDepth) (BinaryDecoder.maxDepth) "
+                + "while decoding \(top)"
+        )
     }
 
     func keyed<Key: CodingKey>(

@@ -18,6 +18,8 @@ package struct CodecError: Error, CustomStringConvertible {
         case valueNotFound
         /// Malformed input: bad header, bad UTF-8, inconsistent lengths, trailing bytes.
         case corrupted
+        /// Values are nested deeper than `BinaryEncoder.maxDepth` / `BinaryDecoder.maxDepth`.
+        case nestingTooDeep
     }
 
     /// Broad category of the failure.
@@ -104,6 +106,16 @@ extension CodecPathItem {
             out += name
         }
         return out
+    }
+
+    /// Like `render`, but keeps only the first and last `keep` items of a long path, so an error
+    /// raised thousands of levels deep stays readable: `a.b.c … x.y.z`.
+    static func renderElided(_ items: [CodecPathItem], bytes: UnsafeRawBufferPointer, keep: Int = 6) -> String {
+        guard items.count > 2 * keep else { return render(items, bytes: bytes) }
+        let head = render(Array(items.prefix(keep)), bytes: bytes)
+        let tail = render(Array(items.suffix(keep)), bytes: bytes)
+        let sep = tail.hasPrefix("[") ? " …" : " … "
+        return head + sep + tail
     }
 
     /// Builds user-visible coding keys for `items`.
