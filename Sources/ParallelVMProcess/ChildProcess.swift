@@ -91,6 +91,9 @@ package final class ChildProcess: Sendable {
     ///   - memoryLimit: an address-space limit in bytes, applied by the child in `childDidStart`, so that a
     ///     runaway allocation fails inside the child instead of calling the host's out-of-memory killer.
     ///   - standardErrorTail: the bounds of the standard error tail kept.
+    /// Spawn from a thread that lives as long as the supervisor: Linux sends the parent-death signal that
+    /// `childDidStart` asks for when the spawning *thread* ends, not only when the process does.
+    ///
     /// - Throws: `ProcessError` with `spawnFailed` if the executable could not be started.
     package static func spawn(
         executable: String,

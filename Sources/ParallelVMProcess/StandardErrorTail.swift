@@ -59,12 +59,15 @@ package struct StandardErrorTail: Sendable, Hashable {
     }
 
     /// Whether a line is one of the messages a failed allocation produces: the Swift runtime's, the C++
-    /// runtime's, and `strerror(ENOMEM)` in a message that reports a failed call.
+    /// runtime's, and `strerror(ENOMEM)` in a message that reports a failed call. Glibc's `malloc` says
+    /// nothing, so C code that runs out shows only as a crash.
     package static func saysOutOfMemory(_ line: String) -> Bool {
         outOfMemoryMarkers.contains { line.contains($0) }
     }
 
     private static let outOfMemoryMarkers = [
-        "Could not allocate memory", "Cannot allocate memory", "std::bad_alloc",
+        // Swift 6: "Fatal error: failed to allocate N bytes of memory with alignment A"; earlier runtimes:
+        // "Could not allocate memory."
+        "bytes of memory with alignment", "Could not allocate memory", "Cannot allocate memory", "std::bad_alloc",
     ]
 }

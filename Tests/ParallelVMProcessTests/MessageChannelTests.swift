@@ -71,20 +71,23 @@ struct ProcessValueTests {
         #expect(ProcessEnd(cause: .exited(status: 2)).descriptionBeforeResult == "exited with status 2")
     }
 
-    @Test func tailBreaksLongLinesAndKeepsTheLinesThatExplainACrash() {
-        var tail = StandardErrorTail(lineLimit: 3, byteLimit: 10)
+    @Test func tailIsBoundedAndKeepsTheLinesThatExplainACrash() {
+        var tail = StandardErrorTail(lineLimit: 3, byteLimit: 100)
+        tail.append(Array("Fatal error: failed to allocate 64 bytes of memory with alignment 8\n".utf8))
         tail.append(Array("Fatal error: boom\n".utf8))
-        tail.append(Array("Could not allocate memory\n".utf8))
         for index in 0..<10 { tail.append(Array("noise \(index)\n".utf8)) }
-        tail.append(Array("partial".utf8))
-        #expect(tail.lines.count <= 4)
-        #expect(tail.lines.last == "partial")
-        #expect(tail.lines.dropLast().reduce(0) { $0 + $1.utf8.count } <= 10)
-        #expect(tail.fatalErrorLine == "Fatal erro")
-        #expect(tail.outOfMemoryLine == nil, "broken into pieces of ten bytes, no piece says it")
-        var wide = StandardErrorTail()
-        wide.append(Array("Fatal error: Could not allocate memory.\n".utf8))
-        #expect(wide.outOfMemoryLine == "Fatal error: Could not allocate memory.")
-        #expect(wide.fatalErrorLine == "Fatal error: Could not allocate memory.")
+        tail.append(Array("part".utf8))
+        tail.append(Array("ial".utf8))
+        #expect(tail.lines == ["noise 7", "noise 8", "noise 9", "partial"])
+        #expect(tail.fatalErrorLine == "Fatal error: boom")
+        #expect(tail.outOfMemoryLine?.hasPrefix("Fatal error: failed to allocate 64 bytes") == true)
+    }
+
+    @Test func tailBreaksLinesLongerThanItsByteBound() {
+        var tail = StandardErrorTail(lineLimit: 10, byteLimit: 10)
+        tail.append(Array(repeating: UInt8(ascii: "x"), count: 25) + [UInt8(ascii: "\n")])
+        #expect(tail.lines == ["xxxxx"], "pieces of ten bytes, of which the bytes bound keeps the last")
+        #expect(StandardErrorTail.saysOutOfMemory("Fatal error: Could not allocate memory."))
+        #expect(!StandardErrorTail.saysOutOfMemory("Fatal error: Index out of range"))
     }
 }

@@ -8,7 +8,15 @@ struct OrphanTests {
         try ChildProcess.enableSubreaper()
         // setsid puts sleep in a session of its own, out of reach of the group kill; when the shell exits it
         // is re-parented to this process, the subreaper.
-        let child = try Support.shell("setsid sleep 30 & echo $!; exit 0", standardOutput: .pipe)
+        // The shell waits for setsid to take effect (the group, field 5 of stat, to change) before it exits,
+        // or the group kill at its end would catch sleep still in its group.
+        let script = """
+            setsid sleep 30 &
+            echo $!
+            while [ "$(cut -d ' ' -f 5 /proc/$!/stat)" = "$$" ]; do sleep 0.01; done
+            exit 0
+            """
+        let child = try Support.shell(script, standardOutput: .pipe)
         let output = try #require(child.standardOutput)
         let grandchild = try #require(Int32(try Support.readLine(from: output)))
         #expect(try Support.end(of: child).cause == .exited(status: 0))

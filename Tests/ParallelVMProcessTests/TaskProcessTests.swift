@@ -82,10 +82,11 @@ struct TaskProcessTests {
     }
 
     @Test func childDiesWithItsParent() throws {
-        // The shell names itself as the parent, starts the probe, reports its ID, and is killed: the kernel
-        // then sends the probe the SIGKILL it asked for in childDidStart.
+        // The shell names itself as the parent, starts the probe in a session of its own (out of reach of
+        // the group kill), reports its ID, and is killed: only the kernel's parent-death signal, asked for in
+        // childDidStart, then ends the probe.
         let script = """
-            \(ChildProcess.parentProcessVariable)=$$ "\(Support.probe)" hold &
+            \(ChildProcess.parentProcessVariable)=$$ setsid "\(Support.probe)" hold &
             echo $!
             sleep 0.5
             kill -KILL $$
@@ -93,6 +94,7 @@ struct TaskProcessTests {
         let child = try Support.shell(script, standardOutput: .pipe)
         let output = try #require(child.standardOutput)
         let probePID = try #require(Int32(try Support.readLine(from: output)))
+        #expect(Support.eventually { ProcessStatus(pid: probePID)?.group == probePID })
         _ = try Support.end(of: child)
         #expect(Support.eventually(within: .seconds(5)) { Support.isGone(probePID) })
         ChildProcess.reapOrphans()
