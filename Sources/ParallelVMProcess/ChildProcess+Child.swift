@@ -22,11 +22,11 @@ extension ChildProcess {
         guard let fd = Int32(value), fd >= 0 else {
             throw ProcessError(.badEnvironment, "\(channelVariable)=\(value) is not a descriptor number")
         }
+        try prctl(PrctlOption.setParentDeathSignal, UInt(SIGKILL), name: "PR_SET_PDEATHSIG")
         if let parentText = getenv(parentProcessVariable).map({ String(cString: $0) }) {
             guard let parent = pid_t(parentText) else {
                 throw ProcessError(.badEnvironment, "\(parentProcessVariable)=\(parentText) is not a process ID")
             }
-            try prctl(PrctlOption.setParentDeathSignal, UInt(SIGKILL), name: "PR_SET_PDEATHSIG")
             if getppid() != parent { _exit(parentGoneExitStatus) }
         }
         if let limitText = getenv(memoryLimitVariable).map({ String(cString: $0) }) {

@@ -167,14 +167,19 @@ package final class ChildProcess: Sendable {
             if let workingDirectory {
                 guard let addChdir = LinuxFunctions.addChdir else {
                     throw ProcessError(
-                        .spawnFailed, "this C library cannot set a spawned process's working directory",
-                        call: "posix_spawn_file_actions_addchdir_np")
+                        .spawnFailed,
+                        "this C library cannot set a spawned process's working directory",
+                        call: "posix_spawn_file_actions_addchdir_np"
+                    )
                 }
                 try checkedErrorNumber("posix_spawn_file_actions_addchdir_np") { addChdir(actions, workingDirectory) }
             }
             return try spawn(
-                executable: executable, arguments: arguments.isEmpty ? [executable] : arguments,
-                environment: environment, actions: actions)
+                executable: executable,
+                arguments: arguments.isEmpty ? [executable] : arguments,
+                environment: environment,
+                actions: actions
+            )
         }
 
         let drain: StandardErrorDrain
@@ -193,7 +198,11 @@ package final class ChildProcess: Sendable {
         descriptors.remove(parentEnd)
         outputRead.map { descriptors.remove($0) }
         return ChildProcess(
-            pid: pid, channel: MessageChannel(adopting: parentEnd), standardOutput: outputRead, drain: drain)
+            pid: pid,
+            channel: MessageChannel(adopting: parentEnd),
+            standardOutput: outputRead,
+            drain: drain
+        )
     }
 
     private static func spawn(
@@ -271,7 +280,9 @@ package final class ChildProcess: Sendable {
         let own = dirfd(directory)
         var result: [Int32] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
             if let fd = Int32(name), fd != own { result.append(fd) }
         }
         return result
@@ -313,8 +324,11 @@ extension ChildProcess {
                 if errno == EINTR { return nil }
                 if errno == ECHILD {
                     throw ProcessError(
-                        .lostChild, "process \(pid) was reaped by someone else (is SIGCHLD ignored?)",
-                        call: "waitid", errno: ECHILD)
+                        .lostChild,
+                        "process \(pid) was reaped by someone else (is SIGCHLD ignored?)",
+                        call: "waitid",
+                        errno: ECHILD
+                    )
                 }
                 throw .systemCall("waitid", errno: errno, "could not check on process \(pid)")
             }
@@ -383,7 +397,8 @@ extension ChildProcess {
             signalWasSentBySupervisor: signal.map { sentSignals.contains($0) } ?? false,
             outOfMemoryLine: tail.outOfMemoryLine,
             fatalErrorLine: tail.fatalErrorLine,
-            standardErrorTail: tail.lines)
+            standardErrorTail: tail.lines
+        )
     }
 }
 
@@ -398,7 +413,9 @@ private struct DescriptorList {
     /// Replaces `fd` with a close-on-exec copy numbered above the descriptors a child receives.
     mutating func moveHigh(_ fd: Int32) throws(ProcessError) -> Int32 {
         if fd > ChildProcess.channelDescriptor { return fd }
-        let copy = try checked("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, ChildProcess.channelDescriptor + 1) }
+        let copy = try checked("fcntl(F_DUPFD_CLOEXEC)") {
+            fcntl(fd, F_DUPFD_CLOEXEC, ChildProcess.channelDescriptor + 1)
+        }
         remove(fd)
         closeDescriptor(fd)
         add(copy)

@@ -68,7 +68,8 @@ package final class MessageChannel: Sendable {
         guard bytes.count <= MessageChannel.maximumFrameLength else {
             throw ProcessError(
                 .frameTooLarge,
-                "a frame of \(bytes.count) bytes exceeds the channel's limit of \(MessageChannel.maximumFrameLength)")
+                "a frame of \(bytes.count) bytes exceeds the channel's limit of \(MessageChannel.maximumFrameLength)"
+            )
         }
         let length = UInt32(bytes.count)
         let header: [UInt8] = [
@@ -93,7 +94,11 @@ package final class MessageChannel: Sendable {
             while offset < raw.count {
                 // MSG_NOSIGNAL: a dead peer gives EPIPE here, not a SIGPIPE that would end this process.
                 let sent = Glibc.send(
-                    fileDescriptor, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                    fileDescriptor,
+                    raw.baseAddress! + offset,
+                    raw.count - offset,
+                    Int32(MSG_NOSIGNAL)
+                )
                 if sent >= 0 {
                     offset += sent
                     continue
@@ -148,7 +153,8 @@ package final class MessageChannel: Sendable {
         guard length <= MessageChannel.maximumFrameLength else {
             throw ProcessError(
                 .corruptFrame,
-                "a frame header announced \(length) bytes, above the limit of \(MessageChannel.maximumFrameLength)")
+                "a frame header announced \(length) bytes, above the limit of \(MessageChannel.maximumFrameLength)"
+            )
         }
         frame.length = length
         frame.payload = [UInt8](repeating: 0, count: length)
@@ -157,7 +163,11 @@ package final class MessageChannel: Sendable {
     private func readPayload(into frame: inout PartialFrame) throws(ProcessError) {
         let length = frame.length!
         frame.payloadFilled += try readSome(
-            into: &frame.payload, at: frame.payloadFilled, count: length - frame.payloadFilled, midFrame: true)
+            into: &frame.payload,
+            at: frame.payloadFilled,
+            count: length - frame.payloadFilled,
+            midFrame: true
+        )
     }
 
     /// One `read` of at most `count` bytes; end of file is the peer gone.
@@ -172,7 +182,9 @@ package final class MessageChannel: Sendable {
             if result > 0 { return result }
             if result == 0 {
                 throw ProcessError(
-                    .peerGone, midFrame ? "the peer closed the channel in the middle of a frame" : "the peer closed the channel")
+                    .peerGone,
+                    midFrame ? "the peer closed the channel in the middle of a frame" : "the peer closed the channel"
+                )
             }
             let number = errno
             switch number {

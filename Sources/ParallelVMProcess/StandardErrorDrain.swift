@@ -42,12 +42,15 @@ final class StandardErrorDrain: Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(
-            &thread, nil,
+            &thread,
+            nil,
             { context in
                 let drain = Unmanaged<StandardErrorDrain>.fromOpaque(context!).takeRetainedValue()
                 drain.run()
                 return nil
-            }, context)
+            },
+            context
+        )
         guard result == 0 else {
             Unmanaged<StandardErrorDrain>.fromOpaque(context).release()
             throw .systemCall("pthread_create", errno: result, "could not start the standard error drain thread")
@@ -72,10 +75,12 @@ final class StandardErrorDrain: Sendable {
     func stop() {
         var byte: UInt8 = 1
         _ = write(wakeWrite, &byte, 1)
-        guard let thread = state.withLock({ state -> pthread_t? in
-            defer { state.thread = nil }
-            return state.thread
-        }) else { return }
+        guard
+            let thread = state.withLock({ state -> pthread_t? in
+                defer { state.thread = nil }
+                return state.thread
+            })
+        else { return }
         pthread_join(thread, nil)
     }
 

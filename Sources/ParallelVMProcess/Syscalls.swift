@@ -34,7 +34,8 @@ enum LinuxFunctions {
     /// through a fixed-arity pointer passes them in the same registers as the variadic call would.
     typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
     typealias AddClosefrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>)
+    typealias AddChdir =
+        @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>)
         -> Int32
 
     typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
@@ -88,9 +89,6 @@ func pollMilliseconds(_ duration: Duration) -> Int32 {
     let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
     return Int32(clamping: milliseconds)
 }
-
-/// The monotonic clock, for deadlines that wall-clock changes must not move.
-func monotonicNow() -> ContinuousClock.Instant { ContinuousClock.now }
 
 /// Sleeps the calling thread (not a task) for a short interval, for polling loops outside Swift concurrency.
 func sleepThread(_ duration: Duration) {

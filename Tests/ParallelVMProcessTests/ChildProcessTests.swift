@@ -68,7 +68,10 @@ struct ChildProcessTests {
     @Test func missingExecutableFailsToSpawn() throws {
         let error = #expect(throws: ProcessError.self) {
             try ChildProcess.spawn(
-                executable: "/nonexistent/vm-process-probe", environment: [:], channelVariable: "X")
+                executable: "/nonexistent/vm-process-probe",
+                environment: [:],
+                channelVariable: "X"
+            )
         }
         #expect(error?.code == .spawnFailed)
         #expect(error?.errno == ENOENT)

@@ -63,10 +63,15 @@ struct ProcessValueTests {
     @Test func descriptionsExplainOutOfMemory() {
         #expect(
             ProcessEnd(cause: .signaled(.kill)).description
-                == "was killed by signal SIGKILL (9), possibly by the kernel's out-of-memory killer")
+                == "was killed by signal SIGKILL (9), possibly by the kernel's out-of-memory killer"
+        )
         #expect(
-            ProcessEnd(cause: .signaled(.illegalInstruction), outOfMemoryLine: "Fatal error: Could not allocate memory.")
-                .description == "ran out of memory and was killed by signal SIGILL (4)")
+            ProcessEnd(
+                cause: .signaled(.illegalInstruction),
+                outOfMemoryLine: "Fatal error: Could not allocate memory."
+            )
+            .description == "ran out of memory and was killed by signal SIGILL (4)"
+        )
         #expect(ProcessEnd(cause: .exited(status: 0)).description == "exited with status 0")
         #expect(ProcessEnd(cause: .exited(status: 2)).descriptionBeforeResult == "exited with status 2")
     }

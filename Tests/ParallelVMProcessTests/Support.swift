@@ -45,16 +45,26 @@ enum Support {
         workingDirectory: String? = nil
     ) throws -> ChildProcess {
         try ChildProcess.spawn(
-            executable: "/bin/sh", arguments: ["sh", "-c", script], environment: environment,
-            workingDirectory: workingDirectory, channelVariable: channelVariable, standardOutput: standardOutput,
-            forwardStandardError: false)
+            executable: "/bin/sh",
+            arguments: ["sh", "-c", script],
+            environment: environment,
+            workingDirectory: workingDirectory,
+            channelVariable: channelVariable,
+            standardOutput: standardOutput,
+            forwardStandardError: false
+        )
     }
 
     /// Runs the probe with these arguments.
     static func probe(_ arguments: String..., memoryLimit: Int? = nil) throws -> ChildProcess {
         try ChildProcess.spawn(
-            executable: probe, arguments: ["vm-process-probe"] + arguments, environment: environment,
-            channelVariable: channelVariable, forwardStandardError: false, memoryLimit: memoryLimit)
+            executable: probe,
+            arguments: ["vm-process-probe"] + arguments,
+            environment: environment,
+            channelVariable: channelVariable,
+            forwardStandardError: false,
+            memoryLimit: memoryLimit
+        )
     }
 
     struct Timeout: Error, CustomStringConvertible {

@@ -68,7 +68,8 @@ struct TaskProcessTests {
         let end = try Support.end(of: Support.probe("allocate", memoryLimit: 256 << 20), within: .seconds(40))
         #expect(
             end.ranOutOfMemory || (end.signal == .kill && !end.signalWasSentBySupervisor),
-            "\(end): \(end.standardErrorTail)")
+            "\(end): \(end.standardErrorTail)"
+        )
         #expect(end.description.contains("ran out of memory") || end.description.contains("out-of-memory killer"))
         // The limit was the child's own: this process can still allocate what the child could not.
         let block = [UInt8](repeating: 1, count: 300 << 20)
