@@ -75,6 +75,11 @@ extension ChildProcess {
         try prctl(PrctlOption.setChildSubreaper, 1, name: "PR_SET_CHILD_SUBREAPER")
     }
 
+    /// Gives orphans back to init, undoing `enableSubreaper`.
+    package static func disableSubreaper() throws(ProcessError) {
+        try prctl(PrctlOption.setChildSubreaper, 0, name: "PR_SET_CHILD_SUBREAPER")
+    }
+
     /// Sends `signal` to every process descending from `root` (not to `root` itself), scanning again until no
     /// new one shows up, and returns the IDs signalled.
     ///

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import ParallelVMProcess
 import Testing
@@ -87,7 +88,6 @@ struct ChildProcessTests {
         #expect(end.cause == .signaled(.terminate))
         #expect(end.signalWasSentBySupervisor)
         #expect(Support.eventually(within: .seconds(2)) { members.allSatisfy(Support.isGone) })
-        ChildProcess.reapOrphans()
     }
 
     @Test func terminateEscalatesToKillWhenTermIsIgnored() throws {
@@ -100,7 +100,6 @@ struct ChildProcessTests {
         #expect(end.cause == .signaled(.kill))
         #expect(end.description == "was killed by signal SIGKILL (9), sent by its supervisor")
         #expect(Support.eventually(within: .seconds(2)) { members.allSatisfy(Support.isGone) })
-        ChildProcess.reapOrphans()
     }
 
     @Test func endingTheLeaderKillsTheRestOfItsGroup() throws {
@@ -108,6 +107,37 @@ struct ChildProcessTests {
         let end = try Support.end(of: child)
         #expect(end.cause == .exited(status: 0))
         #expect(Support.eventually(within: .seconds(2)) { Support.liveMembers(ofGroup: child.pid).isEmpty })
-        ChildProcess.reapOrphans()
+    }
+
+    @Test func concurrentWaitersGetTheSameEnd() throws {
+        let child = try Support.shell("sleep 0.2; exit 4")
+        let group = DispatchGroup()
+        let ends = Locked<[ProcessEnd]>([])
+        for _ in 0..<3 {
+            DispatchQueue.global().async(group: group) {
+                if let end = try? child.wait() { ends.withLock { $0.append(end) } }
+            }
+        }
+        #expect(group.wait(timeout: .now() + 20) == .success)
+        #expect(ends.withLock { $0 } == Array(repeating: ProcessEnd(cause: .exited(status: 4)), count: 3))
+    }
+
+    @Test func aFloodOnStandardErrorNeitherBlocksTheChildNorGrowsTheTail() throws {
+        let end = try Support.end(of: Support.shell("head -c 10000000 /dev/zero | tr '\\0' x >&2; exit 0"))
+        #expect(end.cause == .exited(status: 0))
+        #expect(end.standardErrorTail.reduce(0) { $0 + $1.utf8.count } <= 2 * StandardErrorTail.defaultByteLimit)
+    }
+
+    @Test func spawningLeavesNoDescriptorBehind() throws {
+        let before = ChildProcess.openDescriptors().count
+        for _ in 0..<20 {
+            let child = try Support.shell("exit 0", standardOutput: .pipe)
+            _ = try Support.end(of: child)
+        }
+        let running = try Support.shell("sleep 10")
+        _ = running.channel
+        // Dropping a running child kills and reaps it.
+        _ = consume running
+        #expect(ChildProcess.openDescriptors().count == before)
     }
 }

@@ -6,6 +6,8 @@ import Testing
 struct OrphanTests {
     @Test func setsidGrandchildIsReapedByTheOrphanSweep() throws {
         try ChildProcess.enableSubreaper()
+        // Other suites in this process start children by other means; orphans of theirs go to init as usual.
+        defer { try? ChildProcess.disableSubreaper() }
         // setsid puts sleep in a session of its own, out of reach of the group kill; when the shell exits it
         // is re-parented to this process, the subreaper.
         // The shell waits for setsid to take effect (the group, field 5 of stat, to change) before it exits,
@@ -30,6 +32,8 @@ struct OrphanTests {
 
     @Test func orphanSweepSparesSpawnedChildren() throws {
         try ChildProcess.enableSubreaper()
+        // Other suites in this process start children by other means; orphans of theirs go to init as usual.
+        defer { try? ChildProcess.disableSubreaper() }
         let child = try Support.shell("sleep 30")
         let reaped = ChildProcess.reapOrphans()
         #expect(!reaped.contains(child.pid))

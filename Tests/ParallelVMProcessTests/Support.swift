@@ -1,5 +1,6 @@
 import Glibc
 import ParallelVMProcess
+import Synchronization
 import Testing
 
 /// Helpers every process test uses: where the probe is, spawning with quiet defaults, and waiting with a
@@ -115,4 +116,13 @@ enum Support {
             line.append(byte)
         }
     }
+}
+
+/// A value shared between the threads of a test.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+
+    init(_ value: Value) { mutex = Mutex(value) }
+
+    func withLock<Result: Sendable>(_ body: (inout Value) -> Result) -> Result { mutex.withLock { body(&$0) } }
 }

@@ -98,6 +98,5 @@ struct TaskProcessTests {
         #expect(Support.eventually { ProcessStatus(pid: probePID)?.group == probePID })
         _ = try Support.end(of: child)
         #expect(Support.eventually(within: .seconds(5)) { Support.isGone(probePID) })
-        ChildProcess.reapOrphans()
     }
 }
