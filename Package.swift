@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "ParallelVMCodec"),
         // Local storage: path translation, mirroring, task folders, clearing. No MPI.
         .target(name: "ParallelVMStorage", dependencies: ["ParallelVMCodec"]),
+        // Task processes: spawning, supervising and killing a child, and the framed socket between them. No MPI.
+        .target(name: "ParallelVMProcess"),
         // The virtual machine: spawner, workers, messages, dispatcher.
         .target(
             name: "ParallelVM",
@@ -40,6 +42,9 @@ let package = Package(
             name: "ParallelVMTests",
             dependencies: ["ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios"]
         ),
+        // The child the process tests spawn: echoes frames, lists its descriptors, crashes on request.
+        .executableTarget(name: "vm-process-probe", dependencies: ["ParallelVMProcess"], path: "Tests/ProcessProbe"),
+        .testTarget(name: "ParallelVMProcessTests", dependencies: ["ParallelVMProcess", "vm-process-probe"]),
     ]
 )
 
