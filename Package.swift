@@ -31,7 +31,8 @@ let package = Package(
         .target(
             name: "ParallelVM",
             dependencies: [
-                "MPI", "ParallelVMCodec", "ParallelVMStorage", .product(name: "Logging", package: "swift-log"),
+                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The multi-rank scenarios the tests launch under mpirun.

@@ -123,3 +123,53 @@ public struct UserMessage: Sendable, CustomStringConvertible {
 
     public var description: String { "UserMessage(\(typeName), \(bytes.count) bytes)" }
 }
+
+/// How a task ended without returning: its task process died, ran over its time, was killed, or its
+/// worker was lost. It is the ``RemoteError/underlying`` error of such a task's failed ``TaskResult``.
+public struct TaskTermination: Error, Sendable, Codable, Hashable, CustomStringConvertible {
+    /// What ended the task.
+    public enum Reason: Sendable, Codable, Hashable {
+        /// The task process was killed by a signal it did not get from the VM (a trap, a bad access, abort).
+        case signal(name: String, number: Int32)
+        /// The task process exited (`exit(3)`, or `exit(0)` before reporting a result).
+        case exited(status: Int32)
+        /// The task process ran out of memory.
+        case outOfMemory
+        /// The task ran longer than its timeout and was killed.
+        case timedOut(seconds: Double)
+        /// ``VM/kill(_:)``, a cancelled dispatch or `finalize(timeout:)` ended it.
+        case killed
+        /// The worker rank running it was lost (its process died, or its host left the network).
+        case workerLost
+    }
+
+    /// What ended the task.
+    public let reason: Reason
+    /// The task.
+    public let task: TaskID
+    /// The registered name of the function it ran.
+    public let function: String
+    /// The host it ran on.
+    public let host: HostID
+    /// How its process ended, in words ("was killed by signal SIGSEGV (11)").
+    public let detail: String
+    /// The last lines the task wrote to standard error.
+    public let standardError: [String]
+
+    init(reason: Reason, task: TaskID, function: String, host: HostID, detail: String, standardError: [String]) {
+        self.reason = reason
+        self.task = task
+        self.function = function
+        self.host = host
+        self.detail = detail
+        self.standardError = standardError
+    }
+
+    public var description: String {
+        var text = "task \(task) running '\(function)' on \(host) \(detail)"
+        if !standardError.isEmpty {
+            text += "; its last lines on standard error:\n" + standardError.map { "  " + $0 }.joined(separator: "\n")
+        }
+        return text
+    }
+}

@@ -3,7 +3,7 @@ import ParallelVMStorage
 /// A function that workers can run: a stable name, `Codable` arguments and a `Codable` result.
 ///
 /// Swift cannot ship code between processes, but every rank runs the same program, so a function is
-/// registered under the same name on every rank (pass it to ``VM/init(functions:debug:mirrorMap:startupDir:translateStartupDir:persistentStorage:missingMirrorSources:logger:)``)
+/// registered under the same name on every rank (pass it to ``VM/init(functions:debug:mirrorMap:startupDir:translateStartupDir:persistentStorage:missingMirrorSources:isolation:setup:logger:)``)
 /// and a spawn request carries only the name and the encoded arguments.
 ///
 /// ```swift

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MPI
+import ParallelVMProcess
 import Synchronization
 
 /// Starts this process's part of the VM once, when the first ``VM`` is created, and remembers its role.
@@ -10,16 +11,24 @@ import Synchronization
 enum Startup {
     private enum Role: Sendable {
         case spawner(Spawner)
+        /// A worker rank running tasks itself, or a task process.
         case worker(Worker)
+        /// A worker rank supervising its task process.
+        case supervisor(TaskSupervisor)
     }
     private static let role = Mutex<Role?>(nil)
 
     /// The spawner of this process, started on first use. On a worker rank this call never returns: the
     /// process serves spawn requests until the spawner finalizes, then exits 0.
-    static func spawner(functions: [any RemoteFunctionConvertible], logger: Logger?) throws(VMError) -> Spawner {
+    static func spawner(
+        functions: [any RemoteFunctionConvertible],
+        logger: Logger?,
+        isolation: Isolation,
+        setup: (@Sendable () throws -> Void)?
+    ) throws(VMError) -> Spawner {
         let started = try role.withLock { (role) throws(VMError) -> Role in
             if let role { return role }
-            let started = try start(functions: functions, logger: logger)
+            let started = try start(functions: functions, logger: logger, isolation: isolation, setup: setup)
             role = started
             return started
         }
@@ -33,6 +42,8 @@ enum Startup {
                 )
             }
             worker.serve()
+        case .supervisor(let supervisor):
+            supervisor.serve()
         case .spawner(let spawner):
             guard !spawner.isFinalized else { throw VMError(.finalized, "the VM runtime has been finalized") }
             for function in functions where spawner.functions[function.erased.name] == nil {
@@ -45,10 +56,16 @@ enum Startup {
         }
     }
 
-    private static func start(functions: [any RemoteFunctionConvertible], logger: Logger?) throws(VMError) -> Role {
+    private static func start(
+        functions: [any RemoteFunctionConvertible],
+        logger: Logger?,
+        isolation: Isolation,
+        setup: (@Sendable () throws -> Void)?
+    ) throws(VMError) -> Role {
         var table = FunctionTable()
         for function in functions { try table.register(function.erased) }
         try table.register(ChunkRunner.function(over: table))
+        if let taskProcess = try taskProcess(functions: table, setup: setup) { return .worker(taskProcess) }
         let environment = ProcessInfo.processInfo.environment
         // Folders of dead runs on this host go as the VM starts, on every rank (their owners are provably gone).
         _ = Worker.removeStaleLocalStorageHere()
@@ -57,7 +74,7 @@ enum Startup {
         let logger = logger ?? Logger(label: "ParallelVM")
 
         guard launchedByMPI(environment) else {
-            return .spawner(Spawner.alone(functions: table, logger: logger))
+            return .spawner(Spawner.alone(functions: table, logger: logger, isolation: isolation))
         }
 
         tuneAllocatorForLargeMessages(environment)
@@ -76,7 +93,16 @@ enum Startup {
         let doorbell = policy.spin.isInfinite ? nil : Doorbell()
         guard communicator.rank.rawValue == 0 else {
             let transport = Transport(communicator: communicator, waitPolicy: policy, tracksSpawnerArrivals: true)
-            return .worker(Worker(transport: transport, host: host, functions: table, doorbell: doorbell))
+            switch isolation.kind {
+            case .process:
+                return .supervisor(
+                    TaskSupervisor(transport: transport, host: host, doorbell: doorbell, memoryLimit: isolation.memoryLimit)
+                )
+            case .inProcess:
+                return .worker(
+                    Worker(transport: transport, host: host, functions: table, doorbell: doorbell, setup: setup)
+                )
+            }
         }
         let transport = Transport(communicator: communicator, waitPolicy: policy)
         let spawner = try Spawner.handshake(
@@ -84,13 +110,44 @@ enum Startup {
             host: host,
             functions: table,
             logger: logger,
-            doorbell: doorbell
+            doorbell: doorbell,
+            isolation: isolation
         )
         // A program that forgets finalize() must not leave its workers waiting and mpirun hanging.
         atexit {
             Startup.runningSpawner?.finalizeAtExit()
         }
         return .spawner(spawner)
+    }
+
+    /// The worker of a task process, when this process was started as one by its worker rank.
+    private static func taskProcess(
+        functions: FunctionTable,
+        setup: (@Sendable () throws -> Void)?
+    ) throws(VMError) -> Worker? {
+        let channel: MessageChannel?
+        do {
+            channel = try ChildProcess.childDidStart(channelVariable: TaskSupervisor.channelVariable)
+        } catch {
+            throw VMError(.configuration, "this task process cannot start: \(error)", underlying: error)
+        }
+        guard let channel else { return nil }
+        let environment = ProcessInfo.processInfo.environment
+        guard let rank = environment[TaskSupervisor.rankVariable].flatMap(Int.init),
+            let size = environment[TaskSupervisor.sizeVariable].flatMap(Int.init),
+            let host = environment[TaskSupervisor.hostVariable]
+        else {
+            throw VMError(.configuration, "this task process was started without its rank, size and host")
+        }
+        let policy = (try? WaitPolicy.fromEnvironment(environment)) ?? .adaptive
+        return Worker(
+            transport: ChannelLink(channel: channel, rank: rank, size: size, waitPolicy: policy),
+            host: HostID(host),
+            functions: functions,
+            doorbell: nil,
+            inTaskProcess: true,
+            setup: setup
+        )
     }
 
     private static var runningSpawner: Spawner? {

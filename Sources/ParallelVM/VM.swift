@@ -53,6 +53,13 @@ public final class VM: Sendable {
     ///     VM's later tasks on the same worker.
     ///   - missingMirrorSources: whether a mirror source that matches nothing is an error (default) or a
     ///     warning (listed in ``storageWarnings``).
+    ///   - isolation: where workers run task code: ``Isolation/process`` (the default) in supervised task
+    ///     processes, so that a crashing task fails alone; ``Isolation/inProcess`` in the worker rank itself.
+    ///     Only the first VM's setting counts, and every rank must pass the same.
+    ///   - setup: runs once in each task process (or worker rank, in-process) before its first task, and again
+    ///     in the fresh task process that replaces a crashed one, so that tasks can keep in-memory data such as
+    ///     a loaded model (mpi4py.futures' `initializer`). A setup that throws fails the task it ran before,
+    ///     and runs again before the next. Only the first VM's setup counts.
     ///   - logger: where the spawner prints its own and forwarded diagnostics. The default is
     ///     `Logger(label: "ParallelVM")`, so the program's `LoggingSystem.bootstrap` decides where lines go
     ///     (swift-log's default handler writes them to standard error).
@@ -66,9 +73,11 @@ public final class VM: Sendable {
         translateStartupDir: Bool = true,
         persistentStorage: Bool = false,
         missingMirrorSources: MissingSourcePolicy = .error,
+        isolation: Isolation = .process,
+        setup: (@Sendable () throws -> Void)? = nil,
         logger: Logger? = nil
     ) throws {
-        self.spawner = try Startup.spawner(functions: functions, logger: logger)
+        self.spawner = try Startup.spawner(functions: functions, logger: logger, isolation: isolation, setup: setup)
         self.debug = debug
         self.vmIndex = spawner.nextVMIndex()
         self.persistentStorage = persistentStorage
@@ -100,6 +109,9 @@ public final class VM: Sendable {
     }
 
     // MARK: - Queries
+
+    /// Whether ``finalize(timeout:)`` has been called.
+    public var isFinalized: Bool { spawner.isFinalized }
 
     /// Whether the program runs under an MPI launcher, with workers possible.
     public var isDistributed: Bool { spawner.transport != nil }
@@ -149,6 +161,9 @@ public final class VM: Sendable {
     ///   - targets: only spawn on these hosts; every host must be one of ``hosts()``, and the list must not
     ///     be empty (nil means any host).
     ///   - sendBack: whether each task sends a ``TaskResult`` before its ``Message/taskExit``.
+    ///   - timeout: seconds each task may run; one that runs longer is killed, with every process it started,
+    ///     and reported as failed with a ``TaskTermination`` (`.timedOut`). nil or `.infinity`: no limit.
+    ///     Needs ``Isolation/process``.
     /// - Returns: the tasks actually spawned: fewer than `count` (or none) when fewer slots are free.
     @discardableResult
     public func spawnFunction<Arguments, Result>(
@@ -156,9 +171,10 @@ public final class VM: Sendable {
         args: Arguments,
         count: Int? = nil,
         targets: [HostID]? = nil,
-        sendBack: Bool = true
+        sendBack: Bool = true,
+        timeout: Double? = nil
     ) throws -> [TaskID] {
-        try spawn(named: function.name, args: args, count: count, targets: targets, sendBack: sendBack)
+        try spawn(named: function.name, args: args, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
     }
 
     /// Spawns a ``Spawnable`` value: the instance, with its state, runs on each worker.
@@ -167,9 +183,10 @@ public final class VM: Sendable {
         _ instance: S,
         count: Int? = nil,
         targets: [HostID]? = nil,
-        sendBack: Bool = true
+        sendBack: Bool = true,
+        timeout: Double? = nil
     ) throws -> [TaskID] {
-        try spawn(named: S.functionName, args: instance, count: count, targets: targets, sendBack: sendBack)
+        try spawn(named: S.functionName, args: instance, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
     }
 
     /// Spawns a function by its registered name. A name no worker knows gives a failed ``TaskResult``.
@@ -179,9 +196,10 @@ public final class VM: Sendable {
         args: Arguments,
         count: Int? = nil,
         targets: [HostID]? = nil,
-        sendBack: Bool = true
+        sendBack: Bool = true,
+        timeout: Double? = nil
     ) throws -> [TaskID] {
-        try spawn(named: name, args: args, count: count, targets: targets, sendBack: sendBack)
+        try spawn(named: name, args: args, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
     }
 
     private func spawn<Arguments: Encodable>(
@@ -189,9 +207,11 @@ public final class VM: Sendable {
         args: Arguments,
         count: Int?,
         targets: [HostID]?,
-        sendBack: Bool
+        sendBack: Bool,
+        timeout: Double?
     ) throws(VMError) -> [TaskID] {
         try requireLive("spawnFunction")
+        let limit = try VM.checkTimeout(timeout, for: "spawnFunction('\(name)')")
         if let count, count <= 0 {
             throw VMError(.invalidSpawn, "spawnFunction('\(name)'): count must be positive or nil, not \(count)")
         }
@@ -230,7 +250,8 @@ public final class VM: Sendable {
             settings: encodedSettings,
             count: count,
             targets: targetSet,
-            sendBack: sendBack
+            sendBack: sendBack,
+            timeout: limit
         )
         if debug > 0 {
             for task in placed {
@@ -238,6 +259,32 @@ public final class VM: Sendable {
             }
         }
         return placed
+    }
+
+    /// A task time limit in seconds for the wire: 0 for none.
+    static func checkTimeout(_ timeout: Double?, for operation: @autoclosure () -> String) throws(VMError) -> Double {
+        guard let timeout, !timeout.isInfinite else { return 0 }
+        guard timeout.isFinite, timeout > 0 else {
+            throw VMError(.invalidArgument, "\(operation()): a task timeout must be a positive number of seconds, not \(timeout)")
+        }
+        return timeout
+    }
+
+    /// Ends a running task: its task process is killed, with every process it started, and the task is
+    /// reported as failed with a ``TaskTermination`` (`.killed`), then its exit; the slot serves again.
+    ///
+    /// Returns at once; the result and exit arrive as messages. Throws a ``VMError`` when `task` is not
+    /// running (`.invalidDestination`) or the VM runs tasks in-process (`.configuration`), where a task
+    /// cannot be ended without ending its worker.
+    public func kill(_ task: TaskID) throws {
+        try requireLive("kill")
+        guard spawner.isolation.kind == .process else {
+            throw VMError(.configuration, "cannot kill task \(task): the VM runs tasks in-process (isolation: .inProcess)")
+        }
+        guard task.slot > 0, task.number > 0, spawner.withBook({ $0.isRunning(task) }) else {
+            throw VMError(.invalidDestination, "cannot kill task \(task): it is not running")
+        }
+        try spawner.kill(task)
     }
 
     // MARK: - Messages
@@ -323,9 +370,16 @@ public final class VM: Sendable {
 
     // MARK: - Finalize
 
-    /// Asks every worker to leave its loop, then finalizes MPI. Every process then exits 0. Tasks still
-    /// running finish first. Calling it again does nothing.
-    public func finalize() throws {
-        try spawner.finalize()
+    /// Asks every worker to leave its loop, then finalizes MPI. Every process then exits 0. Calling it again
+    /// does nothing.
+    ///
+    /// - Parameter timeout: nil waits for tasks still running to finish. With a timeout, tasks still running
+    ///   after that many seconds are killed (with process isolation) so that the run ends; their results are
+    ///   dropped.
+    /// - Returns: the tasks that were killed.
+    @discardableResult
+    public func finalize(timeout: Double? = nil) throws -> [TaskID] {
+        let deadline = try Deadline(timeout: timeout, for: "finalize")
+        return try spawner.finalize(until: deadline)
     }
 }

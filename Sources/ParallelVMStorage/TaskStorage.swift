@@ -36,6 +36,21 @@ package struct PreparedStorage: Sendable, Hashable {
         }
     }
 
+    /// Removes the non-persistent task folder at `folder` and its bookkeeping, for a task whose process
+    /// died before it could (its lease died with it); reports what was removed and what could not be.
+    package static func removeAbandoned(folder: String) -> ClearReport {
+        PreparedStorage(
+            workingDirectory: nil,
+            folder: folder,
+            files: 0,
+            bytes: 0,
+            seconds: 0,
+            reused: false,
+            persistent: false,
+            lease: nil
+        ).cleanupReport()
+    }
+
     /// Like `cleanup()` but reports instead of throwing.
     func cleanupReport() -> ClearReport {
         var report = ClearReport(host: PathUtil.hostName())

@@ -4,6 +4,7 @@
 
 import Foundation
 import ParallelVM
+import Synchronization
 
 /// A scenario runs on the spawner with the VM every scenario shares.
 typealias Scenario = @Sendable (VM, [String]) throws -> Void
@@ -18,6 +19,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(storageScenarios) { first, _ in first }
     .merging(logScenarios) { first, _ in first }
     .merging(edgeScenarios) { first, _ in first }
+    .merging(faultScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -30,8 +32,18 @@ if ProcessInfo.processInfo.environment["SCENARIO_LOG_CAPTURE"] != nil {
     LoggingSystem.bootstrap { _ in CapturingLogHandler() }
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
-let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions, debug: debug)
+let environment = ProcessInfo.processInfo.environment
+let isolation: Isolation =
+    environment["SCENARIO_ISOLATION"] == "inProcess"
+    ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
+let vm = try VM(
+    functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
+        + faultFunctions,
+    debug: debug,
+    isolation: isolation,
+    setup: { setupRuns.withLock { $0 += 1 } }
+)
 try scenario(vm, Array(arguments.dropFirst()))
-if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
+if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil, !vm.isFinalized {
     try vm.finalize()
 }

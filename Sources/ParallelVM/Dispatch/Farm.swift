@@ -53,7 +53,14 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///   - inputOpen: whether ``join()`` should wait for more jobs when none is outstanding (until ``finishInput()``).
     ///   - unjoinedLimitPerSlot: when given, room for a new unit also needs fewer unjoined jobs than this
     ///     many per slot, so that a feeder cannot run ahead of the joiner when jobs finish as fast as they start.
-    init(_ vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int? = nil, inputOpen: Bool) throws {
+    init(
+        _ vm: VM,
+        remote: Bool,
+        lookaheadPerSlot: Int,
+        unjoinedLimitPerSlot: Int? = nil,
+        inputOpen: Bool,
+        timeout: Double = 0
+    ) throws {
         if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
         }
@@ -62,7 +69,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             remote: remote,
             lookaheadPerSlot: lookaheadPerSlot,
             unjoinedLimitPerSlot: unjoinedLimitPerSlot,
-            inputOpen: inputOpen
+            inputOpen: inputOpen,
+            timeout: timeout
         )
         engine.start()
     }
@@ -142,6 +150,8 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     let vm: VM
     let isRemote: Bool
     let slots: Int
+    /// Seconds a job may run on a worker unless it says otherwise; 0: no limit.
+    let timeout: Double
     private let condition = NSCondition()
     private var queue: FarmQueue<Job<Value>, JobResult<Value>>
     private var threadDone = false
@@ -151,8 +161,9 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     private var slotWaiter: CheckedContinuation<Void, any Error>?
     private var doneWaiters: [CheckedContinuation<Void, Never>] = []
 
-    init(vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int?, inputOpen: Bool) {
+    init(vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int?, inputOpen: Bool, timeout: Double) {
         self.vm = vm
+        self.timeout = timeout
         let workers = vm.slots() - 1
         self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)

@@ -17,8 +17,10 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     public let name: String
     /// Data kept with the job on the spawner and handed back with its ``JobResult``; never sent to a worker.
     public let extra: (any Sendable)?
-    /// Spawns the job in one free slot; returns the task, or nil when no slot was free.
-    let spawn: @Sendable (VM) throws -> TaskID?
+    /// Seconds the job may run on a worker; nil: the dispatch's timeout.
+    public let timeout: Double?
+    /// Spawns the job in one free slot with a time limit; returns the task, or nil when no slot was free.
+    let spawn: @Sendable (VM, Double?) throws -> TaskID?
     /// The encoded arguments, for a chunk of jobs sent as one task.
     let encodedArguments: @Sendable () throws -> [UInt8]
     /// Runs the job in this process.
@@ -31,11 +33,14 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     ///   - args: its arguments, encoded only when the job goes to a worker.
     ///   - name: how results and errors name the job (default: `function(args)`, shortened).
     ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
+    ///   - timeout: seconds the job may run on a worker before it is killed and fails as `.timedOut`;
+    ///     nil takes the dispatch's `timeout`.
     public init<Arguments>(
         _ function: RemoteFunction<Arguments, Value>,
         args: Arguments,
         name: String? = nil,
-        extra: (any Sendable)? = nil
+        extra: (any Sendable)? = nil,
+        timeout: Double? = nil
     ) {
         let body = function.body
         self.init(
@@ -43,6 +48,7 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
             args: args,
             name: name,
             extra: extra,
+            timeout: timeout,
             local: .blocking { task in try body(args, task) }
         )
     }
@@ -54,11 +60,14 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     ///   - args: its arguments, encoded only when the job goes to a worker.
     ///   - name: how results and errors name the job (default: `function(args)`, shortened).
     ///   - extra: data kept with the job on the spawner, e.g. to tell jobs apart in a collector.
+    ///   - timeout: seconds the job may run on a worker before it is killed and fails as `.timedOut`;
+    ///     nil takes the dispatch's `timeout`.
     public init<Arguments>(
         _ function: AsyncRemoteFunction<Arguments, Value>,
         args: Arguments,
         name: String? = nil,
-        extra: (any Sendable)? = nil
+        extra: (any Sendable)? = nil,
+        timeout: Double? = nil
     ) {
         let body = function.body
         self.init(
@@ -66,18 +75,20 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
             args: args,
             name: name,
             extra: extra,
+            timeout: timeout,
             local: .async { task in try await body(args, task) }
         )
     }
 
     /// A job that runs a ``Spawnable`` value: the instance, with its state, runs on a worker.
-    public init<S: Spawnable>(_ instance: S, name: String? = nil, extra: (any Sendable)? = nil)
+    public init<S: Spawnable>(_ instance: S, name: String? = nil, extra: (any Sendable)? = nil, timeout: Double? = nil)
     where S.Result == Value {
         self.init(
             function: S.functionName,
             args: instance,
             name: name ?? "\(S.functionName)(…)",
             extra: extra,
+            timeout: timeout,
             local: .blocking { task in try instance.run(in: task) }
         )
     }
@@ -87,12 +98,14 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
         args: Arguments,
         name: String?,
         extra: (any Sendable)?,
+        timeout: Double?,
         local: LocalBody<Value>
     ) {
         self.function = function
         self.name = name ?? Job.defaultName(function, args)
         self.extra = extra
-        self.spawn = { vm in try vm.spawnFunction(named: function, args: args, count: 1).first }
+        self.timeout = timeout
+        self.spawn = { vm, timeout in try vm.spawnFunction(named: function, args: args, count: 1, timeout: timeout).first }
         self.encodedArguments = { try BinaryEncoder.encode(args) }
         self.local = local
     }
@@ -161,6 +174,15 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
         case encoding
         /// The VM could not run the job: MPI failed, or the task ended without a result.
         case vm
+        /// The job's task process died: a trap, a signal, an exit, or out of memory (``JobError/termination``
+        /// says which).
+        case crashed
+        /// The job ran longer than its timeout and was killed.
+        case timedOut
+        /// The job was killed: ``VM/kill(_:)``, a cancelled dispatch, or `finalize(timeout:)`.
+        case killed
+        /// The worker rank running the job was lost.
+        case workerLost
     }
 
     /// What kind of failure this is.
@@ -180,7 +202,7 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
     public let underlying: any Error
 
     init<V>(_ code: Code, index: Int, job: Job<V>, underlying: any Error) {
-        self.code = code
+        self.code = JobError.refine(code, for: underlying)
         self.index = index
         self.job = job.name
         self.function = job.function
@@ -191,6 +213,22 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
         } else {
             self.typeName = _typeName(type(of: underlying), qualified: true)
             self.message = String(describing: underlying)
+        }
+    }
+
+    /// How the job's task ended, when it ended without returning (crashed, timed out, killed, worker lost).
+    public var termination: TaskTermination? { (underlying as? RemoteError)?.underlying as? TaskTermination }
+
+    /// A failure whose task did not return gets the code that says how it ended.
+    private static func refine(_ code: Code, for underlying: any Error) -> Code {
+        guard code == .failed, let termination = (underlying as? RemoteError)?.underlying as? TaskTermination else {
+            return code
+        }
+        switch termination.reason {
+        case .signal, .exited, .outOfMemory: return .crashed
+        case .timedOut: return .timedOut
+        case .killed: return .killed
+        case .workerLost: return .workerLost
         }
     }
 

@@ -61,7 +61,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
         do {
             let task: TaskID?
             if unit.count == 1 {
-                task = try sending[0].item.spawn(vm)
+                task = try sending[0].item.spawn(vm, timeout(of: sending[0].item))
             } else {
                 var items: [ChunkRunner.Item] = []
                 var encodable: Unit = []
@@ -85,7 +85,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 }
                 sending = encodable
                 guard !items.isEmpty else { return true }
-                task = try vm.spawnFunction(named: ChunkRunner.name, args: items, count: 1).first
+                // A chunk may run as long as its jobs together, when each of them has a limit.
+                let limits = sending.map { timeout(of: $0.item) }
+                let limit: Double? = limits.contains(nil) ? nil : limits.reduce(0) { $0 + $1! }
+                task = try vm.spawnFunction(named: ChunkRunner.name, args: items, count: 1, timeout: limit).first
             }
             guard let task else {
                 failed = []
@@ -100,6 +103,12 @@ struct RemoteExecution<Value: Codable & Sendable> {
             sending = []
         }
         return true
+    }
+
+    /// The job's time limit: its own, or the dispatch's; nil for none.
+    private func timeout(of job: Job<Value>) -> Double? {
+        if let own = job.timeout { return own }
+        return engine.timeout > 0 ? engine.timeout : nil
     }
 
     private mutating func handle(_ event: TaskEvent) {

@@ -25,6 +25,9 @@ extension VM {
     ///     results) and throw its ``JobError``. When false, failed jobs are failed results and the rest go on.
     ///   - progress: show `done/total, jobs per second, time left` on standard error, rewritten in place,
     ///     when standard error is a terminal.
+    ///   - timeout: seconds each job may run on a worker before it is killed and fails with
+    ///     ``JobError/Code-swift.enum/timedOut`` (a job's own ``Job/timeout`` wins); nil: no limit.
+    ///     Needs ``Isolation/process``.
     ///   - collectResults: false returns an empty array, for dispatches whose collector keeps what it needs.
     ///   - collector: called with each result as its job finishes, in completion order, on the caller's
     ///     actor. Return false to start no more jobs: the running ones are still waited for and still
@@ -38,6 +41,7 @@ extension VM {
         chunkSize: Int = 1,
         failFast: Bool = false,
         progress: Bool = false,
+        timeout: Double? = nil,
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] {
@@ -47,6 +51,7 @@ extension VM {
             chunkSize: chunkSize,
             inputOpen: false,
             failFast: failFast,
+            timeout: timeout,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
@@ -90,6 +95,7 @@ extension VM {
         chunkSize: Int = 1,
         failFast: Bool = false,
         progress: Bool = false,
+        timeout: Double? = nil,
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
@@ -99,6 +105,7 @@ extension VM {
             chunkSize: chunkSize,
             inputOpen: true,
             failFast: failFast,
+            timeout: timeout,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: nil)
@@ -156,9 +163,10 @@ extension VM {
     /// Throws the job's ``JobError`` when it fails.
     public nonisolated(nonsending) func dispatchSingle<Value>(
         _ job: Job<Value>,
-        remote: Bool = true
+        remote: Bool = true,
+        timeout: Double? = nil
     ) async throws -> Value {
-        let results = try await dispatch(CollectionOfOne(job), remote: remote)
+        let results = try await dispatch(CollectionOfOne(job), remote: remote, timeout: timeout)
         return try results[0].get()
     }
 
@@ -196,6 +204,7 @@ private struct DispatchRun<Value: Codable & Sendable> {
         chunkSize: Int,
         inputOpen: Bool,
         failFast: Bool,
+        timeout: Double?,
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine
@@ -206,7 +215,8 @@ private struct DispatchRun<Value: Codable & Sendable> {
             remote: remote,
             lookaheadPerSlot: 1,
             unjoinedLimitPerSlot: 2 * chunkSize,
-            inputOpen: inputOpen
+            inputOpen: inputOpen,
+            timeout: try VM.checkTimeout(timeout, for: "dispatch")
         )
         self.failFast = failFast
         self.collectResults = collectResults

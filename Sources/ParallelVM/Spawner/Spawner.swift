@@ -19,6 +19,8 @@ final class Spawner: Sendable {
     let doorbell: Doorbell?
     /// Whether every worker shares this host and has a doorbell, so all of them can wake the spawner.
     let everyWorkerRingsTheSpawner: Bool
+    /// Where the workers run task code (every rank's first VM says the same).
+    let isolation: Isolation
 
     private struct State: ~Copyable {
         var book: SlotBook
@@ -42,8 +44,10 @@ final class Spawner: Sendable {
         functions: FunctionTable,
         book: SlotBook,
         logger: Logger,
-        doorbell: Doorbell?
+        doorbell: Doorbell?,
+        isolation: Isolation
     ) {
+        self.isolation = isolation
         self.transport = transport
         self.host = host
         self.functions = functions
@@ -55,7 +59,7 @@ final class Spawner: Sendable {
     }
 
     /// The spawner of a program started without mpirun.
-    static func alone(functions: FunctionTable, logger: Logger) -> Spawner {
+    static func alone(functions: FunctionTable, logger: Logger, isolation: Isolation) -> Spawner {
         let host = HostID(ProcessInfo.processInfo.hostName)
         let slot = SlotBook.Slot(host: host, cpus: ProcessInfo.processInfo.activeProcessorCount, pid: getpid(), task: 0)
         return Spawner(
@@ -64,7 +68,8 @@ final class Spawner: Sendable {
             functions: functions,
             book: SlotBook(slots: [slot]),
             logger: logger,
-            doorbell: nil
+            doorbell: nil,
+            isolation: isolation
         )
     }
 
@@ -74,7 +79,8 @@ final class Spawner: Sendable {
         host: HostID,
         functions: FunctionTable,
         logger: Logger,
-        doorbell: Doorbell?
+        doorbell: Doorbell?,
+        isolation: Isolation
     ) throws(VMError) -> Spawner {
         let pid = getpid()
         var slots = [SlotBook.Slot](
@@ -100,7 +106,8 @@ final class Spawner: Sendable {
             functions: functions,
             book: SlotBook(slots: slots),
             logger: logger,
-            doorbell: doorbell
+            doorbell: doorbell,
+            isolation: isolation
         )
     }
 
@@ -153,7 +160,8 @@ final class Spawner: Sendable {
         settings: [UInt8],
         count: Int?,
         targets: Set<HostID>?,
-        sendBack: Bool
+        sendBack: Bool,
+        timeout: Double = 0
     ) throws(VMError) -> [TaskID] {
         guard let transport else { return [] }
         let (placed, knownTasks) = withBook { book in
@@ -165,6 +173,7 @@ final class Spawner: Sendable {
                 task: task.number,
                 sendBack: sendBack,
                 knownTasks: knownTasks,
+                timeout: timeout,
                 function: function,
                 settings: settings,
                 arguments: arguments
@@ -221,7 +230,7 @@ final class Spawner: Sendable {
                     case .taskResult: accept(.result, envelope.sourceID)
                     case .taskExit: accept(.exit, envelope.sourceID)
                     case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
-                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome: false
+                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder: false
                     }
                 },
                 idleWait: idleWait
@@ -246,7 +255,7 @@ final class Spawner: Sendable {
             case .user:
                 guard envelope.destinationTask == 0 else { continue }
                 return .user(source, try UserFrame.message(from: envelope))
-            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome:
+            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder:
                 continue
             }
         }
@@ -336,15 +345,28 @@ final class Spawner: Sendable {
         return reports
     }
 
+    // MARK: - Killing
+
+    /// Asks the worker running `task` to end it; its result (killed) and exit follow as for any task.
+    func kill(_ task: TaskID) throws(VMError) {
+        guard let transport else { return }
+        ringDoorbell(of: task.slot, always: true)
+        try KillRequest.send(task: task.number, over: transport, to: task.slot)
+    }
+
     // MARK: - Finalize
 
     /// Tells every worker to leave its loop, then finalizes MPI. Safe to call more than once.
-    func finalize() throws(VMError) {
+    ///
+    /// With a deadline, tasks still running then are killed, and their IDs returned; their results are
+    /// dropped (nobody may receive them after finalize). Without one, finalize waits for them.
+    @discardableResult
+    func finalize(until deadline: Deadline = .never) throws(VMError) -> [TaskID] {
         let first = state.withLock { state in
             defer { state.finalized = true }
             return !state.finalized
         }
-        guard first, let transport else { return }
+        guard first, let transport else { return [] }
         var failures: [String] = []
         for worker in 1..<size {
             do {
@@ -352,6 +374,18 @@ final class Spawner: Sendable {
                 try Signal.finalize(over: transport, to: worker)
             } catch {
                 failures.append("rank \(worker): \(error)")
+            }
+        }
+        var killed: [TaskID] = []
+        if deadline.at != nil {
+            let busy = { self.withBook { book in (1..<book.count).compactMap { slot in book.task(in: slot).map { TaskID(slot: slot, number: $0) } } } }
+            while !busy().isEmpty, (try? nextEvent(until: deadline, where: { _, _ in true })) ?? nil != nil {}
+            killed = busy()
+            for task in killed { try? kill(task) }
+            let grace = try Deadline(timeout: 10, for: "finalize")
+            while !busy().isEmpty, (try? nextEvent(until: grace, where: { _, _ in true })) ?? nil != nil {}
+            if !killed.isEmpty {
+                logger.warning("finalize killed task(s) still running: \(killed.map(\.description).joined(separator: ", "))")
             }
         }
         // Print what workers said last, so their diagnostics are not lost.
@@ -366,13 +400,14 @@ final class Spawner: Sendable {
         if !failures.isEmpty {
             throw VMError(.mpi, "finalizing the VM failed: \(failures.joined(separator: "; "))")
         }
+        return killed
     }
 
     /// Finalizes for a program that forgot to; registered with `atexit`.
     func finalizeAtExit() {
         guard !isFinalized else { return }
         do {
-            try finalize()
+            _ = try finalize()
         } catch {
             FileHandle.standardError.write(Data("ParallelVM: \(error)\n".utf8))
         }

@@ -66,6 +66,24 @@ final class Doorbell: @unchecked Sendable {
     func wait(milliseconds: Int32) -> Bool {
         var request = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         _ = poll(&request, 1, milliseconds)
+        return empty()
+    }
+
+    /// Waits until the doorbell rings, `other` becomes readable, or `milliseconds` pass, and empties the
+    /// doorbell. Returns whether either was ready. A worker rank waits so on its bell and its task process.
+    @discardableResult
+    func wait(milliseconds: Int32, orReadable other: Int32) -> Bool {
+        var requests = [
+            pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: other, events: Int16(POLLIN), revents: 0),
+        ]
+        _ = poll(&requests, 2, milliseconds)
+        let otherReady = requests[1].revents != 0
+        return empty() || otherReady
+    }
+
+    /// Reads every pending ring; returns whether there was one.
+    private func empty() -> Bool {
         var rang = false
         var buffer = (UInt64(0), UInt64(0))
         while withUnsafeMutableBytes(of: &buffer, { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) })

@@ -107,3 +107,37 @@ enum ClearStorageReport {
         }
     }
 }
+
+/// Spawner to worker: end task `task` if it still runs in the slot; its result says it was killed.
+enum KillRequest {
+    static func send(task: Int, over transport: any FrameLink, to rank: Int) throws(VMError) {
+        try transport.send(WireWriter(kind: .kill, sourceTask: 0, destinationTask: task).bytes, to: rank)
+    }
+}
+
+/// Task process to worker rank: where the running task's storage folder is, and whether it outlives the task.
+struct TaskFolderNote {
+    var task: Int
+    var path: String
+    var persistent: Bool
+
+    func frame() -> WireWriter {
+        var frame = WireWriter(kind: .taskFolder, sourceTask: task, destinationTask: 0)
+        frame.append(path)
+        frame.append(persistent)
+        return frame
+    }
+
+    init(task: Int, path: String, persistent: Bool) {
+        self.task = task
+        self.path = path
+        self.persistent = persistent
+    }
+
+    init(_ envelope: Envelope) throws(VMError) {
+        var reader = envelope.reader
+        task = envelope.sourceTask
+        path = try reader.readString()
+        persistent = try reader.readBool()
+    }
+}

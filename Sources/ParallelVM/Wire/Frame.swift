@@ -32,6 +32,11 @@ enum MessageKind: UInt8 {
     case clearStorageReport = 9
     /// Spawner to worker, once at start: the spawner's host, so that a worker on it can wait on its doorbell.
     case welcome = 10
+    /// Spawner to worker: end the task running in the slot (``VM/kill(_:)``).
+    case kill = 11
+    /// Task process to its worker rank, never forwarded: the task's storage folder, removed by the worker
+    /// should the task process die with it.
+    case taskFolder = 12
 }
 
 enum Wire {

@@ -3,8 +3,8 @@ import ParallelVMStorage
 
 /// Spawner to worker: run a registered function as task `task` of the worker's slot.
 ///
-/// Body: send-back flag, known-tasks mark, function name, length-prefixed settings, then the encoded
-/// arguments (appended, or as a payload message of their own when large).
+/// Body: send-back flag, known-tasks mark, timeout, function name, length-prefixed settings, then the
+/// encoded arguments (appended, or as a payload message of their own when large).
 struct SpawnRequest {
     /// The task number the spawner gave the task.
     var task: Int
@@ -12,6 +12,8 @@ struct SpawnRequest {
     var sendBack: Bool
     /// Every task number below this one had been handed out when the request was sent (see ``UserFrame``).
     var knownTasks: Int
+    /// Seconds the task may run before its worker kills it; 0 for no limit.
+    var timeout: Double
     var function: String
     /// The spawning VM object's ``SpawnSettings``, encoded once per VM object.
     var settings: [UInt8]
@@ -32,15 +34,25 @@ struct SpawnRequest {
         )
         frame.append(sendBack)
         frame.append(Int64(knownTasks))
+        frame.append(timeout.bitPattern)
         frame.append(function)
         frame.append(lengthPrefixed: settings)
         return frame
     }
 
-    init(task: Int, sendBack: Bool, knownTasks: Int, function: String, settings: [UInt8], arguments: [UInt8]) {
+    init(
+        task: Int,
+        sendBack: Bool,
+        knownTasks: Int,
+        timeout: Double = 0,
+        function: String,
+        settings: [UInt8],
+        arguments: [UInt8]
+    ) {
         self.task = task
         self.sendBack = sendBack
         self.knownTasks = knownTasks
+        self.timeout = timeout
         self.function = function
         self.settings = settings
         self.arguments = arguments
@@ -51,6 +63,7 @@ struct SpawnRequest {
         task = envelope.destinationTask
         sendBack = try reader.readBool()
         knownTasks = Int(try reader.read(Int64.self))
+        timeout = Double(bitPattern: try reader.read(UInt64.self))
         function = try reader.readString()
         settings = try reader.readLengthPrefixed()
         arguments = envelope.payload(after: &reader)

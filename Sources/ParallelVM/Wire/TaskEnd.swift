@@ -117,6 +117,7 @@ struct TaskFailure: Error, Sendable {
         switch error {
         case let storage as StorageError: typedError = storage
         case let vm as VMError: typedError = VMError(vm.code, vm.message)
+        case let termination as TaskTermination: typedError = termination
         default: typedError = nil
         }
     }
@@ -126,6 +127,7 @@ struct TaskFailure: Error, Sendable {
         case none = 0
         case storage = 1
         case vm = 2
+        case termination = 3
     }
 
     func write(to frame: inout WireWriter) {
@@ -143,6 +145,13 @@ struct TaskFailure: Error, Sendable {
             frame.append(Typed.vm.rawValue)
             frame.append(vm.code.rawValue)
             frame.append(vm.message)
+        case let termination as TaskTermination:
+            if let bytes = try? BinaryEncoder.encode(termination) {
+                frame.append(Typed.termination.rawValue)
+                frame.append(lengthPrefixed: bytes)
+            } else {
+                frame.append(Typed.none.rawValue)
+            }
         default:
             frame.append(Typed.none.rawValue)
         }
@@ -159,6 +168,9 @@ struct TaskFailure: Error, Sendable {
             let code = try reader.readString()
             let text = try reader.readString()
             typedError = VMError.Code(rawValue: code).map { VMError($0, text) }
+        case .termination:
+            let bytes = try reader.readLengthPrefixed()
+            typedError = try? BinaryDecoder.decode(TaskTermination.self, from: bytes)
         case .none:
             typedError = nil
         }

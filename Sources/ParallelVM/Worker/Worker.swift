@@ -18,6 +18,11 @@ final class Worker: @unchecked Sendable {
     let functions: FunctionTable
     /// This process's doorbell: an idle worker on the spawner's host waits on it.
     let doorbell: Doorbell?
+    /// Whether this is a task process, serving its worker rank over a channel instead of MPI.
+    let inTaskProcess: Bool
+    /// Runs once in this process before its first task (``VM/init(functions:debug:mirrorMap:startupDir:translateStartupDir:persistentStorage:missingMirrorSources:isolation:setup:logger:)``).
+    let setup: (@Sendable () throws -> Void)?
+    private var setupDone = false
     var rank: Int { transport.rank }
 
     private struct State {
@@ -41,11 +46,20 @@ final class Worker: @unchecked Sendable {
     var storage = WorkerStorageState()
     private var settingsCache: (bytes: [UInt8], settings: SpawnSettings)?
 
-    init(transport: any FrameLink, host: HostID, functions: FunctionTable, doorbell: Doorbell?) {
+    init(
+        transport: any FrameLink,
+        host: HostID,
+        functions: FunctionTable,
+        doorbell: Doorbell?,
+        inTaskProcess: Bool = false,
+        setup: (@Sendable () throws -> Void)? = nil
+    ) {
         self.transport = transport
         self.host = host
         self.functions = functions
         self.doorbell = doorbell
+        self.inTaskProcess = inTaskProcess
+        self.setup = setup
     }
 
     /// Whether the worker loop has started (a VM created inside a task finds it so).
@@ -54,18 +68,20 @@ final class Worker: @unchecked Sendable {
     // MARK: - The loop
 
     /// Reports to the spawner, then serves spawn requests until the spawner finalizes; finalizes MPI and
-    /// exits 0.
+    /// exits 0. A task process has its worker rank report for it and needs no MPI: it just exits 0.
     func serve() -> Never {
         state.withLock { $0.serving = true }
-        do {
-            try Hello(
-                host: host,
-                cpus: ProcessInfo.processInfo.activeProcessorCount,
-                pid: getpid(),
-                doorbell: doorbell?.token ?? 0
-            ).send(over: transport)
-        } catch {
-            fail("cannot report to the spawner: \(error)")
+        if !inTaskProcess {
+            do {
+                try Hello(
+                    host: host,
+                    cpus: ProcessInfo.processInfo.activeProcessorCount,
+                    pid: getpid(),
+                    doorbell: doorbell?.token ?? 0
+                ).send(over: transport)
+            } catch {
+                fail("cannot report to the spawner: \(error)")
+            }
         }
         while !state.withLock({ $0.finalizeRequested }) {
             let envelope: Envelope?
@@ -106,10 +122,11 @@ final class Worker: @unchecked Sendable {
                 }
             case .user:
                 log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
-            case .hello, .taskResult, .taskExit, .log, .clearStorageReport:
+            case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder:
                 log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
             }
         }
+        if inTaskProcess { exit(0) }
         do {
             try MPIEnvironment.finalize()
         } catch {
@@ -119,9 +136,12 @@ final class Worker: @unchecked Sendable {
         exit(0)
     }
 
-    /// Ends the job: a worker that cannot talk to the spawner any more cannot do anything useful.
+    /// Ends the job: a worker that cannot talk to the spawner any more cannot do anything useful. A task
+    /// process that lost its worker rank just ends.
     private func fail(_ text: String) -> Never {
-        FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(text)\n".utf8))
+        let role = inTaskProcess ? "task process of worker rank" : "worker rank"
+        FileHandle.standardError.write(Data("ParallelVM \(role) \(rank) on \(host): \(text)\n".utf8))
+        if inTaskProcess { exit(70) }
         MPIEnvironment.abort(code: 1)
     }
 
@@ -163,6 +183,8 @@ final class Worker: @unchecked Sendable {
         // Messages queued for earlier task numbers were for tasks that ran elsewhere or have ended.
         transport.removePending { $0.kind == .user && $0.destinationTask < number }
         defer { state.withLock { $0.currentTask = nil } }
+        // Each task starts in the worker's own folder, whatever folder the previous task moved to.
+        _ = chdir(storage.startDirectory)
         let context = TaskContext(
             host: self,
             taskID: taskID,
@@ -181,6 +203,16 @@ final class Worker: @unchecked Sendable {
                         "function '\(request.function)' is not registered on rank \(rank) (host \(host)); registered: \(functions.names.joined(separator: ", "))",
                     typedError: VMError(.unknownFunction, "function '\(request.function)' is not registered")
                 )
+            }
+            if let setup, !setupDone {
+                do {
+                    try setup()
+                    setupDone = true
+                } catch {
+                    var failure = TaskFailure(error)
+                    failure.message = "the VM's setup function failed before task \(taskID) on \(host): \(error)"
+                    throw failure
+                }
             }
             let prepared = try settings.storage.map { (storageRequest) throws -> PreparedStorage in
                 do {

@@ -161,4 +161,20 @@ enum MPIRun {
             if found { kill(pid, SIGKILL) }
         }
     }
+
+    /// Whether a live process runs with exactly this command line (zombies and this process excluded).
+    static func processesRunning(commandLine: [String]) -> Bool {
+        let wanted = commandLine.map { Array($0.utf8) }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = Int32(entry), pid != getpid(),
+                let line = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8)
+            else { continue }
+            let state = stat.split(separator: ")").last?.split(separator: " ").first
+            guard state != "Z" else { continue }
+            if line.split(separator: 0).map(Array.init) == wanted { return true }
+        }
+        return false
+    }
 }

@@ -1,0 +1,434 @@
+import Foundation
+import Glibc
+import Logging
+import MPI
+import ParallelVMProcess
+import ParallelVMStorage
+
+/// A worker rank under process isolation: it runs no user code itself. Its task process, a child started
+/// from the same program, runs the tasks (a ``Worker`` over a ``ChannelLink``), and this rank relays frames
+/// between MPI and that child, unchanged.
+///
+/// What the task process cannot do for itself it does here: when the task process dies, runs over its
+/// timeout or is killed, the rank reports the task as failed with a ``TaskTermination`` (then its exit),
+/// removes the task's folder, and starts a fresh task process; the slot serves again. After every task it
+/// ends the processes the task left behind.
+final class TaskSupervisor: @unchecked Sendable {
+    // Invariant for @unchecked Sendable: after init, every `var` is only touched by the thread that runs
+    // `serve()`, the thread that created the first VM; nothing else holds the supervisor.
+    private let transport: Transport
+    private let host: HostID
+    private let doorbell: Doorbell?
+    private let memoryLimit: Int?
+
+    /// The environment variable that makes a copy of the program a task process, naming its channel.
+    static let channelVariable = "PARALLELVM_TASK_CHANNEL"
+    static let rankVariable = "PARALLELVM_TASK_RANK"
+    static let sizeVariable = "PARALLELVM_TASK_SIZE"
+    static let hostVariable = "PARALLELVM_TASK_HOST"
+
+    /// The task the task process runs now.
+    private struct Running {
+        var number: Int
+        var function: String
+        var sendBack: Bool
+        var deadline: Double?
+        var timeout: Double
+        var folder: (path: String, persistent: Bool)?
+        /// Why the rank is ending the task, when it is.
+        var ending: TaskTermination.Reason?
+    }
+
+    private var child: ChildProcess?
+    /// Sends to the task process on a thread of its own, so that this rank never blocks on a task process
+    /// that is itself blocked sending (two large messages crossing).
+    private var writer: ChannelWriter?
+    private var running: Running?
+    private var finalizeRequested = false
+    private var doorbellArmed = false
+    private var spawnerDoorbell: (pid: Int32, token: UInt64)?
+    /// Task processes that would not start in a row; past a few, spawn requests fail at once.
+    private var failedStarts = 0
+
+    init(transport: Transport, host: HostID, doorbell: Doorbell?, memoryLimit: Int?) {
+        self.transport = transport
+        self.host = host
+        self.doorbell = doorbell
+        self.memoryLimit = memoryLimit
+    }
+
+    private var rank: Int { transport.rank }
+
+    // MARK: - The loop
+
+    func serve() -> Never {
+        // Grandchildren that a task detaches (setsid, double fork) are re-parented here, so they can be ended.
+        try? ChildProcess.enableSubreaper()
+        do {
+            try Hello(
+                host: host,
+                cpus: ProcessInfo.processInfo.activeProcessorCount,
+                pid: getpid(),
+                doorbell: doorbell?.token ?? 0
+            ).send(over: transport)
+        } catch {
+            fail("cannot report to the spawner: \(error)")
+        }
+        startChild()
+        var backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
+        while true {
+            var progressed = false
+            progressed = relayFromChild() || progressed
+            do {
+                if let envelope = try transport.receive(until: .now, matching: { _ in true }, idleWait: nil) {
+                    relayToChild(envelope)
+                    progressed = true
+                }
+            } catch {
+                fail("\(error)")
+            }
+            if let deadline = running?.deadline, monotonicSeconds() >= deadline, running?.ending == nil {
+                end(running!, because: .timedOut(seconds: running!.timeout))
+                progressed = true
+            }
+            if finalizeRequested, running == nil { finish() }
+            if progressed {
+                backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
+            } else {
+                backoff.pause()
+            }
+        }
+    }
+
+    /// How this rank waits once its spin time is over: on its doorbell (if the spawner rings it) and its
+    /// task process's channel at once. The 10 ms bound also bounds how late a message for a running task,
+    /// a kill or a timeout is seen.
+    private var idleWait: (() -> Bool)? {
+        guard let channel = child?.channel else { return nil }
+        let fd = channel.fileDescriptor
+        if doorbellArmed, let doorbell { return { doorbell.wait(milliseconds: 10, orReadable: fd) } }
+        return {
+            var request = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&request, 1, 10) > 0
+        }
+    }
+
+    private func fail(_ text: String) -> Never {
+        FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(text)\n".utf8))
+        child?.killGroup()
+        MPIEnvironment.abort(code: 1)
+    }
+
+    /// Lets the task process go, then finalizes MPI and exits 0.
+    private func finish() -> Never {
+        if let child {
+            writer?.send(Relay.encode(peer: 0, frame: WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes, payload: nil))
+            if (try? child.wait(timeout: .seconds(5))) ?? nil == nil { _ = try? child.terminate(grace: .milliseconds(500)) }
+        }
+        _ = ChildProcess.reapOrphans()
+        do {
+            try MPIEnvironment.finalize()
+        } catch {
+            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
+            exit(1)
+        }
+        exit(0)
+    }
+
+    // MARK: - The task process
+
+    private func startChild() {
+        var environment = ChildProcess.currentEnvironment()
+        // The task process is no MPI process: user code there must not take it for one.
+        for key in environment.keys where key.hasPrefix("OMPI_") || key.hasPrefix("PMIX_") || key.hasPrefix("PMI_") {
+            environment[key] = nil
+        }
+        environment[TaskSupervisor.rankVariable] = String(rank)
+        environment[TaskSupervisor.sizeVariable] = String(transport.size)
+        environment[TaskSupervisor.hostVariable] = host.name
+        // Swift's backtracer takes seconds per crash; the crash report names the signal and the fatal error.
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }
+        do {
+            let started = try ChildProcess.spawn(
+                executable: ChildProcess.currentExecutable,
+                arguments: CommandLine.arguments,
+                environment: environment,
+                channelVariable: TaskSupervisor.channelVariable,
+                memoryLimit: memoryLimit
+            )
+            child = started
+            writer = ChannelWriter(channel: started.channel)
+            failedStarts = 0
+        } catch {
+            child = nil
+            failedStarts += 1
+            log(.error, "could not start a task process: \(error)")
+        }
+    }
+
+    /// Forwards what the task process sent; handles its death. Returns whether anything happened.
+    private func relayFromChild() -> Bool {
+        guard let child else { return false }
+        var progressed = false
+        while true {
+            let bytes: [UInt8]?
+            do {
+                bytes = try child.channel.receive(timeout: .zero)
+            } catch {
+                childEnded()
+                return true
+            }
+            guard let bytes else { return progressed }
+            progressed = true
+            do {
+                let (peer, frame, payload) = try Relay.decode(bytes)
+                try forward(frame, payload: payload, to: peer)
+            } catch {
+                log(.error, "dropped a frame from the task process: \(error)")
+            }
+        }
+    }
+
+    private func forward(_ frame: [UInt8], payload: [UInt8]?, to peer: Int) throws(VMError) {
+        let envelope = try Envelope(sourceRank: rank, frame: frame, payload: nil)
+        switch envelope.kind {
+        case .taskFolder:
+            let note = try TaskFolderNote(envelope)
+            if running?.number == note.task { running?.folder = (note.path, note.persistent) }
+            return
+        default:
+            break
+        }
+        if peer == 0 { wakeSpawnerIfAsleep() }
+        try transport.send(frame, payload: payload, to: peer)
+        if envelope.kind == .taskResult || envelope.kind == .taskExit, envelope.sourceTask == running?.number {
+            taskEnded()
+        }
+    }
+
+    /// The task reported its end: end whatever it left running, and serve the next one.
+    ///
+    /// Looking at the children of the task process and of this rank costs a few microseconds; the sweep
+    /// over every process of the host only runs when there is something to end.
+    private func taskEnded() {
+        running = nil
+        guard let child else { return }
+        let strays = TaskSupervisor.childPIDs(of: getpid()).contains { $0 != child.pid }
+        guard strays || !TaskSupervisor.childPIDs(of: child.pid).isEmpty else { return }
+        _ = ChildProcess.killDescendants(of: child.pid)
+        _ = ChildProcess.reapOrphans()
+    }
+
+    /// The children of every thread of process `pid`, from `/proc/PID/task/*/children`.
+    static func childPIDs(of pid: Int32) -> [Int32] {
+        guard let threads = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(threads) }
+        var children: [Int32] = []
+        while let entry = readdir(threads) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let thread = Int32(name) else { continue }
+            let fd = open("/proc/\(pid)/task/\(thread)/children", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = read(fd, &buffer, buffer.count)
+            close(fd)
+            guard count > 0 else { continue }
+            children += String(decoding: buffer[..<count], as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
+        }
+        return children
+    }
+
+    /// The task process died (or was killed): report the task it ran, clean up after it, start another.
+    private func childEnded() {
+        guard let child else { return }
+        self.child = nil
+        writer?.stop()
+        writer = nil
+        let end: ProcessEnd
+        do {
+            end = try child.wait()
+        } catch {
+            end = ProcessEnd(cause: .exited(status: -1), standardErrorTail: child.standardErrorTail)
+        }
+        _ = ChildProcess.reapOrphans()
+        if let task = running {
+            running = nil
+            report(task, end: end)
+        } else if !finalizeRequested {
+            log(.warning, "the idle task process ended (\(end)); starting another")
+        }
+        if !finalizeRequested { startChild() }
+    }
+
+    /// Ends the running task on purpose: its process is killed, and its end is reported with `reason`.
+    private func end(_ task: Running, because reason: TaskTermination.Reason) {
+        running?.ending = reason
+        guard let child else { return }
+        _ = try? child.terminate(grace: .milliseconds(200))
+        childEnded()
+    }
+
+    private func report(_ task: Running, end: ProcessEnd) {
+        let reason: TaskTermination.Reason
+        let detail: String
+        if let ending = task.ending {
+            reason = ending
+            switch ending {
+            case .timedOut(let seconds): detail = "timed out after \(formatSeconds(seconds)) s and was killed"
+            case .killed: detail = "was killed on request"
+            default: detail = end.descriptionBeforeResult
+            }
+        } else if end.ranOutOfMemory {
+            reason = .outOfMemory
+            detail = end.descriptionBeforeResult
+        } else {
+            switch end.cause {
+            case .exited(let status): reason = .exited(status: status)
+            case .signaled(let signal): reason = .signal(name: signal.name, number: signal.rawValue)
+            }
+            detail = end.descriptionBeforeResult
+        }
+        let termination = TaskTermination(
+            reason: reason,
+            task: TaskID(slot: rank, number: task.number),
+            function: task.function,
+            host: host,
+            detail: detail,
+            standardError: end.standardErrorTail
+        )
+        if let folder = task.folder, !folder.persistent {
+            let report = PreparedStorage.removeAbandoned(folder: folder.path)
+            for (path, reason) in report.failures.sorted(by: { $0.key < $1.key }) {
+                log(.warning, "could not remove the folder of task \(termination.task), \(path): \(reason)")
+            }
+        }
+        let failure = TaskFailure(
+            typeName: _typeName(TaskTermination.self, qualified: true),
+            message: termination.description,
+            typedError: termination
+        )
+        do {
+            wakeSpawnerIfAsleep()
+            if task.sendBack {
+                try TaskEnd.sendResult(task: task.number, function: task.function, .failure(failure), over: transport)
+            } else {
+                try TaskEnd.sendExit(task: task.number, over: transport)
+            }
+        } catch {
+            fail("cannot report the end of task \(task.number): \(error)")
+        }
+    }
+
+    // MARK: - From MPI
+
+    private func relayToChild(_ envelope: Envelope) {
+        switch envelope.kind {
+        case .spawn:
+            guard let request = try? SpawnRequest(envelope) else {
+                send(toChild: envelope)
+                return
+            }
+            running = Running(
+                number: request.task,
+                function: request.function,
+                sendBack: request.sendBack,
+                deadline: request.timeout > 0 ? monotonicSeconds() + request.timeout : nil,
+                timeout: request.timeout
+            )
+            if child == nil { startChild() }
+            guard child != nil else {
+                let task = running!
+                report(task, end: ProcessEnd(cause: .exited(status: 127)))
+                running = nil
+                return
+            }
+            send(toChild: envelope)
+        case .kill:
+            if let task = running, task.number == envelope.destinationTask, task.ending == nil {
+                end(task, because: .killed)
+            }
+        case .finalize:
+            finalizeRequested = true
+        case .welcome:
+            guard doorbell != nil, let welcome = try? Welcome(envelope), welcome.host == host else { return }
+            doorbellArmed = true
+            if welcome.doorbell != 0 { spawnerDoorbell = (welcome.pid, welcome.doorbell) }
+        case .user, .clearStorage:
+            send(toChild: envelope)
+        case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder:
+            log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
+        }
+    }
+
+    private func send(toChild envelope: Envelope) {
+        writer?.send(Relay.encode(peer: envelope.sourceRank, frame: envelope.frame, payload: envelope.payload))
+    }
+
+    // MARK: - Talking to the spawner
+
+    private func wakeSpawnerIfAsleep() {
+        guard let bell = spawnerDoorbell, let doorbell else { return }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(pid: bell.pid, token: bell.token) }
+    }
+
+    private func log(_ level: Logger.Level, _ text: String) {
+        wakeSpawnerIfAsleep()
+        try? LogRecord(level: level, text: text).send(from: running?.number ?? 0, over: transport)
+    }
+
+    private func formatSeconds(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(format: "%.3g", seconds)
+    }
+}
+
+/// Sends frames to a task process in order, on a thread of its own. A send that fails (the task process
+/// is gone) drops what is queued: the supervisor sees the death on its side of the channel.
+final class ChannelWriter: @unchecked Sendable {
+    // Invariant for @unchecked Sendable: `queue` and `stopped` are only touched while holding `condition`.
+    private let channel: MessageChannel
+    private let condition = NSCondition()
+    private var queue: [[UInt8]] = []
+    private var stopped = false
+
+    init(channel: MessageChannel) {
+        self.channel = channel
+        let thread = Thread { [self] in run() }
+        thread.name = "ParallelVM.task-writer"
+        thread.start()
+    }
+
+    func send(_ bytes: [UInt8]) {
+        condition.withLock {
+            guard !stopped else { return }
+            queue.append(bytes)
+            condition.signal()
+        }
+    }
+
+    func stop() {
+        condition.withLock {
+            stopped = true
+            queue = []
+            condition.signal()
+        }
+    }
+
+    private func run() {
+        while true {
+            let next: [UInt8]? = condition.withLock {
+                while queue.isEmpty && !stopped { condition.wait() }
+                return stopped ? nil : queue.removeFirst()
+            }
+            guard let next else { return }
+            do {
+                try channel.send(next)
+            } catch {
+                condition.withLock {
+                    stopped = true
+                    queue = []
+                }
+                return
+            }
+        }
+    }
+}

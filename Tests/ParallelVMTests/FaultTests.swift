@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+/// Faults caused for real in tasks under mpirun (3 ranks: a faulty task and a slow one side by side). Each
+/// run has a time limit, so a fault that hangs the run fails the test.
+@Suite(.serialized)
+struct FaultTests {
+    private func run(_ name: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> RunOutput {
+        let output = try MPIRun.scenario(name, ranks: 3, arguments: arguments, environment: environment, timeout: 90)
+        #expect(output.status == 0, "\(output)")
+        #expect(!output.timedOut, "\(output)")
+        return output
+    }
+
+    /// Each fault, and what its report must say about how the task ended.
+    static let faults: [(kind: String, termination: String, text: String?)] = [
+        ("fatalError", #"signal(name: "SIGILL", number: 4)"#, "Fatal error: bad input in the fault test"),
+        ("forceUnwrap", #"signal(name: "SIGILL", number: 4)"#, "Unexpectedly found nil"),
+        ("divideByZero", #"signal(name: "SIGILL", number: 4)"#, "Division by zero"),
+        ("overflow", #"signal(name: "SIGILL", number: 4)"#, nil),
+        ("badPointer", #"signal(name: "SIGSEGV", number: 11)"#, nil),
+        ("abort", #"signal(name: "SIGABRT", number: 6)"#, nil),
+        ("exit3", "exited(status: 3)", nil),
+        ("exit0", "exited(status: 0)", "before reporting a result"),
+        ("stackOverflow", #"signal(name: "SIGSEGV", number: 11)"#, nil),
+        ("outOfMemory", "outOfMemory", "failed to allocate"),
+    ]
+
+    @Test(arguments: FaultTests.faults.map(\.kind))
+    func aFaultyTaskIsReportedAndTheRunGoesOn(kind: String) throws {
+        let fault = try #require(FaultTests.faults.first { $0.kind == kind })
+        // A memory limit makes the runaway allocation fail in the task, not in the host's OOM killer.
+        let output = try run("fault", [kind], environment: ["SCENARIO_MEMORY_LIMIT": String(3 << 30)])
+        #expect(output.value("badSuccess") == "false")
+        #expect(output.value("badType") == "ParallelVM.TaskTermination")
+        let termination = output.value("badTermination") ?? ""
+        #expect(termination.hasPrefix(fault.termination + "|"), "\(termination)")
+        // The report names the task, the function and the host.
+        #expect(termination.contains("|fault.run|"), "\(termination)")
+        let message = output.value("badMessage") ?? ""
+        #expect(message.contains("running 'fault.run' on "), "\(message)")
+        if let text = fault.text { #expect(message.contains(text) || termination.contains(text), "\(message)") }
+        // The other task's result still arrives, and the faulty task's slot serves again.
+        #expect(output.value("slowValue")?.hasPrefix("2:") == true, "\(output)")
+        #expect(output.value("badSlotServesAgain") == "true")
+        #expect(output.value("freeAtEnd") == "2")
+    }
+
+    @Test func faultsInADispatchAreFailedResultsWithTheirOwnCodes() throws {
+        let output = try run("fault-dispatch")
+        #expect(output.value("codes") == "failed,crashed,failed,crashed,failed,crashed,failed", "\(output)")
+        let terminations = output.value("terminations") ?? ""
+        #expect(terminations.contains("SIGABRT") && terminations.contains("SIGSEGV") && terminations.contains("exited(status: 3)"))
+        #expect(output.value("freeAtEnd") == "2")
+    }
+
+    @Test func aTaskOverItsTimeoutIsKilledAndTheSlotServesAgain() throws {
+        let output = try run("timeout")
+        #expect(output.value("timedOut")?.hasPrefix("timedOut(seconds: 0.5)|timed out after 0.5 s") == true, "\(output)")
+        #expect((Double(output.value("seconds") ?? "") ?? 99) < 10)
+        #expect(output.value("after") == "4")
+        #expect(output.value("dispatchCodes") == "timedOut,ok", "\(output)")
+    }
+
+    @Test func killEndsARunningTask() throws {
+        let output = try run("kill")
+        #expect(output.value("killed")?.hasPrefix("killed|was killed on request") == true, "\(output)")
+        #expect((Double(output.value("seconds") ?? "") ?? 99) < 10)
+        #expect(output.value("killAgain")?.contains("it is not running") == true)
+    }
+
+    @Test func childrenATaskLeavesBehindAreEndedAndTheRunEndsOnTime() throws {
+        let started = Date()
+        let output = try run("orphans")
+        #expect(output.value("returned") == "true")
+        // The task left `sleep 25` and a detached `sleep 26`: the run must not wait for them.
+        #expect(Date().timeIntervalSince(started) < 20, "\(output)")
+        #expect(!MPIRun.processesRunning(commandLine: ["sleep", "25"]), "a sleep 25 is still running")
+        #expect(!MPIRun.processesRunning(commandLine: ["sleep", "26"]), "a sleep 26 is still running")
+    }
+
+    @Test func eachTaskStartsInTheWorkersFolder() throws {
+        let output = try run("chdir")
+        #expect(output.value("starts") == "same", "\(output)")
+    }
+
+    @Test func finalizeWithATimeoutKillsWhatStillRuns() throws {
+        let output = try run("finalize-timeout")
+        #expect(output.value("killed") == output.value("task"), "\(output)")
+        #expect((Double(output.value("seconds") ?? "") ?? 99) < 15, "\(output)")
+    }
+
+    @Test func setupRunsOncePerTaskProcessAndAgainAfterACrash() throws {
+        let output = try run("setup")
+        #expect(output.value("runs") == "1,1,1,1", "\(output)")
+        #expect(output.value("samePidBeforeCrash") == "true")
+        #expect(output.value("newPidAfterCrash") == "true")
+    }
+}
