@@ -63,7 +63,13 @@ public final class Experiment: Sendable {
     public init(name: String, in parent: String) throws(ExperimentError) {
         let folder = Paths.join(Paths.absolute(parent), name)
         if let problem = Self.problem(withName: name) {
-            throw ExperimentError(.invalidName, experiment: name, path: folder, reason: problem, subject: "experiment folder")
+            throw ExperimentError(
+                .invalidName,
+                experiment: name,
+                path: folder,
+                reason: problem,
+                subject: "experiment folder"
+            )
         }
         self.name = name
         self.folder = folder
@@ -78,7 +84,8 @@ public final class Experiment: Sendable {
         if name.utf8.count > 255 { return "cannot be made: an experiment's name must be at most 255 bytes" }
         let unprintable = name.unicodeScalars.first { scalar in
             switch scalar.properties.generalCategory {
-            case .control, .format, .surrogate, .privateUse, .unassigned, .lineSeparator, .paragraphSeparator: return true
+            case .control, .format, .surrogate, .privateUse, .unassigned, .lineSeparator, .paragraphSeparator:
+                return true
             default: return false
             }
         }
@@ -104,7 +111,13 @@ public final class Experiment: Sendable {
     package func open(journalPolicy: JournalWriter.Policy = JournalWriter.Policy()) throws(ExperimentError) {
         try session.withLock { (session: inout Session?) throws(ExperimentError) in
             guard session == nil else {
-                throw ExperimentError(.alreadyOpen, experiment: name, path: folder, reason: "is already open in this run", subject: "experiment folder")
+                throw ExperimentError(
+                    .alreadyOpen,
+                    experiment: name,
+                    path: folder,
+                    reason: "is already open in this run",
+                    subject: "experiment folder"
+                )
             }
             session = try makeSession(journalPolicy)
         }
@@ -122,8 +135,14 @@ public final class Experiment: Sendable {
             let outputsFd = try openSubfolder(Self.outputsName, in: folderFd)
             descriptors.append(outputsFd)
             let collector = OutputCollector(experiment: name, outputsFd: outputsFd, outputsPath: outputsFolder)
-            do { try collector.removeLeftovers() } catch { throw error as! ExperimentError }
-            let journal = try JournalWriter(directory: folderFd, name: Self.journalName, path: journalPath, experiment: name, policy: policy)
+            try collector.removeLeftovers()
+            let journal = try JournalWriter(
+                directory: folderFd,
+                name: Self.journalName,
+                path: journalPath,
+                experiment: name,
+                policy: policy
+            )
             let log: ExperimentLog
             do {
                 log = try ExperimentLog(directory: folderFd, name: Self.logName, path: logPath, experiment: name)
@@ -165,10 +184,12 @@ public final class Experiment: Sendable {
     /// Syncs and closes the journal, closes the logs and releases the lock. Closing a closed experiment
     /// does nothing.
     package func close() throws(ExperimentError) {
-        guard let closing = session.withLock({ (session: inout Session?) -> Session? in
-            defer { session = nil }
-            return session
-        }) else { return }
+        guard
+            let closing = session.withLock({ (session: inout Session?) -> Session? in
+                defer { session = nil }
+                return session
+            })
+        else { return }
         var firstError: ExperimentError?
         do { try closing.journal.close() } catch { firstError = error }
         for taskLog in closing.taskLogs {
@@ -197,7 +218,11 @@ public final class Experiment: Sendable {
     package func resumeTable() throws(ExperimentError) -> ResumeTable { try withSession { $0.resume } }
 
     /// The record to return instead of running job `index` with key `key`; see `ResumeTable.reusable`.
-    package func reusable(index: Int, key: JobKey, includeFailed: Bool = false) throws(ExperimentError) -> JournalRecord? {
+    package func reusable(
+        index: Int,
+        key: JobKey,
+        includeFailed: Bool = false
+    ) throws(ExperimentError) -> JournalRecord? {
         try withSession { $0.resume.reusable(index: index, key: key, includeFailed: includeFailed) }
     }
 
@@ -205,11 +230,23 @@ public final class Experiment: Sendable {
     /// `TaskLog.close()` or with the experiment.
     package func taskLog(_ task: String) throws(ExperimentError) -> TaskLog {
         guard let fileName = TaskLog.fileName(for: task) else {
-            throw ExperimentError(.invalidTaskName, experiment: name, path: tasksFolder, reason: "cannot hold the log of a task with an empty name", subject: "tasks folder")
+            throw ExperimentError(
+                .invalidTaskName,
+                experiment: name,
+                path: tasksFolder,
+                reason: "cannot hold the log of a task with an empty name",
+                subject: "tasks folder"
+            )
         }
         return try session.withLock { (session: inout Session?) throws(ExperimentError) -> TaskLog in
             guard let open = session else { throw notOpenError() }
-            let log = try TaskLog(task: task, directory: open.tasksFd, name: fileName, path: Paths.join(tasksFolder, fileName), experiment: name)
+            let log = try TaskLog(
+                task: task,
+                directory: open.tasksFd,
+                name: fileName,
+                path: Paths.join(tasksFolder, fileName),
+                experiment: name
+            )
             session!.taskLogs.append(log)
             return log
         }
@@ -281,7 +318,13 @@ public final class Experiment: Sendable {
     }
 
     private func notOpenError() -> ExperimentError {
-        ExperimentError(.notOpen, experiment: name, path: folder, reason: "is not open (call open() first)", subject: "experiment folder")
+        ExperimentError(
+            .notOpen,
+            experiment: name,
+            path: folder,
+            reason: "is not open (call open() first)",
+            subject: "experiment folder"
+        )
     }
 
     /// Creates `path` and every missing folder above it.
@@ -291,14 +334,21 @@ public final class Experiment: Sendable {
             current += "/" + part
             let made = SystemCall.value("mkdir") { mkdir(current, 0o755) }
             if made.failed(with: EEXIST) { continue }
-            try made.get("created", experiment: name, path: current, subject: current == path ? "experiment folder" : "folder")
+            try made.get(
+                "created",
+                experiment: name,
+                path: current,
+                subject: current == path ? "experiment folder" : "folder"
+            )
         }
     }
 
     private func openSubfolder(_ subfolder: String, in folderFd: Int32) throws(ExperimentError) -> Int32 {
         let path = Paths.join(folder, subfolder)
         let made = SystemCall.value("mkdirat") { mkdirat(folderFd, subfolder, 0o755) }
-        if !made.failed(with: EEXIST) { try made.get("created", experiment: name, path: path, subject: "\(subfolder) folder") }
+        if !made.failed(with: EEXIST) {
+            try made.get("created", experiment: name, path: path, subject: "\(subfolder) folder")
+        }
         return try FileTree.openDirectory(subfolder, in: folderFd)
             .get("opened", experiment: name, path: path, subject: "\(subfolder) folder")
     }

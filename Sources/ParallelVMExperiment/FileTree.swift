@@ -94,11 +94,19 @@ enum FileTree {
         case .symlink:
             var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let size = target.count - 1
-            let length = try check(SystemCall.value("readlinkat") { readlinkat(srcDir, name, &target, size) }, relative, "read")
+            let length = try check(
+                SystemCall.value("readlinkat") { readlinkat(srcDir, name, &target, size) },
+                relative,
+                "read"
+            )
             target[length] = 0
             try check(SystemCall.value("symlinkat") { symlinkat(target, dstDir, name) }, relative, "copied")
         case .other:
-            throw Failure(error: SystemCallError(call: "fstatat", errno: EINVAL), relative: relative, operation: "copied (it is neither a file, a folder nor a symbolic link)")
+            throw Failure(
+                error: SystemCallError(call: "fstatat", errno: EINVAL),
+                relative: relative,
+                operation: "copied (it is neither a file, a folder nor a symbolic link)"
+            )
         }
     }
 
@@ -163,7 +171,11 @@ enum FileTree {
     }
 
     @discardableResult
-    private static func check<T>(_ result: Result<T, SystemCallError>, _ relative: String, _ operation: String) throws(Failure) -> T {
+    private static func check<T>(
+        _ result: Result<T, SystemCallError>,
+        _ relative: String,
+        _ operation: String
+    ) throws(Failure) -> T {
         switch result {
         case .success(let value): return value
         case .failure(let error): throw Failure(error: error, relative: relative, operation: operation)

@@ -113,7 +113,9 @@ public struct JournalRecord: Sendable, Hashable {
     public func value<T: Decodable>(as type: T.Type) throws -> T {
         switch outcome {
         case .failure(let typeName, let message):
-            throw JournalValueError(description: "job #\(index) failed in task \(task) on \(host): \(typeName): \(message)")
+            throw JournalValueError(
+                description: "job #\(index) failed in task \(task) on \(host): \(typeName): \(message)"
+            )
         case .success(let typeName, let bytes):
             let expected = _typeName(T.self, qualified: true)
             guard typeName == expected else {

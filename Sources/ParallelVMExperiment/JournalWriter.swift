@@ -79,7 +79,7 @@ package final class JournalWriter: @unchecked Sendable {
         fd = try SystemCall.value("open") {
             openat(directory, name, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o644)
         }
-            .get("opened", experiment: experiment, path: path, subject: "journal")
+        .get("opened", experiment: experiment, path: path, subject: "journal")
         do throws(ExperimentError) {
             let bytes = try SystemCall.readAll(fd).get("read", experiment: experiment, path: path, subject: "journal")
             let contents = bytes.withUnsafeBytes { JournalReader.parse($0) }
@@ -206,7 +206,8 @@ package final class JournalWriter: @unchecked Sendable {
 
     private func flushIfDueLocked() throws(ExperimentError) {
         guard pending > 0 else { return }
-        if pending >= policy.maxRecords || buffer.count >= policy.maxBytes || Self.now() &- firstPendingAt >= flushNanos {
+        if pending >= policy.maxRecords || buffer.count >= policy.maxBytes || Self.now() &- firstPendingAt >= flushNanos
+        {
             try flushLocked()
         }
     }
@@ -219,7 +220,12 @@ package final class JournalWriter: @unchecked Sendable {
         pending = 0
         writes += 1
         if let error = written.failure {
-            let experimentError = error.experimentError("appended to", experiment: experiment, path: path, subject: "journal")
+            let experimentError = error.experimentError(
+                "appended to",
+                experiment: experiment,
+                path: path,
+                subject: "journal"
+            )
             failure = experimentError
             throw experimentError
         }
@@ -240,7 +246,12 @@ package final class JournalWriter: @unchecked Sendable {
         lastSyncAt = Self.now()
         syncs += 1
         if let error = synced.failure {
-            let experimentError = error.experimentError("synced", experiment: experiment, path: path, subject: "journal")
+            let experimentError = error.experimentError(
+                "synced",
+                experiment: experiment,
+                path: path,
+                subject: "journal"
+            )
             if failure == nil { failure = experimentError }
             throw experimentError
         }

@@ -88,7 +88,13 @@ package final class ExperimentLog: Sendable {
     package var path: String { file.path }
 
     init(directory: Int32, name: String, path: String, experiment: String) throws(ExperimentError) {
-        file = try LineFile(directory: directory, name: name, path: path, experiment: experiment, subject: "experiment log")
+        file = try LineFile(
+            directory: directory,
+            name: name,
+            path: path,
+            experiment: experiment,
+            subject: "experiment log"
+        )
     }
 
     /// Appends `message` with the current time.
@@ -112,7 +118,8 @@ package final class ExperimentLog: Sendable {
         let place = "in task \(record.task) on host \(record.host) after \(seconds) s (attempt \(record.attempts))"
         switch record.outcome {
         case .success: try log("job \(record.index) done \(place)")
-        case .failure(let typeName, let message): try log("job \(record.index) failed \(place): \(typeName): \(message)")
+        case .failure(let typeName, let message):
+            try log("job \(record.index) failed \(place): \(typeName): \(message)")
         }
     }
 

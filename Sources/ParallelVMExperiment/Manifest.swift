@@ -88,7 +88,11 @@ package struct Manifest: Codable, Sendable, Hashable {
 
     /// The manifest in the open folder, or nil when there is none or it does not parse.
     static func read(in folderFd: Int32) -> Manifest? {
-        guard case .success(let fd) = SystemCall.value("openat", { openat(folderFd, fileName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) })
+        guard
+            case .success(let fd) = SystemCall.value(
+                "openat",
+                { openat(folderFd, fileName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+            )
         else { return nil }
         defer { SystemCall.close(fd) }
         guard case .success(let bytes) = SystemCall.readAll(fd) else { return nil }
@@ -104,7 +108,13 @@ package struct Manifest: Codable, Sendable, Hashable {
         do {
             data = try encoder.encode(self) + Data("\n".utf8)
         } catch {
-            throw ExperimentError(.ioFailure, experiment: experiment, path: path, reason: "could not be encoded: \(error)", subject: "manifest")
+            throw ExperimentError(
+                .ioFailure,
+                experiment: experiment,
+                path: path,
+                reason: "could not be encoded: \(error)",
+                subject: "manifest"
+            )
         }
         let temporary = ".\(Self.fileName).tmp-\(Paths.randomSuffix())"
         let fd = try SystemCall.value("openat") {
@@ -114,7 +124,12 @@ package struct Manifest: Codable, Sendable, Hashable {
             defer { SystemCall.close(fd) }
             try data.withUnsafeBytes { SystemCall.writeAll(fd, $0) }
                 .get("written", experiment: experiment, path: path, subject: "manifest")
-            try SystemCall.value("fsync") { fsync(fd) }.get("synced", experiment: experiment, path: path, subject: "manifest")
+            try SystemCall.value("fsync") { fsync(fd) }.get(
+                "synced",
+                experiment: experiment,
+                path: path,
+                subject: "manifest"
+            )
         } catch {
             _ = unlinkat(folderFd, temporary, 0)
             throw error
@@ -122,6 +137,11 @@ package struct Manifest: Codable, Sendable, Hashable {
         let renamed = SystemCall.value("renameat") { renameat(folderFd, temporary, folderFd, Self.fileName) }
         if renamed.failure != nil { _ = unlinkat(folderFd, temporary, 0) }
         try renamed.get("moved into place", experiment: experiment, path: path, subject: "manifest")
-        try SystemCall.value("fsync") { fsync(folderFd) }.get("synced", experiment: experiment, path: folder, subject: "experiment folder")
+        try SystemCall.value("fsync") { fsync(folderFd) }.get(
+            "synced",
+            experiment: experiment,
+            path: folder,
+            subject: "experiment folder"
+        )
     }
 }

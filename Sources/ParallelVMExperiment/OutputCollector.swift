@@ -113,15 +113,30 @@ struct OutputCollector {
             for part in parts {
                 walked = walked.isEmpty ? part : walked + "/" + part
                 let nextSrc = try FileTree.openDirectory(part, in: srcFd)
-                    .get("opened", experiment: experiment, path: Paths.join(taskFolder, walked), subject: "output folder")
+                    .get(
+                        "opened",
+                        experiment: experiment,
+                        path: Paths.join(taskFolder, walked),
+                        subject: "output folder"
+                    )
                 SystemCall.close(srcFd)
                 srcFd = nextSrc
                 let made = SystemCall.value("mkdirat") { mkdirat(dstFd, part, 0o755) }
                 if !made.failed(with: EEXIST) {
-                    try made.get("created", experiment: experiment, path: Paths.join(stagingPath, walked), subject: "output folder")
+                    try made.get(
+                        "created",
+                        experiment: experiment,
+                        path: Paths.join(stagingPath, walked),
+                        subject: "output folder"
+                    )
                 }
                 let nextDst = try FileTree.openDirectory(part, in: dstFd)
-                    .get("opened", experiment: experiment, path: Paths.join(stagingPath, walked), subject: "output folder")
+                    .get(
+                        "opened",
+                        experiment: experiment,
+                        path: Paths.join(stagingPath, walked),
+                        subject: "output folder"
+                    )
                 SystemCall.close(dstFd)
                 dstFd = nextDst
             }
@@ -138,7 +153,12 @@ struct OutputCollector {
             }
             if !parts.isEmpty {
                 try SystemCall.value("fsync") { fsync(dstFd) }
-                    .get("synced", experiment: experiment, path: Paths.join(stagingPath, walked), subject: "output folder")
+                    .get(
+                        "synced",
+                        experiment: experiment,
+                        path: Paths.join(stagingPath, walked),
+                        subject: "output folder"
+                    )
             }
         }
         try SystemCall.value("fsync") { fsync(stagingFd) }
@@ -178,7 +198,7 @@ struct OutputCollector {
     }
 
     /// Removes an entry of `outputs/` with everything in it.
-    func removeEntry(_ name: String) throws {
+    func removeEntry(_ name: String) throws(ExperimentError) {
         do {
             try FileTree.remove(name, in: outputsFd, relative: name)
         } catch {
@@ -192,7 +212,7 @@ struct OutputCollector {
     }
 
     /// Removes staging and replaced folders a crashed run left in `outputs/`.
-    func removeLeftovers() throws {
+    func removeLeftovers() throws(ExperimentError) {
         let names = try FileTree.names(in: outputsFd)
             .get("listed", experiment: experiment, path: outputsPath, subject: "outputs folder")
         for name in names where name.hasPrefix(Self.stagingPrefix) || name.hasPrefix(Self.replacedPrefix) {

@@ -141,7 +141,9 @@ enum Paths {
         if !full.hasPrefix("/") {
             var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let count = buffer.count
-            let cwd = getcwd(&buffer, count) != nil ? buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : "/"
+            let cwd =
+                getcwd(&buffer, count) != nil
+                ? buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : "/"
             full = cwd + "/" + full
         }
         let parts = full.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }

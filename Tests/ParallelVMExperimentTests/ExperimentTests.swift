@@ -142,7 +142,9 @@ struct ExperimentTests {
                     let experiment = try Experiment(name: name, in: parentPath)
                     try experiment.open()
                     let journal = try experiment.journal()
-                    for index in 0..<2000 { try journal.append(Support.record(index, key: UInt64(n * 100_000 + index))) }
+                    for index in 0..<2000 {
+                        try journal.append(Support.record(index, key: UInt64(n * 100_000 + index)))
+                    }
                     try experiment.log().log("done \(name)")
                     try experiment.taskLog("1:\(n)").log("task of \(name)")
                     try experiment.endRun(counts: Manifest.Counts(ran: 2000))
@@ -210,7 +212,11 @@ struct ExperimentTests {
         let lines = text.split(separator: "\n").map { $0.split(separator: " ", maxSplits: 1)[1] }
         #expect(lines[0].hasPrefix("[session] task 2:7 logged by process \(getpid())"))
         #expect(Array(lines.dropFirst()) == ["[log] starting", "[stdout] partial", "[stderr] oops", "[stdout] next"])
-        #expect(try FileManager.default.contentsOfDirectory(atPath: experiment.tasksFolder).sorted() == ["%2E.%2Fescape.log", "2_7.log"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: experiment.tasksFolder).sorted() == [
+                "%2E.%2Fescape.log", "2_7.log",
+            ]
+        )
         #expect(!FileManager.default.fileExists(atPath: parent.path + "/escape.log"))
     }
 

@@ -14,7 +14,9 @@ struct JournalTests {
         var policy = JournalWriter.Policy()
         policy.maxRecords = 100
         let writer = try JournalWriter(path: path, experiment: "t", policy: policy)
-        let records = (0..<5000).map { Support.record($0, success: $0 % 7 != 0, value: Array(repeating: UInt8($0 & 0xFF), count: $0 % 50)) }
+        let records = (0..<5000).map {
+            Support.record($0, success: $0 % 7 != 0, value: Array(repeating: UInt8($0 & 0xFF), count: $0 % 50))
+        }
         for record in records.prefix(2500) { try writer.append(record) }
         try writer.append(contentsOf: records.dropFirst(2500))
         try writer.close()
@@ -182,7 +184,10 @@ struct JournalTests {
         var offset = JournalFormat.fileHeader.count
         while offset < bytes.count {
             offsets.append(offset)
-            let length = Int(bytes[offset + 4]) | Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]) << 16 | Int(bytes[offset + 7]) << 24
+            let length =
+                Int(bytes[offset + 4]) | Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]) << 16 | Int(
+                    bytes[offset + 7]
+                ) << 24
             offset += JournalFormat.recordHeaderSize + length
         }
         return offsets

@@ -29,7 +29,11 @@ struct OutputTests {
     func collects() throws {
         let (root, experiment, task) = try fixture()
         defer { try? experiment.close() }
-        let collected = try experiment.collectOutputs(jobIndex: 7, from: task, patterns: ["*.txt", "data/deep/*.bin", "missing*"])
+        let collected = try experiment.collectOutputs(
+            jobIndex: 7,
+            from: task,
+            patterns: ["*.txt", "data/deep/*.bin", "missing*"]
+        )
         #expect(collected == ["data/deep/b.bin", "notes.txt", "result.txt"])
         let job = experiment.outputsFolder + "/7"
         #expect(try listing(job) == ["data", "data/deep", "data/deep/b.bin", "notes.txt", "result.txt"])
@@ -37,7 +41,11 @@ struct OutputTests {
 
         #expect(try experiment.collectOutputs(jobIndex: 8, from: task, patterns: ["data", "data/a.bin"]) == ["data"])
         #expect(try listing(experiment.outputsFolder + "/8") == ["data", "data/a.bin", "data/deep", "data/deep/b.bin"])
-        #expect(try experiment.collectOutputs(jobIndex: 9, from: task, patterns: ["**/*.bin"]) == ["data/a.bin", "data/deep/b.bin"])
+        #expect(
+            try experiment.collectOutputs(jobIndex: 9, from: task, patterns: ["**/*.bin"]) == [
+                "data/a.bin", "data/deep/b.bin",
+            ]
+        )
         #expect(try experiment.collectOutputs(jobIndex: 10, from: task, patterns: [".hidden.txt"]) == [".hidden.txt"])
         // Nothing matched still publishes an (empty) folder: the collection is done.
         #expect(try experiment.collectOutputs(jobIndex: 11, from: task, patterns: ["nothing"]) == [])
@@ -45,7 +53,10 @@ struct OutputTests {
         _ = root
     }
 
-    @Test("patterns that leave the task folder are refused", arguments: ["/etc/passwd", "../secret", "data/../../secret", ""])
+    @Test(
+        "patterns that leave the task folder are refused",
+        arguments: ["/etc/passwd", "../secret", "data/../../secret", ""]
+    )
     func escapingPatterns(pattern: String) throws {
         let (root, experiment, task) = try fixture()
         defer { try? experiment.close() }
@@ -63,7 +74,11 @@ struct OutputTests {
         defer { try? experiment.close() }
         try FileManager.default.createSymbolicLink(atPath: task + "/leak", withDestinationPath: root.sub("secret"))
         try FileManager.default.createSymbolicLink(atPath: task + "/outside", withDestinationPath: root.path)
-        let collected = try experiment.collectOutputs(jobIndex: 1, from: task, patterns: ["leak", "outside/secret", "outside/*"])
+        let collected = try experiment.collectOutputs(
+            jobIndex: 1,
+            from: task,
+            patterns: ["leak", "outside/secret", "outside/*"]
+        )
         #expect(collected == ["leak"])
         let copied = experiment.outputsFolder + "/1/leak"
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: copied) == root.sub("secret"))
