@@ -27,6 +27,8 @@ let package = Package(
         .target(name: "ParallelVMStorage", dependencies: ["ParallelVMCodec"]),
         // Task processes: spawning, supervising and killing a child, and the framed socket between them. No MPI.
         .target(name: "ParallelVMProcess"),
+        // Experiments: a named folder with a results journal, logs, a manifest and collected outputs. No MPI.
+        .target(name: "ParallelVMExperiment", dependencies: ["ParallelVMCodec", "ParallelVMStorage"]),
         // The virtual machine: spawner, workers, messages, dispatcher.
         .target(
             name: "ParallelVM",
@@ -46,6 +48,17 @@ let package = Package(
         // The child the process tests spawn: echoes frames, lists its descriptors, crashes on request.
         .executableTarget(name: "vm-process-probe", dependencies: ["ParallelVMProcess"], path: "Tests/ProcessProbe"),
         .testTarget(name: "ParallelVMProcessTests", dependencies: ["ParallelVMProcess", "vm-process-probe"]),
+        // The child the experiment tests spawn: opens an experiment and holds its lock until killed.
+        .executableTarget(
+            name: "vm-experiment-probe",
+            dependencies: ["ParallelVMExperiment"],
+            path: "Tests/ParallelVMExperimentTests/Probe"
+        ),
+        .testTarget(
+            name: "ParallelVMExperimentTests",
+            dependencies: ["ParallelVMExperiment", "ParallelVMCodec", "vm-experiment-probe"],
+            exclude: ["Probe"]
+        ),
     ]
 )
 

@@ -1,0 +1,286 @@
+public import Foundation
+package import ParallelVMCodec
+
+/// What identifies a job's input: a 64-bit FNV-1a hash of its function name and encoded arguments.
+///
+/// The hash is fixed (no per-process seed), so a rerun computes the same key for the same input and a
+/// different key when the function or any argument byte changed. Arguments whose encoding is not
+/// deterministic (a `Dictionary`'s order differs between processes) give a new key in every run, so
+/// such a job is run again rather than wrongly reused.
+public struct JobKey: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// The hash.
+    public var value: UInt64
+
+    /// A key with this hash value (as read back from a journal).
+    public init(value: UInt64) { self.value = value }
+
+    /// The key of calling `function` with arguments already encoded with `BinaryEncoder`.
+    package init(function: String, encodedArguments: [UInt8]) {
+        var hash = FNV1a64()
+        hash.combine(function)
+        hash.combine(UInt64(encodedArguments.count))
+        hash.combine(encodedArguments)
+        value = hash.value
+    }
+
+    /// The key of calling `function` with `arguments`, encoded with `BinaryEncoder` as the VM sends them.
+    package init<Arguments: Encodable>(function: String, arguments: Arguments) throws(CodecError) {
+        self.init(function: function, encodedArguments: try BinaryEncoder.encode(arguments))
+    }
+
+    /// Sixteen hexadecimal digits.
+    public var description: String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+
+    /// The identity of a whole list of inputs: a hash over every (index, key) in order, in hexadecimal.
+    /// Two runs with the same jobs in the same order have the same identity.
+    package static func inputsIdentity(of keys: [JobKey]) -> String {
+        var hash = FNV1a64()
+        hash.combine(UInt64(keys.count))
+        for (index, key) in keys.enumerated() {
+            hash.combine(UInt64(index))
+            hash.combine(key.value)
+        }
+        return JobKey(value: hash.value).description
+    }
+}
+
+/// A value read from a journal record could not be given back: the job failed, the type differs, or the
+/// bytes do not decode.
+public struct JournalValueError: Error, CustomStringConvertible, Sendable, Hashable {
+    /// The sentence, naming the job and the types.
+    public var description: String
+}
+
+/// One finished job, as the results journal keeps it.
+public struct JournalRecord: Sendable, Hashable {
+    /// How the job ended.
+    public enum Outcome: Sendable, Hashable {
+        /// It returned a value: its type (`_typeName(T.self, qualified: true)`) and its `BinaryEncoder` bytes.
+        case success(typeName: String, value: [UInt8])
+        /// It threw: the error's type and text.
+        case failure(typeName: String, message: String)
+    }
+
+    /// The job's index in the dispatch.
+    public var index: Int
+    /// The hash of its function and arguments.
+    public var key: JobKey
+    /// Its value or its error.
+    public var outcome: Outcome
+    /// How many times it was started, this run's attempt included.
+    public var attempts: Int
+    /// The host it ran on.
+    public var host: String
+    /// The task it ran in, e.g. `1:5`.
+    public var task: String
+    /// When it started.
+    public var started: Date
+    /// When it ended.
+    public var ended: Date
+
+    /// Creates a record.
+    public init(
+        index: Int,
+        key: JobKey,
+        outcome: Outcome,
+        attempts: Int = 1,
+        host: String,
+        task: String,
+        started: Date,
+        ended: Date
+    ) {
+        self.index = index
+        self.key = key
+        self.outcome = outcome
+        self.attempts = attempts
+        self.host = host
+        self.task = task
+        self.started = started
+        self.ended = ended
+    }
+
+    /// True when the job returned a value.
+    public var succeeded: Bool {
+        if case .success = outcome { return true }
+        return false
+    }
+
+    /// The job's value, decoded as `T`; throws a `JournalValueError` when the job failed, when it returned
+    /// another type, or when the bytes do not decode.
+    public func value<T: Decodable>(as type: T.Type) throws -> T {
+        switch outcome {
+        case .failure(let typeName, let message):
+            throw JournalValueError(
+                description: "job #\(index) failed in task \(task) on \(host): \(typeName): \(message)"
+            )
+        case .success(let typeName, let bytes):
+            let expected = _typeName(T.self, qualified: true)
+            guard typeName == expected else {
+                throw JournalValueError(description: "job #\(index) returned a \(typeName), not a \(expected)")
+            }
+            do {
+                return try BinaryDecoder.decode(T.self, from: bytes)
+            } catch {
+                throw JournalValueError(description: "job #\(index): its \(typeName) value does not decode: \(error)")
+            }
+        }
+    }
+}
+
+/// The journal's file format.
+///
+/// ```
+/// file   := fileHeader record*
+/// fileHeader := "PVMJRNL" 0x01                            8 bytes: magic and format version
+/// record := magic:u32 length:u32 crc:u32 body[length]     12-byte header; crc is CRC-32 of body
+/// body   := version:u8 flags:u8 index:i64 key:u64 attempts:u32 started:f64 ended:f64
+///           typeName:str payload:bytes host:str task:str
+/// str, bytes := length:u32 then that many bytes (UTF-8 for str)
+/// ```
+/// Integers and floats are little-endian; times are seconds since 1970 (UTC). `flags` bit 0 is set for
+/// success: `typeName` is the value's type and `payload` its `BinaryEncoder` bytes; otherwise `typeName`
+/// is the error's type and `payload` its message in UTF-8. The body is written by hand rather than with
+/// `BinaryEncoder` because an append is on the dispatch's hot path and the layout must stay stable across
+/// versions of the codec.
+enum JournalFormat {
+    /// `PVMJRNL` and version 1.
+    static let fileHeader: [UInt8] = Array("PVMJRNL".utf8) + [1]
+    /// "PVJR" read as a little-endian u32.
+    static let recordMagic: UInt32 = 0x524A_5650
+    /// Bytes before a record's body.
+    static let recordHeaderSize = 12
+    /// Version of the body layout.
+    static let bodyVersion: UInt8 = 1
+    /// The largest body a reader accepts; a longer length field is damage, not data.
+    static let maxBodyLength = 1 << 30
+
+    /// Appends the framed record (header and body) to `buffer`; on failure `buffer` is unchanged.
+    static func append(_ record: JournalRecord, to buffer: inout [UInt8]) -> Bool {
+        let start = buffer.count
+        buffer.append(contentsOf: repeatElement(0, count: recordHeaderSize))
+        let success: Bool
+        let typeName: String
+        switch record.outcome {
+        case .success(let name, _):
+            success = true
+            typeName = name
+        case .failure(let name, _):
+            success = false
+            typeName = name
+        }
+        buffer.append(bodyVersion)
+        buffer.append(success ? 1 : 0)
+        putInteger(Int64(record.index), &buffer)
+        putInteger(record.key.value, &buffer)
+        guard let attempts = UInt32(exactly: max(record.attempts, 0)) else {
+            buffer.removeSubrange(start...)
+            return false
+        }
+        putInteger(attempts, &buffer)
+        putInteger(record.started.timeIntervalSince1970.bitPattern, &buffer)
+        putInteger(record.ended.timeIntervalSince1970.bitPattern, &buffer)
+        var ok = putString(typeName, &buffer)
+        switch record.outcome {
+        case .success(_, let value): ok = ok && putBytes(value, &buffer)
+        case .failure(_, let message): ok = ok && putString(message, &buffer)
+        }
+        ok = ok && putString(record.host, &buffer) && putString(record.task, &buffer)
+        let length = buffer.count - start - recordHeaderSize
+        guard ok, length <= maxBodyLength else {
+            buffer.removeSubrange(start...)
+            return false
+        }
+        let crc = buffer.withUnsafeBytes { raw in
+            CRC32.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + recordHeaderSize)...]))
+        }
+        buffer.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: recordMagic.littleEndian, toByteOffset: start, as: UInt32.self)
+            raw.storeBytes(of: UInt32(length).littleEndian, toByteOffset: start + 4, as: UInt32.self)
+            raw.storeBytes(of: crc.littleEndian, toByteOffset: start + 8, as: UInt32.self)
+        }
+        return true
+    }
+
+    @inline(__always)
+    private static func putInteger<T: FixedWidthInteger>(_ value: T, _ buffer: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { buffer.append(contentsOf: $0) }
+    }
+
+    private static func putString(_ string: String, _ buffer: inout [UInt8]) -> Bool {
+        var copy = string
+        return copy.withUTF8 { utf8 in
+            guard utf8.count <= maxBodyLength else { return false }
+            putInteger(UInt32(utf8.count), &buffer)
+            buffer.append(contentsOf: utf8)
+            return true
+        }
+    }
+
+    private static func putBytes(_ bytes: [UInt8], _ buffer: inout [UInt8]) -> Bool {
+        guard bytes.count <= maxBodyLength else { return false }
+        putInteger(UInt32(bytes.count), &buffer)
+        buffer.append(contentsOf: bytes)
+        return true
+    }
+
+    /// Decodes a body whose checksum already matched; nil when its layout is wrong.
+    static func decodeBody(_ body: UnsafeRawBufferPointer) -> JournalRecord? {
+        var reader = BodyReader(bytes: body)
+        guard let version = reader.byte(), version == bodyVersion, let flags = reader.byte(),
+            let index = reader.integer(Int64.self), let key = reader.integer(UInt64.self),
+            let attempts = reader.integer(UInt32.self), let started = reader.integer(UInt64.self),
+            let ended = reader.integer(UInt64.self), let typeName = reader.string(), let payload = reader.blob(),
+            let host = reader.string(), let task = reader.string(), reader.atEnd, let index = Int(exactly: index)
+        else { return nil }
+        let outcome: JournalRecord.Outcome =
+            flags & 1 != 0
+            ? .success(typeName: typeName, value: payload)
+            : .failure(typeName: typeName, message: String(decoding: payload, as: UTF8.self))
+        return JournalRecord(
+            index: index,
+            key: JobKey(value: key),
+            outcome: outcome,
+            attempts: Int(attempts),
+            host: host,
+            task: task,
+            started: Date(timeIntervalSince1970: Double(bitPattern: started)),
+            ended: Date(timeIntervalSince1970: Double(bitPattern: ended))
+        )
+    }
+
+    /// Reads a body's fields in order, checking every length against what is left.
+    private struct BodyReader {
+        let bytes: UnsafeRawBufferPointer
+        var offset = 0
+
+        var atEnd: Bool { offset == bytes.count }
+
+        mutating func byte() -> UInt8? {
+            guard offset < bytes.count else { return nil }
+            defer { offset += 1 }
+            return bytes[offset]
+        }
+
+        mutating func integer<T: FixedWidthInteger>(_ type: T.Type) -> T? {
+            let size = MemoryLayout<T>.size
+            guard bytes.count - offset >= size else { return nil }
+            defer { offset += size }
+            return T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+
+        mutating func blob() -> [UInt8]? {
+            guard let count = integer(UInt32.self).map(Int.init), bytes.count - offset >= count else { return nil }
+            defer { offset += count }
+            return Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]))
+        }
+
+        mutating func string() -> String? {
+            guard let count = integer(UInt32.self).map(Int.init), bytes.count - offset >= count else { return nil }
+            defer { offset += count }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]), as: UTF8.self)
+        }
+    }
+}

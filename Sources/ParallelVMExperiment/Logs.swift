@@ -1,0 +1,219 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// UTC timestamps in ISO 8601 with milliseconds, `2025-01-31T12:00:00.250Z`, made without a formatter
+/// object so that logging from several threads needs no shared state.
+enum Timestamp {
+    /// Now.
+    static func now() -> String { format(Date()) }
+
+    static func format(_ date: Date) -> String {
+        let seconds = date.timeIntervalSince1970
+        var whole = time_t(seconds.rounded(.down))
+        let millis = min(max(Int((seconds - Double(whole)) * 1000), 0), 999)
+        var parts = tm()
+        gmtime_r(&whole, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(width - digits.count, 0)) + digits
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis), 3))Z"
+    }
+}
+
+/// A text file that lines are appended to, one `write(2)` per line, so that a line is in the file as soon
+/// as the call returns and lines from several threads never interleave.
+final class LineFile: Sendable {
+    let path: String
+    private let experiment: String
+    private let subject: String
+    /// The descriptor, or nil once closed.
+    private let fd: Mutex<Int32?>
+
+    /// Opens (creating it when missing) the file `name` of the open folder `directory`.
+    init(directory: Int32, name: String, path: String, experiment: String, subject: String) throws(ExperimentError) {
+        self.path = path
+        self.experiment = experiment
+        self.subject = subject
+        let opened = try SystemCall.value("open") {
+            openat(directory, name, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        }.get("opened", experiment: experiment, path: path, subject: subject)
+        fd = Mutex(opened)
+    }
+
+    deinit { close() }
+
+    /// Appends `text` (whole lines, each ending in a newline) with one write.
+    func write(_ text: String) throws(ExperimentError) {
+        var bytes = text
+        let result: Result<Void, SystemCallError>? = fd.withLock { fd in
+            guard let fd else { return nil }
+            return bytes.withUTF8 { SystemCall.writeAll(fd, UnsafeRawBufferPointer($0)) }
+        }
+        guard let result else {
+            throw ExperimentError(.notOpen, experiment: experiment, path: path, reason: "is closed", subject: subject)
+        }
+        try result.get("appended to", experiment: experiment, path: path, subject: subject)
+    }
+
+    func close() {
+        fd.withLock { fd in
+            if let open = fd { SystemCall.close(open) }
+            fd = nil
+        }
+    }
+
+    /// `prefix` before each line of `message` (a message with newlines becomes several lines).
+    static func lines(_ message: String, prefix: String) -> String {
+        var text = ""
+        for line in message.split(separator: "\n", omittingEmptySubsequences: false) {
+            text += prefix
+            text += line
+            text += "\n"
+        }
+        return text
+    }
+}
+
+/// `experiment.log`: what the spawner distributed and when, one timestamped line per event.
+///
+/// Lines read `2025-01-31T12:00:00.250Z message`. Each line is written when it is logged (line
+/// buffered), so the log of a run that crashed ends at its last event.
+package final class ExperimentLog: Sendable {
+    private let file: LineFile
+
+    /// The log file.
+    package var path: String { file.path }
+
+    init(directory: Int32, name: String, path: String, experiment: String) throws(ExperimentError) {
+        file = try LineFile(
+            directory: directory,
+            name: name,
+            path: path,
+            experiment: experiment,
+            subject: "experiment log"
+        )
+    }
+
+    /// Appends `message` with the current time.
+    package func log(_ message: String) throws(ExperimentError) {
+        try file.write(LineFile.lines(message, prefix: Timestamp.now() + " "))
+    }
+
+    /// "job 3 sent to task 1:5 on host h".
+    package func jobSent(index: Int, task: String, host: String) throws(ExperimentError) {
+        try log("job \(index) sent to task \(task) on host \(host)")
+    }
+
+    /// "job 3 reused from the journal (key 0123…)".
+    package func jobReused(_ record: JournalRecord) throws(ExperimentError) {
+        try log("job \(record.index) reused from the journal (key \(record.key))")
+    }
+
+    /// "job 3 done in task 1:5 on host h after 0.012 s" or "job 3 failed ...: Type: message".
+    package func jobFinished(_ record: JournalRecord) throws(ExperimentError) {
+        let seconds = String(format: "%.3f", record.ended.timeIntervalSince(record.started))
+        let place = "in task \(record.task) on host \(record.host) after \(seconds) s (attempt \(record.attempts))"
+        switch record.outcome {
+        case .success: try log("job \(record.index) done \(place)")
+        case .failure(let typeName, let message):
+            try log("job \(record.index) failed \(place): \(typeName): \(message)")
+        }
+    }
+
+    func close() { file.close() }
+}
+
+/// `tasks/<task>.log`: one task session's log lines, standard output and standard error.
+///
+/// Lines read `2025-01-31T12:00:00.250Z [stdout] text`, with `[log]`, `[stdout]`, `[stderr]` or
+/// `[session]` telling where the text came from. Text is kept per stream until its line ends (or the log
+/// is closed), so a line written in pieces stays one line. A task name that recurs in a later run (task
+/// numbers restart) appends a new `[session]` header to the same file.
+package final class TaskLog: Sendable {
+    /// Where a piece of text came from.
+    package enum Stream: String, Sendable, CaseIterable {
+        case log, stdout, stderr
+    }
+
+    /// The task, as given.
+    package let task: String
+    private let file: LineFile
+    /// Text of each stream after its last newline.
+    private let partial: Mutex<[Stream: String]> = Mutex([:])
+
+    /// The log file.
+    package var path: String { file.path }
+
+    init(task: String, directory: Int32, name: String, path: String, experiment: String) throws(ExperimentError) {
+        self.task = task
+        file = try LineFile(directory: directory, name: name, path: path, experiment: experiment, subject: "task log")
+        try file.write(
+            "\(Timestamp.now()) [session] task \(task) logged by process \(getpid()) on host \(Paths.hostName())\n"
+        )
+    }
+
+    /// A log line of the task.
+    package func log(_ message: String) throws(ExperimentError) {
+        try file.write(LineFile.lines(message, prefix: "\(Timestamp.now()) [log] "))
+    }
+
+    /// Text the task wrote to `stream`; complete lines are written now, the rest when its line ends.
+    package func write(_ text: String, to stream: Stream) throws(ExperimentError) {
+        let complete: String? = partial.withLock { partial in
+            let joined = (partial[stream] ?? "") + text
+            guard let lastNewline = joined.lastIndex(of: "\n") else {
+                partial[stream] = joined
+                return nil
+            }
+            partial[stream] = String(joined[joined.index(after: lastNewline)...])
+            return String(joined[..<lastNewline])
+        }
+        if let complete {
+            try file.write(LineFile.lines(complete, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        }
+    }
+
+    /// Writes unfinished lines and closes the file.
+    package func close() throws(ExperimentError) {
+        let rest = partial.withLock { partial in
+            defer { partial.removeAll() }
+            return Stream.allCases.compactMap { stream in partial[stream].flatMap { $0.isEmpty ? nil : (stream, $0) } }
+        }
+        defer { file.close() }
+        for (stream, text) in rest {
+            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        }
+    }
+
+    /// The file name of `task`'s log: letters, digits, `-` and `.` stay, `:` becomes `_`, and every other
+    /// byte (`_` and `%` included) becomes `%XX`, so different tasks never share a file, no name is hidden
+    /// or climbs out of `tasks/`, and `1:5` reads as `1_5.log`. Nil for an empty name.
+    package static func fileName(for task: String) -> String? {
+        guard !task.isEmpty else { return nil }
+        var name = ""
+        for (position, byte) in task.utf8.enumerated() {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"):
+                name.append(Character(Unicode.Scalar(byte)))
+            case UInt8(ascii: ".") where position > 0:
+                name.append(".")
+            case UInt8(ascii: ":"):
+                name.append("_")
+            default:
+                let hex = String(byte, radix: 16, uppercase: true)
+                name += "%" + (hex.count == 1 ? "0" + hex : hex)
+            }
+        }
+        // A file name has at most 255 bytes: a long name keeps its start and gets a hash of the whole.
+        if name.utf8.count > 200 {
+            var hash = FNV1a64()
+            hash.combine(task)
+            name = String(name.prefix(180)) + "~" + JobKey(value: hash.value).description
+        }
+        return name + ".log"
+    }
+}

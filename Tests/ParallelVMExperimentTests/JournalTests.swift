@@ -1,0 +1,195 @@
+import Foundation
+import Glibc
+import ParallelVMCodec
+import Testing
+
+@testable import ParallelVMExperiment
+
+@Suite("Results journal: format, torn tails, corruption, reopening")
+struct JournalTests {
+    @Test("many records round-trip, in order, with every field")
+    func roundTrip() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        var policy = JournalWriter.Policy()
+        policy.maxRecords = 100
+        let writer = try JournalWriter(path: path, experiment: "t", policy: policy)
+        let records = (0..<5000).map {
+            Support.record($0, success: $0 % 7 != 0, value: Array(repeating: UInt8($0 & 0xFF), count: $0 % 50))
+        }
+        for record in records.prefix(2500) { try writer.append(record) }
+        try writer.append(contentsOf: records.dropFirst(2500))
+        try writer.close()
+        #expect(writer.statistics.records == 5000)
+        #expect(writer.statistics.writes >= 50)
+
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.problem == nil)
+        #expect(contents.ignoredBytes == 0)
+        #expect(contents.validLength == Support.fileSize(path))
+        #expect(contents.records == records)
+    }
+
+    @Test("a decoded value comes back through value(as:); a failure or another type throws")
+    func values() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        let encoded = try BinaryEncoder.encode(42)
+        var ok = Support.record(0, value: encoded)
+        ok.outcome = .success(typeName: _typeName(Int.self, qualified: true), value: encoded)
+        try writer.append(ok)
+        try writer.append(Support.record(1, success: false))
+        try writer.close()
+        let records = try JournalReader(path: path).read().records
+        #expect(try records[0].value(as: Int.self) == 42)
+        #expect(throws: JournalValueError.self) { try records[0].value(as: String.self) }
+        let failure = try #require(throws: JournalValueError.self) { try records[1].value(as: Int.self) }
+        #expect(failure.description.contains("Demo.Failure: job 1 failed"))
+    }
+
+    @Test("a record is in the file within the flush interval without any further append")
+    func backgroundFlush() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        defer { try? writer.close() }
+        let empty = Support.fileSize(path)
+        try writer.append(Support.record(0))
+        #expect(Support.eventually(within: 2) { Support.fileSize(path) > empty })
+        #expect(try JournalReader(path: path).read().records.count == 1)
+        #expect(Support.eventually(within: 2) { writer.statistics.syncs >= 1 })
+    }
+
+    @Test("a torn last record (the file cut mid-record) is ignored and the rest read")
+    func tornTail() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        for index in 0..<10 { try writer.append(Support.record(index)) }
+        try writer.close()
+        let full = Support.fileSize(path)
+        #expect(try JournalReader(path: path).read().records.count == 10)
+        for cut in [1, 5, 11, 12, 20] {
+            try Support.writeBytes(folder.sub("cut"), Array(try Support.readBytes(path).prefix(full - cut)))
+            let contents = try JournalReader(path: folder.sub("cut")).read()
+            #expect(contents.records.count == 9, "cut \(cut)")
+            #expect(contents.records == (0..<9).map { Support.record($0) })
+            guard case .tornTail? = contents.problem else {
+                Issue.record("cut \(cut): \(String(describing: contents.problem))")
+                continue
+            }
+            #expect(contents.ignoredBytes > 0)
+            #expect(contents.validLength + contents.ignoredBytes == full - cut)
+        }
+        // Zeros after the last record (a file system's crash artifact) are a torn tail too.
+        try Support.writeBytes(folder.sub("zeros"), try Support.readBytes(path) + [UInt8](repeating: 0, count: 4096))
+        let zeros = try JournalReader(path: folder.sub("zeros")).read()
+        #expect(zeros.records.count == 10)
+        #expect(zeros.ignoredBytes == 4096)
+        if case .tornTail? = zeros.problem {} else { Issue.record("\(String(describing: zeros.problem))") }
+    }
+
+    @Test("a bit flip in the last record's body is caught by the checksum")
+    func bitFlipInLastRecord() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        for index in 0..<3 { try writer.append(Support.record(index)) }
+        try writer.close()
+        var bytes = try Support.readBytes(path)
+        bytes[bytes.count - 3] ^= 0x10
+        try Support.writeBytes(path, bytes)
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.records.map(\.index) == [0, 1])
+        guard case .tornTail(_, let reason)? = contents.problem else {
+            Issue.record("\(String(describing: contents.problem))")
+            return
+        }
+        #expect(reason.contains("checksum"))
+    }
+
+    @Test("damage before the last record stops reading there and is reported as corruption")
+    func corruptionInTheMiddle() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        for index in 0..<6 { try writer.append(Support.record(index)) }
+        try writer.close()
+        let third = try recordOffsets(path)[2]
+        var bytes = try Support.readBytes(path)
+        bytes[third + JournalFormat.recordHeaderSize + 5] ^= 0xFF
+        try Support.writeBytes(path, bytes)
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.records.map(\.index) == [0, 1])
+        #expect(contents.problem == .corruption(offset: third, reason: "the body fails its CRC-32 checksum"))
+        #expect(contents.validLength == third)
+        // A writer refuses to append after hidden damage, saying what can be done.
+        let error = try #require(throws: ExperimentError.self) { try JournalWriter(path: path, experiment: "t") }
+        #expect(error.code == .corruptJournal)
+        #expect(error.description.contains("damaged at byte \(third)"))
+        #expect(error.description.contains("truncate it to \(third) bytes"))
+    }
+
+    @Test("reopening after a crash cuts off the torn tail, then appends cleanly")
+    func reopenAfterCrash() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let first = try JournalWriter(path: path, experiment: "t")
+        for index in 0..<4 { try first.append(Support.record(index)) }
+        try first.close()
+        let goodLength = Support.fileSize(path)
+        // Half of a fifth record, as a crash mid-write leaves it.
+        var torn: [UInt8] = []
+        _ = JournalFormat.append(Support.record(4), to: &torn)
+        try Support.writeBytes(path, try Support.readBytes(path) + torn.prefix(torn.count / 2))
+
+        let second = try JournalWriter(path: path, experiment: "t")
+        #expect(second.recovered.records.count == 4)
+        if case .tornTail? = second.recovered.problem {} else { Issue.record("no torn tail reported") }
+        #expect(Support.fileSize(path) == goodLength)
+        for index in 4..<8 { try second.append(Support.record(index)) }
+        try second.close()
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.problem == nil)
+        #expect(contents.records == (0..<8).map { Support.record($0) })
+    }
+
+    @Test("a journal whose header was cut short is started afresh; a foreign file is refused")
+    func headers() throws {
+        let folder = try TemporaryFolder()
+        try Support.writeBytes(folder.sub("short"), Array(JournalFormat.fileHeader.prefix(3)))
+        let writer = try JournalWriter(path: folder.sub("short"), experiment: "t")
+        try writer.append(Support.record(0))
+        try writer.close()
+        #expect(try JournalReader(path: folder.sub("short")).read().records.count == 1)
+
+        try Support.writeBytes(folder.sub("foreign"), Array("hello, this is not a journal".utf8))
+        #expect(throws: ExperimentError.self) { try JournalWriter(path: folder.sub("foreign"), experiment: "t") }
+    }
+
+    @Test("an append after close is refused")
+    func closed() throws {
+        let folder = try TemporaryFolder()
+        let writer = try JournalWriter(path: folder.sub("journal"), experiment: "t")
+        try writer.close()
+        let error = try #require(throws: ExperimentError.self) { try writer.append(Support.record(0)) }
+        #expect(error.code == .notOpen)
+    }
+
+    /// Offsets of every record in a journal file.
+    private func recordOffsets(_ path: String) throws -> [Int] {
+        let bytes = try Support.readBytes(path)
+        var offsets: [Int] = []
+        var offset = JournalFormat.fileHeader.count
+        while offset < bytes.count {
+            offsets.append(offset)
+            let length =
+                Int(bytes[offset + 4]) | Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]) << 16 | Int(
+                    bytes[offset + 7]
+                ) << 24
+            offset += JournalFormat.recordHeaderSize + length
+        }
+        return offsets
+    }
+}
