@@ -74,7 +74,9 @@ enum Startup {
         let logger = logger ?? Logger(label: "ParallelVM")
 
         guard launchedByMPI(environment) else {
-            return .spawner(Spawner.alone(functions: table, logger: logger, isolation: isolation))
+            let spawner = Spawner.alone(functions: table, logger: logger, isolation: isolation)
+            Interrupts.install { spawner.interrupted($0) }
+            return .spawner(spawner)
         }
 
         tuneAllocatorForLargeMessages(environment)
@@ -95,10 +97,20 @@ enum Startup {
             let transport = Transport(communicator: communicator, waitPolicy: policy, tracksSpawnerArrivals: true)
             switch isolation.kind {
             case .process:
-                return .supervisor(
-                    TaskSupervisor(transport: transport, host: host, doorbell: doorbell, memoryLimit: isolation.memoryLimit)
+                let supervisor = TaskSupervisor(
+                    transport: transport,
+                    host: host,
+                    doorbell: doorbell,
+                    memoryLimit: isolation.memoryLimit
                 )
+                Interrupts.install { supervisor.interruptedBySignal($0) }
+                return .supervisor(supervisor)
             case .inProcess:
+                // The task runs on the worker loop's thread and cannot be stopped: end the process.
+                Interrupts.install { interrupt in
+                    fflush(nil)
+                    _exit(interrupt.exitStatus)
+                }
                 return .worker(
                     Worker(transport: transport, host: host, functions: table, doorbell: doorbell, setup: setup)
                 )
@@ -117,6 +129,7 @@ enum Startup {
         atexit {
             Startup.runningSpawner?.finalizeAtExit()
         }
+        Interrupts.install { spawner.interrupted($0) }
         return .spawner(spawner)
     }
 

@@ -368,6 +368,19 @@ public final class VM: Sendable {
         return merged
     }
 
+    // MARK: - Interrupts
+
+    /// Registers `handler` to run when the run is interrupted: SIGINT or SIGTERM to this program, to mpirun
+    /// or to the whole process group (Ctrl-C, `kill`, Slurm's scancel and walltime).
+    ///
+    /// The VM then runs the handlers, in the order they were registered, on a thread of its own (keep them
+    /// short: save what you have); then every worker ends its task process and everything it started and
+    /// removes its task folder, and the program exits with status 128 plus the signal number (130 or 143).
+    /// A second signal ends the program at once.
+    public func onInterrupt(_ handler: @escaping @Sendable (Interrupt) -> Void) {
+        spawner.onInterrupt(handler)
+    }
+
     // MARK: - Finalize
 
     /// Asks every worker to leave its loop, then finalizes MPI. Every process then exits 0. Calling it again

@@ -97,3 +97,78 @@ struct FaultTests {
         #expect(output.value("newPidAfterCrash") == "true")
     }
 }
+
+/// Interrupts sent for real to the spawner, to mpirun and to the whole process group, while tasks with
+/// storage folders run: the run ends within 10 s with 128 + the signal, nothing is left running, and no
+/// task folder is left.
+@Suite(.serialized)
+struct InterruptTests {
+    static let cases = ["spawner:INT", "spawner:TERM", "mpirun:INT", "mpirun:TERM", "group:INT", "group:TERM"]
+
+    @Test(arguments: InterruptTests.cases)
+    func anInterruptEndsTheRunCleanly(target: String) throws {
+        let parts = target.split(separator: ":")
+        let signal = parts[1] == "INT" ? SIGINT : SIGTERM
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-interrupt-\(UUID().uuidString)")
+        let share = root.appendingPathComponent("share")
+        let source = share.appendingPathComponent("input")
+        let local = root.appendingPathComponent("local")
+        try FileManager.default.createDirectory(at: source, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: local, withIntermediateDirectories: true)
+        try Data("data".utf8).write(to: source.appendingPathComponent("a.txt"))
+        defer { try? FileManager.default.removeItem(at: root) }
+
+        let observed = Observed()
+        let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        let output = try MPIRun.run(
+            script,
+            ["-n", "3", MPIRun.scenarios, "interrupt", source.path],
+            environment: ["PARALLEL_MIRRORED_STORAGE": share.path, "PARALLEL_LOCAL_STORAGE": local.path],
+            timeout: 60
+        ) { mpirun, marker, stdout in
+            guard let pidText = MPIRun.waitForLine("pid=", in: stdout, timeout: 30),
+                MPIRun.waitForLine("ready=", in: stdout, timeout: 30) != nil, let spawner = Int32(pidText)
+            else { return }
+            switch parts[0] {
+            case "spawner": kill(spawner, signal)
+            case "mpirun": kill(mpirun, signal)
+            default:
+                // The launcher runs mpirun in a process group of its own; never signal the test's own group.
+                let group = getpgid(mpirun)
+                guard group > 0, group != getpgid(0) else { return }
+                kill(-group, signal)
+            }
+            observed.set(marker: marker, sent: Date())
+        }
+        let (marker, sent) = observed.get()
+        let sentAt = try #require(sent, "the scenario never got ready: \(output)")
+        #expect(!output.timedOut, "\(output)")
+        #expect(output.status == 128 + signal, "\(output)")
+        #expect(Date().timeIntervalSince(sentAt) < 10, "\(output)")
+        #expect(output.value("tasks") == "2", "\(output)")
+        #expect(output.value("notInterrupted") == nil)
+        if parts[0] != "mpirun" {
+            // The program observed the interrupt before the VM ended it.
+            #expect(output.value("interrupted") == (signal == SIGINT ? "SIGINT" : "SIGTERM"), "\(output)")
+        }
+        // Nothing of the run is left: no rank, no task process, no sleeper.
+        usleep(300_000)
+        #expect(MPIRun.processes(marked: marker ?? "").isEmpty, "left running: \(MPIRun.processes(marked: marker ?? ""))")
+        // No task folder is left in local storage.
+        let users = (try? FileManager.default.contentsOfDirectory(atPath: local.path)) ?? []
+        for user in users {
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: local.appendingPathComponent(user).path)) ?? []
+            #expect(left.isEmpty, "left in local storage: \(left)")
+        }
+    }
+}
+
+/// What the interrupting thread saw, for the test to read after the run.
+final class Observed: @unchecked Sendable {
+    // Invariant for @unchecked Sendable: the fields are only touched while holding `lock`.
+    private let lock = NSLock()
+    private var marker: String?
+    private var sent: Date?
+    func set(marker: String, sent: Date) { lock.withLock { (self.marker, self.sent) = (marker, sent) } }
+    func get() -> (String?, Date?) { lock.withLock { (marker, sent) } }
+}

@@ -186,6 +186,19 @@ let faultScenarios: [String: Scenario] = [
         report("seconds", Date().timeIntervalSince(started))
     },
 
+    // Tasks with storage folders run until the run is interrupted from outside.
+    "interrupt": { vm, arguments in
+        let storageVM = try VM(mirrorMap: [arguments[0]: "."])
+        vm.onInterrupt { interrupt in report("interrupted", interrupt) }
+        let tasks = try storageVM.spawnFunction(sleeper, args: 60)
+        usleep(800_000)
+        report("tasks", tasks.count)
+        report("pid", getpid())
+        report("ready", 1)
+        while try vm.receiveMessage(timeout: 120) != nil {}
+        report("notInterrupted", 1)
+    },
+
     // The setup function runs once per task process, and again in the one that replaces a crashed one.
     "setup": { vm, _ in
         var probes: [[Int]] = []

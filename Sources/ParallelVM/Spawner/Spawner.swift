@@ -29,6 +29,8 @@ final class Spawner: Sendable {
         var logger: Logger
         /// Exits of tasks whose result (which also ended them) has been handed out: each follows its result.
         var endedTasks: [(task: TaskID, sentAt: Double)] = []
+        /// What the program asked to run when the run is interrupted, in registration order.
+        var interruptHandlers: [@Sendable (Interrupt) -> Void] = []
     }
     private let state: Mutex<State>
 
@@ -205,7 +207,8 @@ final class Spawner: Sendable {
             )
         }
         let knownTasks = withBook { $0.nextTaskNumber }
-        ringDoorbell(of: destination.slot)
+        // A worker rank supervising a task process may wait on its doorbell while its task runs.
+        if isolation.kind == .process { ringDoorbell(of: destination.slot, always: true) }
         try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: transport)
     }
 
@@ -230,7 +233,7 @@ final class Spawner: Sendable {
                     case .taskResult: accept(.result, envelope.sourceID)
                     case .taskExit: accept(.exit, envelope.sourceID)
                     case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
-                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder: false
+                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck: false
                     }
                 },
                 idleWait: idleWait
@@ -255,7 +258,7 @@ final class Spawner: Sendable {
             case .user:
                 guard envelope.destinationTask == 0 else { continue }
                 return .user(source, try UserFrame.message(from: envelope))
-            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder:
+            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck:
                 continue
             }
         }
@@ -352,6 +355,40 @@ final class Spawner: Sendable {
         guard let transport else { return }
         ringDoorbell(of: task.slot, always: true)
         try KillRequest.send(task: task.number, over: transport, to: task.slot)
+    }
+
+    // MARK: - Interrupts
+
+    func onInterrupt(_ handler: @escaping @Sendable (Interrupt) -> Void) {
+        state.withLock { $0.interruptHandlers.append(handler) }
+    }
+
+    /// Ends an interrupted run: the program's handlers first, then every worker ends its task process and
+    /// removes its task folder, then this process exits with 128 plus the signal number.
+    func interrupted(_ interrupt: Interrupt) -> Never {
+        for handler in state.withLock({ $0.interruptHandlers }) { handler(interrupt) }
+        if let transport, size > 1 {
+            var waiting = Set<Int>()
+            for worker in 1..<size {
+                ringDoorbell(of: worker, always: true)
+                if (try? InterruptNotice.send(signal: interrupt.signal, over: transport, to: worker)) != nil {
+                    waiting.insert(worker)
+                }
+            }
+            // Workers mpirun already stopped do not answer: wait a bounded time only.
+            let deadline = (try? Deadline(timeout: 5, for: "interrupt")) ?? .now
+            while !waiting.isEmpty,
+                let envelope = try? transport.receive(
+                    until: deadline,
+                    matching: { $0.kind == .interruptAck },
+                    idleWait: nil
+                )
+            {
+                waiting.remove(envelope.sourceRank)
+            }
+        }
+        fflush(nil)
+        _exit(interrupt.exitStatus)
     }
 
     // MARK: - Finalize

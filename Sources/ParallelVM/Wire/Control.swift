@@ -141,3 +141,17 @@ struct TaskFolderNote {
         persistent = try reader.readBool()
     }
 }
+
+/// Spawner to worker, and back: the run was interrupted by `signal`; the worker answers once its task
+/// process is ended and its task folder removed.
+enum InterruptNotice {
+    static func send(signal: Int32, over transport: any FrameLink, to rank: Int) throws(VMError) {
+        try transport.send(WireWriter(kind: .interrupt, sourceTask: 0, destinationTask: Int(signal)).bytes, to: rank)
+    }
+
+    static func acknowledge(over transport: any FrameLink) throws(VMError) {
+        try transport.send(WireWriter(kind: .interruptAck, sourceTask: 0, destinationTask: 0).bytes, to: 0)
+    }
+
+    static func signal(of envelope: Envelope) -> Int32 { Int32(truncatingIfNeeded: envelope.destinationTask) }
+}

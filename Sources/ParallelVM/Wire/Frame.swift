@@ -37,6 +37,10 @@ enum MessageKind: UInt8 {
     /// Task process to its worker rank, never forwarded: the task's storage folder, removed by the worker
     /// should the task process die with it.
     case taskFolder = 12
+    /// Spawner to worker: the run was interrupted; end the task process, remove its folder, answer, exit.
+    case interrupt = 13
+    /// Worker to spawner: done with an interrupt.
+    case interruptAck = 14
 }
 
 enum Wire {

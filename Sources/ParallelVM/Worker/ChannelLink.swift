@@ -1,3 +1,4 @@
+import Glibc
 import ParallelVMProcess
 import Synchronization
 
@@ -33,10 +34,28 @@ final class ChannelLink: FrameLink {
     }
 
     /// Reads one frame from the channel, waiting up to `seconds` (nil: without end).
+    ///
+    /// It looks without blocking for the spin time first, as the ranks do: waking a process blocked in the
+    /// kernel costs tens of microseconds, more than a trivial task.
     private func read(waiting seconds: Double?) throws(VMError) -> Envelope? {
         let bytes: [UInt8]?
         do {
-            bytes = try channel.receive(timeout: seconds.map { .nanoseconds(Int64($0 * 1e9)) })
+            var found: [UInt8]? = nil
+            if seconds.map({ $0 > 0 }) ?? true, !waitPolicy.spin.isZero {
+                let spinUntil = monotonicSeconds() + min(waitPolicy.spin.isInfinite ? 0.002 : waitPolicy.spin, seconds ?? .infinity)
+                var polls = 0
+                while found == nil {
+                    found = try channel.receive(timeout: .zero)
+                    polls += 1
+                    if polls & 15 == 0, monotonicSeconds() >= spinUntil { break }
+                    if found == nil { sched_yield() }
+                }
+            }
+            if let found {
+                bytes = found
+            } else {
+                bytes = try channel.receive(timeout: seconds.map { .nanoseconds(Int64($0 * 1e9)) })
+            }
         } catch {
             throw VMError(.mpi, "the worker rank supervising this task process is gone: \(error)", underlying: error)
         }

@@ -4,6 +4,7 @@ import Logging
 import MPI
 import ParallelVMProcess
 import ParallelVMStorage
+import Synchronization
 
 /// A worker rank under process isolation: it runs no user code itself. Its task process, a child started
 /// from the same program, runs the tasks (a ``Worker`` over a ``ChannelLink``), and this rank relays frames
@@ -49,6 +50,8 @@ final class TaskSupervisor: @unchecked Sendable {
     private var spawnerDoorbell: (pid: Int32, token: UInt64)?
     /// Task processes that would not start in a row; past a few, spawn requests fail at once.
     private var failedStarts = 0
+    /// A signal this rank received, for the loop to act on (set by the interrupt thread).
+    private let signalled = Mutex<Interrupt?>(nil)
 
     init(transport: Transport, host: HostID, doorbell: Doorbell?, memoryLimit: Int?) {
         self.transport = transport
@@ -92,6 +95,7 @@ final class TaskSupervisor: @unchecked Sendable {
                 progressed = true
             }
             if finalizeRequested, running == nil { finish() }
+            if let interrupt = signalled.withLock({ $0 }) { stop(interrupt, acknowledge: false) }
             if progressed {
                 backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
             } else {
@@ -133,6 +137,32 @@ final class TaskSupervisor: @unchecked Sendable {
             exit(1)
         }
         exit(0)
+    }
+
+    // MARK: - Interrupts
+
+    /// Called on the interrupt thread: the loop ends the run at its next turn (within its 10 ms bound).
+    func interruptedBySignal(_ interrupt: Interrupt) -> Never {
+        signalled.withLock { $0 = interrupt }
+        // The loop exits the process; this thread only waits for it.
+        while true { sleep(60) }
+    }
+
+    /// Ends the task process and whatever it started, removes the running task's folder, and exits with
+    /// 128 plus the signal number, telling the spawner first when it asked.
+    private func stop(_ interrupt: Interrupt, acknowledge: Bool) -> Never {
+        writer?.stop()
+        if let child {
+            child.killGroup()
+            _ = try? child.wait()
+        }
+        _ = ChildProcess.reapOrphans()
+        if let folder = running?.folder, !folder.persistent {
+            _ = PreparedStorage.removeAbandoned(folder: folder.path)
+        }
+        if acknowledge { try? InterruptNotice.acknowledge(over: transport) }
+        fflush(nil)
+        _exit(interrupt.exitStatus)
     }
 
     // MARK: - The task process
@@ -349,13 +379,15 @@ final class TaskSupervisor: @unchecked Sendable {
             }
         case .finalize:
             finalizeRequested = true
+        case .interrupt:
+            stop(Interrupt(signal: InterruptNotice.signal(of: envelope)), acknowledge: true)
         case .welcome:
             guard doorbell != nil, let welcome = try? Welcome(envelope), welcome.host == host else { return }
             doorbellArmed = true
             if welcome.doorbell != 0 { spawnerDoorbell = (welcome.pid, welcome.doorbell) }
         case .user, .clearStorage:
             send(toChild: envelope)
-        case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder:
+        case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder, .interruptAck:
             log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
         }
     }

@@ -122,7 +122,7 @@ final class Worker: @unchecked Sendable {
                 }
             case .user:
                 log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
-            case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder:
+            case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder, .interrupt, .interruptAck:
                 log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
             }
         }

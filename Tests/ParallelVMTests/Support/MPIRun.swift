@@ -96,7 +96,8 @@ enum MPIRun {
         _ program: String,
         _ arguments: [String],
         environment: [String: String] = [:],
-        timeout: Double
+        timeout: Double,
+        during: (@Sendable (_ pid: Int32, _ marker: String, _ stdout: URL) -> Void)? = nil
     ) throws -> RunOutput {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "parallelvm-run-\(UUID().uuidString)"
@@ -128,6 +129,10 @@ enum MPIRun {
         process.terminationHandler = { _ in done.signal() }
         let start = Date()
         try process.run()
+        if let during {
+            let pid = process.processIdentifier
+            Thread.detachNewThread { during(pid, marker, outURL) }
+        }
         var timedOut = false
         if done.wait(timeout: .now() + timeout) == .timedOut {
             timedOut = true
@@ -176,5 +181,33 @@ enum MPIRun {
             if line.split(separator: 0).map(Array.init) == wanted { return true }
         }
         return false
+    }
+
+    /// The live processes whose environment holds `PARALLELVM_TEST_RUN=marker` (zombies excluded).
+    static func processes(marked marker: String) -> [Int32] {
+        let needle = Array("PARALLELVM_TEST_RUN=\(marker)".utf8)
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry in
+            guard let pid = Int32(entry), pid != getpid(),
+                let environment = FileManager.default.contents(atPath: "/proc/\(entry)/environ"),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                stat.split(separator: ")").last?.split(separator: " ").first != "Z"
+            else { return nil }
+            return environment.split(separator: 0).contains { Array($0) == needle } ? pid : nil
+        }
+    }
+
+    /// Waits until the file at `url` holds a line starting with `prefix`; returns that line's value.
+    static func waitForLine(_ prefix: String, in url: URL, timeout: Double) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let text = try? String(contentsOf: url, encoding: .utf8),
+                let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) })
+            {
+                return String(line.dropFirst(prefix.count))
+            }
+            usleep(20_000)
+        }
+        return nil
     }
 }
