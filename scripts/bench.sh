@@ -4,6 +4,18 @@
 # table: the Swift figure, the C figure and their ratio per row (medians over the rounds; each program
 # already reports medians of its own repetitions).
 #
+# Isolation: every row is measured with VM(..., isolation: .inProcess) (BENCH_ISOLATION=inProcess, given to
+# every rank with mpirun -x), so that it stays comparable with figures from before task processes. The rows
+# tasks_spawn_isolated_w1, tasks_spawn_isolated_w2, tasks_dispatch_isolated_w2 and
+# tasks_dispatch_chunked_isolated_w2 are measured with BENCH_ISOLATION=process (tasks in supervised task
+# processes), in the same round right after the in-process run of the same ranks and its C task farm.
+#
+# How each ratio is formed (every figure is first the median over the rounds):
+#   ratio: Swift figure / C figure of the row's reference (for tasks_*: the C task farm, same workers).
+#   vs in-process (isolated rows only): isolated figure / in-process figure of the same kind and workers,
+#     e.g. tasks_spawn_isolated_w2 / tasks_spawn_w2. The targets: at least 0.5 without chunks (isolation
+#     costs at most half the in-process rate), at least 0.9 with chunks of 100 (at most 10%).
+#
 # Usage: scripts/bench.sh [--json FILE] [--rounds N]
 #   BENCH_TASKS (default 5000): tasks per throughput run; the chunked dispatch runs 10 times as many.
 #   BENCH_IDLE (default 5): seconds an idle worker waits while its CPU time is measured.
@@ -72,18 +84,21 @@ record() {
 for round in $(seq 1 "$rounds"); do
   echo "round $round of $rounds..." >&2
   record ref "" mpi -n 2 bench/c/bin/pingpong
-  record swift "" mpi -n 2 -x PARALLELVM_WAIT= "$swift_bin" latency
+  record swift "" mpi -n 2 -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" latency
   for ranks in 2 3; do
     record ref "" mpi -n "$ranks" bench/c/bin/taskfarm $((tasks * 20))
-    record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= "$swift_bin" tasks "$tasks"
+    record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" tasks "$tasks"
+    # With one worker only spawnFunction is measured isolated; with two, every kind.
+    if [ "$ranks" = 2 ]; then kinds=(spawn); else kinds=(spawn dispatch dispatch_chunked); fi
+    record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= -x BENCH_ISOLATION=process "$swift_bin" tasks "$tasks" "${kinds[@]}"
   done
   record ref "" mpi -n 2 bench/c/bin/idle "$idle"
-  record swift "" mpi -n 2 -x PARALLELVM_WAIT= "$swift_bin" idle "$idle"
-  record swift "lowidle_" mpi -n 2 -x PARALLELVM_WAIT="$low_idle" "$swift_bin" idle "$idle"
-  record swift "busy_" mpi -n 2 -x PARALLELVM_WAIT=busy "$swift_bin" idle "$idle"
+  record swift "" mpi -n 2 -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" idle "$idle"
+  record swift "lowidle_" mpi -n 2 -x PARALLELVM_WAIT="$low_idle" -x BENCH_ISOLATION=inProcess "$swift_bin" idle "$idle"
+  record swift "busy_" mpi -n 2 -x PARALLELVM_WAIT=busy -x BENCH_ISOLATION=inProcess "$swift_bin" idle "$idle"
   # Mirroring: the VM (cold: first task; warm: a later task of a persistentStorage VM), tar c | tar x, cp -r.
   rm -rf "$local_storage" && mkdir -p "$local_storage"
-  mirror_env=(-x PARALLELVM_WAIT= -x PARALLEL_MIRRORED_STORAGE="$data/data" -x PARALLEL_LOCAL_STORAGE="$local_storage")
+  mirror_env=(-x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess -x PARALLEL_MIRRORED_STORAGE="$data/data" -x PARALLEL_LOCAL_STORAGE="$local_storage")
   record swift "" mpi -n 2 "${mirror_env[@]}" "$swift_bin" mirror small "$data/data/small" warm
   record swift "" mpi -n 2 "${mirror_env[@]}" "$swift_bin" mirror large "$data/data/large"
   for set in small large; do
@@ -115,7 +130,7 @@ def medians(path):
 
 swift, ref = medians(swift_file), medians(ref_file)
 sizes = [0, 8, 1000, 100000, 1000000, 10000000]
-# name, unit, Swift figure, reference figure, what the reference is
+# name, unit, Swift figure, reference figure, what the reference is[, in-process figure, target]
 rows = []
 for size in sizes:
     rows.append((f"latency_{size}", "us", swift.get(f"latency_{size}"), ref.get(f"latency_{size}"), "C ping-pong"))
@@ -126,6 +141,12 @@ for size in sizes:
 for workers in (1, 2):
     for kind in ("spawn", "dispatch", "dispatch_chunked"):
         rows.append((f"tasks_{kind}_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_w{workers}"), ref.get(f"tasks_w{workers}"), "C task farm"))
+# Process isolation, against the C task farm and against the in-process row of the same kind.
+for kind, workers in (("spawn", 1), ("spawn", 2), ("dispatch", 2), ("dispatch_chunked", 2)):
+    target = 0.9 if kind == "dispatch_chunked" else 0.5
+    rows.append((f"tasks_{kind}_isolated_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_isolated_w{workers}"),
+                 ref.get(f"tasks_w{workers}"), f"C task farm; in-process: tasks_{kind}_w{workers}, target >= {target}",
+                 swift.get(f"tasks_{kind}_w{workers}"), target))
 rows += [
     ("mirror_small_cold", "s", swift.get("mirror_small_cold"), ref.get("mirror_small"), "tar c | tar x"),
     ("mirror_small_warm", "s", swift.get("mirror_small_warm"), ref.get("mirror_small"), "tar c | tar x"),
@@ -147,19 +168,26 @@ rows += [
 def ratio(s, r):
     return None if s is None or r is None or r == 0 else s / r
 
-table = [{"name": n, "unit": u, "swift": s, "reference": r, "ratio": ratio(s, r), "reference_is": what}
-         for n, u, s, r, what in rows if s is not None or r is not None]
+table = []
+for n, u, s, r, what, *isolated in rows:
+    if s is None and r is None:
+        continue
+    row = {"name": n, "unit": u, "swift": s, "reference": r, "ratio": ratio(s, r), "reference_is": what}
+    if isolated:
+        inprocess, target = isolated
+        row.update({"inprocess": inprocess, "ratio_inprocess": ratio(s, inprocess), "target_inprocess": target})
+    table.append(row)
 
 def fmt(x, digits=3):
     if x is None:
         return "-"
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
 
-print(f"{'row':38} {'unit':8} {'swift':>12} {'C':>12} {'ratio':>8}  reference")
+print(f"{'row':38} {'unit':8} {'swift':>12} {'C':>12} {'ratio':>8} {'vs in-proc':>10}  reference")
 for row in table:
     print(f"{row['name']:38} {row['unit']:8} {fmt(row['swift'], 4):>12} {fmt(row['reference'], 4):>12} "
-          f"{fmt(row['ratio'], 3):>8}  {row['reference_is']}")
-print(note)
+          f"{fmt(row['ratio'], 3):>8} {fmt(row.get('ratio_inprocess'), 3):>10}  {row['reference_is']}")
+print(f"note: {note}")
 if json_file:
     with open(json_file, "w") as f:
         json.dump({"rows": table, "notes": [note]}, f, indent=2)

@@ -2,9 +2,14 @@
 // runs this program under mpirun; workers stay inside `VM(...)`.
 // It prints one `name value` line per figure; scripts/bench.sh runs it next to the C references in
 // bench/c/ and prints the table.
+// BENCH_ISOLATION=inProcess (the default) or process decides the isolation of the VM, read on every rank
+// before the first VM is made (pass it to every rank with mpirun's -x). With process isolation the task
+// rows are named tasks_<kind>_isolated_w<workers>; the other modes measure the worker rank itself and run
+// in-process only.
 //
 //   vm-bench latency [SIZE...]  one-way latency (µs) and bandwidth (MB/s), 2 ranks
-//   vm-bench tasks N          trivial-task throughput (tasks/s): spawnFunction, dispatch, chunked dispatch
+//   vm-bench tasks N [KIND...]  trivial-task throughput (tasks/s) of the kinds spawn (spawnFunction),
+//                             dispatch and dispatch_chunked (chunks of 100); default: all three
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
 //   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
 
@@ -182,18 +187,29 @@ func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async ret
     return median(rates)
 }
 
-func tasks(_ vm: VM, _ n: Int) async throws {
-    let workers = vm.slots() - 1
-    emit("tasks_spawn_w\(workers)", try await rate(repetitions: 5, n) { try spawnFarm(vm, n) })
-    emit(
-        "tasks_dispatch_w\(workers)",
-        try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) }
-    )
-    let chunked = 10 * n
-    emit(
-        "tasks_dispatch_chunked_w\(workers)",
-        try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
-    )
+/// The task throughput rows of `kinds` (spawn, dispatch, dispatch_chunked), named with `isolated_` before the
+/// number of workers when the VM runs tasks in task processes.
+func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
+    let suffix = (isolated ? "isolated_" : "") + "w\(vm.slots() - 1)"
+    for kind in kinds {
+        switch kind {
+        case "spawn":
+            emit("tasks_spawn_\(suffix)", try await rate(repetitions: 5, n) { try spawnFarm(vm, n) })
+        case "dispatch":
+            emit(
+                "tasks_dispatch_\(suffix)",
+                try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) }
+            )
+        case "dispatch_chunked":
+            let chunked = 10 * n
+            emit(
+                "tasks_dispatch_chunked_\(suffix)",
+                try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
+            )
+        default:
+            fatalError("unknown task kind '\(kind)': spawn, dispatch or dispatch_chunked")
+        }
+    }
 }
 
 /// utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15).
@@ -281,14 +297,35 @@ func mirror(_ source: String, name: String, warm: Bool) throws {
     if warm { emit("mirror_\(name)_warm", median(try (0..<5).map { _ in try timedTask(mirrored) })) }
 }
 
-let vm = try VM(functions: [bounce, double, processID])
+// Every rank reads the same setting before its first VM: all ranks must create it with the same isolation.
+let isolated: Bool
+switch ProcessInfo.processInfo.environment["BENCH_ISOLATION"] ?? "" {
+case "", "inProcess": isolated = false
+case "process": isolated = true
+case let other:
+    FileHandle.standardError.write(
+        Data("vm-bench: BENCH_ISOLATION must be inProcess or process, not '\(other)'\n".utf8)
+    )
+    exit(2)
+}
 let arguments = Array(CommandLine.arguments.dropFirst())
+if isolated, arguments.first != "tasks" {
+    // The other modes measure the worker rank itself (its CPU time, its wake-up) and stay comparable as they are.
+    FileHandle.standardError.write(Data("vm-bench: BENCH_ISOLATION=process applies to the tasks mode only\n".utf8))
+    exit(2)
+}
+let vm = try VM(functions: [bounce, double, processID], isolation: isolated ? .process : .inProcess)
 switch arguments.first {
 case "latency":
     let sizes = arguments.dropFirst().compactMap { Int($0) }
     try latency(vm, sizes: sizes.isEmpty ? [0, 8, 1_000, 100_000, 1_000_000, 10_000_000] : sizes)
 case "tasks":
-    try await tasks(vm, arguments.count > 1 ? Int(arguments[1])! : 20_000)
+    try await tasks(
+        vm,
+        arguments.count > 1 ? Int(arguments[1])! : 20_000,
+        kinds: arguments.count > 2 ? Array(arguments.dropFirst(2)) : ["spawn", "dispatch", "dispatch_chunked"],
+        isolated: isolated
+    )
 case "idle":
     try idle(vm, arguments.count > 1 ? Double(arguments[1])! : 5)
 case "mirror":
@@ -296,7 +333,7 @@ case "mirror":
     try mirror(arguments[2], name: arguments[1], warm: arguments.count > 3)
 default:
     FileHandle.standardError.write(
-        Data("usage: vm-bench latency [SIZE...] | tasks N | idle SECONDS | mirror NAME PATH [warm]\n".utf8)
+        Data("usage: vm-bench latency [SIZE...] | tasks N [KIND...] | idle SECONDS | mirror NAME PATH [warm]\n".utf8)
     )
     try vm.finalize()
     exit(2)
