@@ -18,6 +18,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(storageScenarios) { first, _ in first }
     .merging(logScenarios) { first, _ in first }
     .merging(edgeScenarios) { first, _ in first }
+    .merging(clusterScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -30,7 +31,8 @@ if ProcessInfo.processInfo.environment["SCENARIO_LOG_CAPTURE"] != nil {
     LoggingSystem.bootstrap { _ in CapturingLogHandler() }
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
-let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions, debug: debug)
+let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
+    + clusterFunctions, debug: debug)
 try scenario(vm, Array(arguments.dropFirst()))
 if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
     try vm.finalize()
