@@ -14,6 +14,7 @@
 #   scripts/sim-cluster.sh hostfile                  print the hostfile
 #   scripts/sim-cluster.sh status                    say whether the cluster is up and list its hosts
 #   scripts/sim-cluster.sh down                      remove every host, the bridge and the state
+#   scripts/sim-cluster.sh check                     install what is missing; say why hosts cannot be made here
 #
 # Each host's login environment (what a remote shell on it starts with) is in STATE/HOST/env; it sets
 # PARALLEL_MIRRORED_STORAGE and SIM_CLUSTER_SHARE to the host's own path of the shared folder. The program
@@ -78,6 +79,19 @@ while :; do
   wait $! || true
 done
 EOF
+}
+
+# Whether this machine lets us make the hosts; prints the reason and fails when not.
+check() {
+  [ "$(id -u)" = 0 ] || { echo "not root: namespaces, mounts and network devices need root"; return 1; }
+  require_tools
+  unshare --net --uts --ipc --mount --pid --fork --propagation private true 2>/dev/null ||
+    { echo "cannot create network, UTS, IPC, mount and PID namespaces here (unshare refused)"; return 1; }
+  unshare --net sh -c 'ip link add sim-probe0 type veth peer name sim-probe1 && ip link add sim-probe2 type bridge' \
+    2>/dev/null || { echo "cannot create veth pairs or bridges in a network namespace here"; return 1; }
+  mkdir -p /media
+  unshare --mount --propagation private sh -c 'mount -t tmpfs sim-probe /media' 2>/dev/null ||
+    { echo "cannot mount inside a mount namespace here"; return 1; }
 }
 
 up() {
@@ -195,6 +209,7 @@ case $command in
   up) up "$@" ;;
   down) down ;;
   run) run "$@" ;;
+  check) check ;;
   exec)
     [ $# -ge 2 ] || die "usage: $0 exec HOST COMMAND..."
     exec_on "$@"
