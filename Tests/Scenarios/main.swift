@@ -31,8 +31,11 @@ if ProcessInfo.processInfo.environment["SCENARIO_LOG_CAPTURE"] != nil {
     LoggingSystem.bootstrap { _ in CapturingLogHandler() }
 }
 let debug = Int(ProcessInfo.processInfo.environment["SCENARIO_DEBUG"] ?? "0") ?? 0
-let vm = try VM(functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-    + clusterFunctions, debug: debug)
+let vm = try VM(
+    functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
+        + clusterFunctions,
+    debug: debug
+)
 try scenario(vm, Array(arguments.dropFirst()))
 if ProcessInfo.processInfo.environment["SCENARIO_SKIP_FINALIZE"] == nil {
     try vm.finalize()
