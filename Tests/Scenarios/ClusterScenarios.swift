@@ -15,20 +15,28 @@ struct Whereabouts: Codable, Sendable {
     var cwd: String
     /// The `marker` file in the working folder before this task wrote it, if any.
     var markerBefore: String?
-    /// The working folder's entries (top level, sorted), after the task wrote its marker.
+    /// The working folder's entries (top level, sorted), after the task wrote any marker.
     var entries: [String]
 }
 
-/// Reports where it runs; with `mark`, writes `marker` (host, PID, task) into its working folder first
-/// reading what was there. Waits `pause` seconds so that tasks overlap.
-let whereabouts = RemoteFunction("cluster.whereabouts") { (pause: Double, task: TaskContext) -> Whereabouts in
+/// What `whereabouts` does: wait `pause` seconds (so that tasks overlap); with `mark`, write `marker`.
+struct Probe: Codable, Sendable {
+    var pause: Double
+    var mark: Bool
+}
+
+/// Reports where it runs; with `mark`, writes `marker` (host, PID, task) into its working folder, first
+/// reading what was there.
+let whereabouts = RemoteFunction("cluster.whereabouts") { (probe: Probe, task: TaskContext) -> Whereabouts in
     var name = [CChar](repeating: 0, count: 256)
     gethostname(&name, name.count)
     let manager = FileManager.default
     let cwd = URL(fileURLWithPath: manager.currentDirectoryPath).resolvingSymlinksInPath().path
     let before = try? String(contentsOfFile: "marker", encoding: .utf8)
-    try "\(task.host.name) \(getpid()) \(task.taskID)".write(toFile: "marker", atomically: true, encoding: .utf8)
-    if pause > 0 { Thread.sleep(forTimeInterval: pause) }
+    if probe.mark {
+        try "\(task.host.name) \(getpid()) \(task.taskID)".write(toFile: "marker", atomically: true, encoding: .utf8)
+    }
+    if probe.pause > 0 { Thread.sleep(forTimeInterval: probe.pause) }
     return Whereabouts(
         host: task.host.name,
         hostname: String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
@@ -57,7 +65,7 @@ let clusterScenarios: [String: Scenario] = [
         var wrong = 0
         var tasksPerHost: [String] = []
         for host in vm.hosts() {
-            let tasks = try vm.spawnFunction(whereabouts, args: 0.2, targets: [host])
+            let tasks = try vm.spawnFunction(whereabouts, args: Probe(pause: 0.2, mark: false), targets: [host])
             let views = try whereaboutsOf(vm, tasks)
             for (task, view) in views {
                 report("task", "\(task) target=\(host.name) host=\(view.host) hostname=\(view.hostname)")
@@ -75,8 +83,14 @@ let clusterScenarios: [String: Scenario] = [
     // ARGS: FOLDER to mirror (inside PARALLEL_MIRRORED_STORAGE).
     "cluster-persistent": { _, arguments in
         let persistent = try VM(mirrorMap: [arguments[0] + "/*": "."], persistentStorage: true)
-        let first = try whereaboutsOf(persistent, try persistent.spawnFunction(whereabouts, args: 0.2))
-        let second = try whereaboutsOf(persistent, try persistent.spawnFunction(whereabouts, args: 0.2))
+        let first = try whereaboutsOf(
+            persistent,
+            try persistent.spawnFunction(whereabouts, args: Probe(pause: 0.2, mark: true))
+        )
+        let second = try whereaboutsOf(
+            persistent,
+            try persistent.spawnFunction(whereabouts, args: Probe(pause: 0.2, mark: true))
+        )
         var pidsByValue: [Int32: Set<String>] = [:]
         for (_, view) in first { pidsByValue[view.pid, default: []].insert(view.host) }
         let repeated = pidsByValue.filter { $0.value.count > 1 }.keys.sorted()
@@ -108,7 +122,10 @@ let clusterScenarios: [String: Scenario] = [
     "cluster-shared-local": { _, arguments in
         let mirrored = try VM(mirrorMap: [arguments[0] + "/*": "."])
         let expected = (try FileManager.default.contentsOfDirectory(atPath: arguments[0]) + ["marker"]).sorted()
-        let views = try whereaboutsOf(mirrored, try mirrored.spawnFunction(whereabouts, args: 1.0))
+        let views = try whereaboutsOf(
+            mirrored,
+            try mirrored.spawnFunction(whereabouts, args: Probe(pause: 1.0, mark: true))
+        )
         let relative = views.map { URL(fileURLWithPath: $0.1.cwd).lastPathComponent }
         report("tasks", views.count)
         report("hosts", Set(views.map(\.1.host)).sorted().joined(separator: ","))
