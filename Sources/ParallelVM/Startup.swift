@@ -74,6 +74,7 @@ enum Startup {
         let logger = logger ?? Logger(label: "ParallelVM")
 
         guard launchedByMPI(environment) else {
+            if let error = Launcher.srunWithoutPMI(environment, worldSize: 1) { throw error }
             let spawner = Spawner.alone(functions: table, logger: logger, isolation: isolation)
             Interrupts.install { spawner.interrupted($0) }
             return .spawner(spawner)
@@ -92,6 +93,7 @@ enum Startup {
         } catch {
             throw VMError(.mpi, "starting MPI failed: \(error)", underlying: error)
         }
+        if let error = Launcher.srunWithoutPMI(environment, worldSize: communicator.size) { throw error }
         let doorbell = policy.spin.isInfinite ? nil : Doorbell()
         guard communicator.rank.rawValue == 0 else {
             let transport = Transport(communicator: communicator, waitPolicy: policy, tracksSpawnerArrivals: true)

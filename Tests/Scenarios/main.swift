@@ -20,6 +20,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(logScenarios) { first, _ in first }
     .merging(edgeScenarios) { first, _ in first }
     .merging(faultScenarios) { first, _ in first }
+    .merging(clusterScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -38,7 +39,7 @@ let isolation: Isolation =
     ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-        + faultFunctions,
+        + faultFunctions + clusterFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }

@@ -40,8 +40,9 @@ let bounce = RemoteFunction("bench.bounce") { (_: Int, task: TaskContext) -> Int
 /// The trivial task: an Int in, its double out.
 let double = RemoteFunction("bench.double") { (x: Int, _: TaskContext) -> Int in 2 * x }
 
-/// The worker's process ID, to read its CPU time from /proc.
-let processID = RemoteFunction("bench.pid") { (_: Int, _: TaskContext) -> Int32 in getpid() }
+/// The CPU time the worker process has used so far, in seconds, measured by the worker itself: its PID
+/// means nothing in the spawner's /proc when it runs on another host (or in another PID namespace).
+let cpuTime = RemoteFunction("bench.cpu") { (_: Int, _: TaskContext) -> Double in cpuSecondsOfThisProcess() }
 
 func emit(_ name: String, _ value: Double) {
     print(name, String(format: "%.6g", value))
@@ -212,11 +213,11 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
     }
 }
 
-/// utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15).
-func cpuSeconds(of pid: Int32) -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+/// utime + stime of this process, in seconds (/proc/self/stat fields 14 and 15).
+func cpuSecondsOfThisProcess() -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
         let close = text.lastIndex(of: ")")
-    else { fatalError("cannot read /proc/\(pid)/stat") }
+    else { fatalError("cannot read /proc/self/stat") }
     // Fields after the command name start with field 3 (state).
     let fields = text[text.index(after: close)...].split(separator: " ")
     let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -224,18 +225,24 @@ func cpuSeconds(of pid: Int32) -> Double {
 }
 
 func idle(_ vm: VM, _ idleSeconds: Double) throws {
-    // The worker's PID; after this task it waits for work in its loop.
-    guard let pidTask = try vm.spawnFunction(processID, args: 0, count: 1).first else {
-        fatalError("idle needs 2 ranks")
+    // The worker's CPU time as one task ends and as the next begins, on the slot it idled in between:
+    // the difference is what waiting for work cost (plus one task's own small share).
+    func workerCPU(slot: Int?) throws -> (slot: Int, seconds: Double) {
+        let spawned = try vm.spawnFunction(cpuTime, args: 0, count: 1)
+        guard let task = spawned.first else { fatalError("idle needs 2 ranks") }
+        if let slot, task.slot != slot { fatalError("the idle worker's slot \(slot) was not the one reused") }
+        var seconds: Double?
+        while let (source, message) = try vm.receiveMessage(timeout: 120) {
+            if case .taskResult(let result) = message { seconds = try result.value(as: Double.self) }
+            if case .taskExit = message, source == task { break }
+        }
+        guard let seconds else { fatalError("no CPU time from task \(task)") }
+        return (task.slot, seconds)
     }
-    var pid: Int32 = 0
-    while let (source, message) = try vm.receiveMessage(timeout: 120) {
-        if case .taskResult(let result) = message { pid = try result.value(as: Int32.self) }
-        if case .taskExit = message, source == pidTask { break }
-    }
-    let before = cpuSeconds(of: pid)
+    let before = try workerCPU(slot: nil)
     Thread.sleep(forTimeInterval: idleSeconds)
-    emit("idle_cpu_percent", 100 * (cpuSeconds(of: pid) - before) / idleSeconds)
+    let after = try workerCPU(slot: before.slot)
+    emit("idle_cpu_percent", 100 * (after.seconds - before.seconds) / idleSeconds)
 
     // The first task after idling: an idle worker waits in its loop for a spawn request. Spawn, result
     // and exit of a trivial task after 0.2 s idle, against the same round trip done back to back.
@@ -314,7 +321,7 @@ if isolated, arguments.first != "tasks" {
     FileHandle.standardError.write(Data("vm-bench: BENCH_ISOLATION=process applies to the tasks mode only\n".utf8))
     exit(2)
 }
-let vm = try VM(functions: [bounce, double, processID], isolation: isolated ? .process : .inProcess)
+let vm = try VM(functions: [bounce, double, cpuTime], isolation: isolated ? .process : .inProcess)
 switch arguments.first {
 case "latency":
     let sizes = arguments.dropFirst().compactMap { Int($0) }
