@@ -4,6 +4,7 @@
 #   - allow more ranks than cores (--oversubscribe), without binding ranks to cores,
 #   - no single-copy mechanism when the kernel forbids cross-process memory access (ptrace scope).
 # Usage: scripts/mpirun.sh -n RANKS PROGRAM [ARGS...]   (any mpirun option may be given)
+# Exits with mpirun's status, or with 130/143 when it is interrupted by SIGINT/SIGTERM.
 set -euo pipefail
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -13,4 +14,23 @@ extra=()
 if [ -r /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" != 0 ]; then
   extra+=(--mca btl_vader_single_copy_mechanism none)
 fi
-exec mpirun --oversubscribe --bind-to none "${extra[@]}" "$@"
+# Ranks interrupted by mpirun get this many seconds after its SIGTERM (default 1) to end their task
+# processes and remove their task folders before it sends SIGKILL.
+extra+=(--mca odls_base_sigkill_timeout 5)
+
+# mpirun runs as a job of this script, which passes SIGINT and SIGTERM on to it and then exits with 128
+# plus the signal (130, 143), as an interrupted program does; mpirun itself exits 1 when interrupted.
+# Job control keeps SIGINT from being ignored in the background job.
+set -m
+mpirun --oversubscribe --bind-to none "${extra[@]}" "$@" &
+job=$!
+interrupted=""
+trap 'interrupted=130; kill -INT "$job" 2>/dev/null || true' INT
+trap 'interrupted=143; kill -TERM "$job" 2>/dev/null || true' TERM
+status=0
+while true; do
+  wait "$job" && status=0 || status=$?
+  kill -0 "$job" 2>/dev/null || break
+done
+if [ -n "$interrupted" ]; then exit "$interrupted"; fi
+exit "$status"

@@ -87,6 +87,36 @@ package final class MessageChannel: Sendable {
         }
     }
 
+    /// Sends a small frame (64 KiB at most) only if the socket takes it whole at once; returns whether it
+    /// did. A supervisor uses it to send from its own thread without ever blocking on a task process that
+    /// is itself blocked sending.
+    package func trySend(_ bytes: [UInt8]) throws(ProcessError) -> Bool {
+        guard bytes.count <= 64 * 1024 else { return false }
+        let length = UInt32(bytes.count)
+        let frame: [UInt8] =
+            [
+                UInt8(truncatingIfNeeded: length), UInt8(truncatingIfNeeded: length >> 8),
+                UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 24),
+            ] + bytes
+        return try sending.withLock { (_: inout Void) throws(ProcessError) -> Bool in
+            let sent = frame.withUnsafeBytes { raw in
+                Glibc.send(fileDescriptor, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if sent == frame.count { return true }
+            if sent < 0 {
+                let number = errno
+                switch number {
+                case EAGAIN, EINTR: return false
+                case EPIPE, ECONNRESET: throw ProcessError(.peerGone, "the peer closed the channel", call: "send")
+                default: throw .systemCall("send", errno: number, "could not send a frame")
+                }
+            }
+            // Part of the frame is in: the rest must follow at once to keep the framing.
+            try sendAll(Array(frame[sent...]))
+            return true
+        }
+    }
+
     private func sendAll(_ bytes: [UInt8]) throws(ProcessError) {
         // `withUnsafeBytes` rethrows untyped errors, so the failure comes out as a value.
         let failure = bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> ProcessError? in

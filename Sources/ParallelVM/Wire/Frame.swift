@@ -54,6 +54,9 @@ enum Wire {
     /// Flag bit on a task result: the task has also ended. The spawner hands out the result and then a
     /// TaskExit, so a task costs two MPI messages instead of three.
     static let flagEndsTask: UInt8 = 2
+    /// Flag bit on a task process's result or exit: processes the task started still run, for its worker
+    /// rank to end.
+    static let flagLeftProcesses: UInt8 = 4
 }
 
 /// Appends little-endian values to a byte array.

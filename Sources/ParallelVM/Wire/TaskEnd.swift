@@ -20,9 +20,11 @@ enum TaskEnd {
         task: Int,
         function: String,
         _ outcome: Outcome,
+        leftProcesses: Bool = false,
         over transport: any FrameLink
     ) throws(VMError) {
         var (frame, payload) = resultFrame(task: task, function: function, outcome)
+        if leftProcesses { frame.insertFlags(Wire.flagLeftProcesses) }
         try transport.sendFrame(&frame, payload: payload, to: 0)
     }
 
@@ -45,8 +47,10 @@ enum TaskEnd {
         return (frame, payload)
     }
 
-    static func sendExit(task: Int, over transport: any FrameLink) throws(VMError) {
-        try transport.send(exitFrame(task: task).bytes, to: 0)
+    static func sendExit(task: Int, leftProcesses: Bool = false, over transport: any FrameLink) throws(VMError) {
+        var frame = exitFrame(task: task)
+        if leftProcesses { frame.insertFlags(Wire.flagLeftProcesses) }
+        try transport.send(frame.bytes, to: 0)
     }
 
     /// An exit frame, stamped now.

@@ -98,6 +98,10 @@ final class TaskSupervisor: @unchecked Sendable {
             if let interrupt = signalled.withLock({ $0 }) { stop(interrupt, acknowledge: false) }
             if progressed {
                 backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
+            } else if running != nil, let idleWait {
+                // While a task runs, its process needs the core more than this rank does: block until it
+                // writes (or the doorbell rings, or 10 ms pass) instead of spinning beside it.
+                _ = idleWait()
             } else {
                 backoff.pause()
             }
@@ -154,12 +158,13 @@ final class TaskSupervisor: @unchecked Sendable {
         writer?.stop()
         if let child {
             child.killGroup()
-            _ = try? child.wait()
+            // The folder goes first, while mpirun's grace lasts; the task process is reaped after.
+            _ = try? child.wait(timeout: .milliseconds(300))
         }
-        _ = ChildProcess.reapOrphans()
         if let folder = running?.folder, !folder.persistent {
             _ = PreparedStorage.removeAbandoned(folder: folder.path)
         }
+        _ = ChildProcess.reapOrphans()
         if acknowledge { try? InterruptNotice.acknowledge(over: transport) }
         fflush(nil)
         _exit(interrupt.exitStatus)
@@ -232,40 +237,34 @@ final class TaskSupervisor: @unchecked Sendable {
         if peer == 0 { wakeSpawnerIfAsleep() }
         try transport.send(frame, payload: payload, to: peer)
         if envelope.kind == .taskResult || envelope.kind == .taskExit, envelope.sourceTask == running?.number {
-            taskEnded()
+            taskEnded(leftProcesses: envelope.flags & Wire.flagLeftProcesses != 0)
         }
     }
 
     /// The task reported its end: end whatever it left running, and serve the next one.
     ///
-    /// Looking at the children of the task process and of this rank costs a few microseconds; the sweep
-    /// over every process of the host only runs when there is something to end.
-    private func taskEnded() {
+    /// The task process says whether it has children left; processes they detached were re-parented to
+    /// this rank, whose own children are one small file to read. The sweep over every process of the host
+    /// only runs when there is something to end.
+    private func taskEnded(leftProcesses: Bool) {
         running = nil
         guard let child else { return }
-        let strays = TaskSupervisor.childPIDs(of: getpid()).contains { $0 != child.pid }
-        guard strays || !TaskSupervisor.childPIDs(of: child.pid).isEmpty else { return }
+        let strays = TaskSupervisor.childPIDs(ofThread: getpid(), in: getpid()).contains { $0 != child.pid }
+        guard strays || leftProcesses else { return }
         _ = ChildProcess.killDescendants(of: child.pid)
         _ = ChildProcess.reapOrphans()
     }
 
-    /// The children of every thread of process `pid`, from `/proc/PID/task/*/children`.
-    static func childPIDs(of pid: Int32) -> [Int32] {
-        guard let threads = opendir("/proc/\(pid)/task") else { return [] }
-        defer { closedir(threads) }
-        var children: [Int32] = []
-        while let entry = readdir(threads) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let thread = Int32(name) else { continue }
-            let fd = open("/proc/\(pid)/task/\(thread)/children", O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { continue }
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let count = read(fd, &buffer, buffer.count)
-            close(fd)
-            guard count > 0 else { continue }
-            children += String(decoding: buffer[..<count], as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
-        }
-        return children
+    /// The children of thread `thread` of process `pid`, from `/proc/PID/task/TID/children`. Orphans are
+    /// re-parented to a subreaper's main thread, so for this rank that thread is the one to read.
+    static func childPIDs(ofThread thread: Int32, in pid: Int32) -> [Int32] {
+        let fd = open("/proc/\(pid)/task/\(thread)/children", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return [] }
+        return String(decoding: buffer[..<count], as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
     }
 
     /// The task process died (or was killed): report the task it ran, clean up after it, start another.
@@ -420,6 +419,7 @@ final class ChannelWriter: @unchecked Sendable {
     private let channel: MessageChannel
     private let condition = NSCondition()
     private var queue: [[UInt8]] = []
+    private var busy = false
     private var stopped = false
 
     init(channel: MessageChannel) {
@@ -429,9 +429,12 @@ final class ChannelWriter: @unchecked Sendable {
         thread.start()
     }
 
+    /// Sends at once from the caller's thread when nothing is queued and the socket takes the frame whole;
+    /// otherwise queues it for the writer thread (waking a thread costs more than a trivial task).
     func send(_ bytes: [UInt8]) {
         condition.withLock {
             guard !stopped else { return }
+            if queue.isEmpty, !busy, let sent = try? channel.trySend(bytes), sent { return }
             queue.append(bytes)
             condition.signal()
         }
@@ -448,8 +451,11 @@ final class ChannelWriter: @unchecked Sendable {
     private func run() {
         while true {
             let next: [UInt8]? = condition.withLock {
+                busy = false
                 while queue.isEmpty && !stopped { condition.wait() }
-                return stopped ? nil : queue.removeFirst()
+                if stopped { return nil }
+                busy = true
+                return queue.removeFirst()
             }
             guard let next else { return }
             do {

@@ -232,23 +232,37 @@ final class Worker: @unchecked Sendable {
             .debug,
             "task \(taskID) finished '\(request.function)' in \(String(format: "%.6f", monotonicSeconds() - started)) s"
         )
+        // A task process tells its worker rank whether the task left processes behind, for it to end them.
+        let leftProcesses = inTaskProcess && Worker.hasChildren()
         guard request.sendBack else {
-            sendExit(task: number)
+            sendExit(task: number, leftProcesses: leftProcesses)
             return
         }
         do {
             wakeSpawnerIfAsleep()
-            try TaskEnd.sendResult(task: number, function: request.function, outcome, over: transport)
+            try TaskEnd.sendResult(
+                task: number,
+                function: request.function,
+                outcome,
+                leftProcesses: leftProcesses,
+                over: transport
+            )
         } catch {
             log(.error, "task \(taskID) could not send its result: \(error)")
-            sendExit(task: number)
+            sendExit(task: number, leftProcesses: leftProcesses)
         }
     }
 
-    private func sendExit(task number: Int) {
+    /// Whether this process has a child, running or not yet reaped (one system call).
+    static func hasChildren() -> Bool {
+        var info = siginfo_t()
+        return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0
+    }
+
+    private func sendExit(task number: Int, leftProcesses: Bool = false) {
         do {
             wakeSpawnerIfAsleep()
-            try TaskEnd.sendExit(task: number, over: transport)
+            try TaskEnd.sendExit(task: number, leftProcesses: leftProcesses, over: transport)
         } catch {
             fail("cannot report the exit of task \(number): \(error)")
         }

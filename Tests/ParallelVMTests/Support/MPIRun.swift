@@ -128,6 +128,13 @@ enum MPIRun {
         let done = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in done.signal() }
         let start = Date()
+        // The test runner's threads block most signals, and a child inherits the mask of the thread that
+        // starts it: start the run with none blocked, as from a shell, so that it can be interrupted.
+        var none = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         try process.run()
         if let during {
             let pid = process.processIdentifier
@@ -209,5 +216,18 @@ enum MPIRun {
             usleep(20_000)
         }
         return nil
+    }
+
+    /// The processes whose parent is `pid`.
+    static func childProcesses(of pid: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry in
+            guard let child = Int32(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let fields = stat.split(separator: ")").last?.split(separator: " "), fields.count > 2,
+                Int32(fields[1]) == pid
+            else { return nil }
+            return child
+        }
     }
 }
