@@ -202,13 +202,15 @@ public final class VM: Sendable {
         try spawn(named: name, args: args, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
     }
 
-    private func spawn<Arguments: Encodable>(
+    /// Spawns as the public forms do; `avoiding` names slots to use only when no other is free (a retry).
+    func spawn<Arguments: Encodable>(
         named name: String,
         args: Arguments,
         count: Int?,
         targets: [HostID]?,
         sendBack: Bool,
-        timeout: Double?
+        timeout: Double?,
+        avoiding: Set<Int> = []
     ) throws(VMError) -> [TaskID] {
         try requireLive("spawnFunction")
         let limit = try VM.checkTimeout(timeout, for: "spawnFunction('\(name)')")
@@ -251,7 +253,8 @@ public final class VM: Sendable {
             count: count,
             targets: targetSet,
             sendBack: sendBack,
-            timeout: limit
+            timeout: limit,
+            avoiding: avoiding
         )
         if debug > 0 {
             for task in placed {

@@ -90,6 +90,23 @@ struct FaultTests {
         #expect((Double(output.value("seconds") ?? "") ?? 99) < 15, "\(output)")
     }
 
+    @Test func retriesStartACrashedJobAgainAndCountTheAttempts() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-retries-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: root) }
+        let output = try run("retries", [root.path])
+        #expect(output.value("values") == "2,crashed,1", "\(output)")
+        #expect(output.value("attempts") == "2,3,1", "\(output)")
+        #expect(output.value("withoutRetries") == "crashed/1", "\(output)")
+    }
+
+    @Test func cancellingADispatchKillsItsRunningJobs() throws {
+        let output = try run("cancel-dispatch")
+        #expect(output.value("outcome") == "cancelled", "\(output)")
+        #expect((Double(output.value("seconds") ?? "") ?? 99) < 10, "\(output)")
+        #expect(output.value("servedAfter") == "2", "\(output)")
+    }
+
     @Test func setupRunsOncePerTaskProcessAndAgainAfterACrash() throws {
         let output = try run("setup")
         #expect(output.value("runs") == "1,1,1,1", "\(output)")

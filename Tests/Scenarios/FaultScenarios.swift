@@ -67,7 +67,17 @@ let setupProbe = RemoteFunction("fault.setup-probe") { (_: Int, _: TaskContext) 
     [Int(getpid()), setupRuns.withLock { $0 }]
 }
 
-let faultFunctions: [any RemoteFunctionConvertible] = [faulty, leaveChildren, wander, setupProbe]
+/// Crashes the first `count` times it runs with the same marker folder, then returns the number of runs.
+let crashUntil = RemoteFunction("fault.crash-until") { (job: [String], _: TaskContext) -> Int in
+    let folder = job[0]
+    let count = Int(job[1]) ?? 0
+    let runs = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).count + 1
+    _ = FileManager.default.createFile(atPath: folder + "/run-\(runs)", contents: nil)
+    if runs <= count { abort() }
+    return runs
+}
+
+let faultFunctions: [any RemoteFunctionConvertible] = [faulty, leaveChildren, wander, setupProbe, crashUntil]
 
 /// Describes a failed result's termination for the test: `reason|detail`.
 func terminationText(_ result: TaskResult) -> String {
@@ -197,6 +207,53 @@ let faultScenarios: [String: Scenario] = [
         report("ready", 1)
         while try vm.receiveMessage(timeout: 120) != nil {}
         report("notInterrupted", 1)
+    },
+
+    // retries: N starts a crashed job again, up to N times; attempts says how many starts it took.
+    "retries": { vm, arguments in
+        let root = arguments[0]
+        @Sendable func folder(_ name: String) -> String {
+            let path = root + "/" + name
+            try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            return path
+        }
+        let jobs = [
+            Job(crashUntil, args: [folder("once"), "1"]),
+            Job(crashUntil, args: [folder("always"), "99"]),
+            Job(crashUntil, args: [folder("never"), "0"]),
+        ]
+        let results = try waitForValue { try await vm.dispatch(jobs, retries: 2) }
+        report("values", results.map { $0.value.map(String.init) ?? "\($0.error!.code)" }.joined(separator: ","))
+        report("attempts", results.map { String($0.attempts) }.joined(separator: ","))
+        let none = try waitForValue { try await vm.dispatch([Job(crashUntil, args: [folder("none"), "1"])]) }
+        report("withoutRetries", none.map { "\($0.error?.code.rawValue ?? "ok")/\($0.attempts)" }.joined())
+    },
+
+    // Cancelling the task that awaits a dispatch kills its running jobs instead of waiting for them.
+    "cancel-dispatch": { vm, _ in
+        let started = Date()
+        let outcome = ValueBox<String>()
+        try waitFor {
+            let dispatch = Task { try await vm.dispatch([Job(sleeper, args: 30), Job(sleeper, args: 30)]) }
+            try await Task.sleep(nanoseconds: 500_000_000)
+            dispatch.cancel()
+            do {
+                _ = try await dispatch.value
+                outcome.set("finished")
+            } catch is CancellationError {
+                outcome.set("cancelled")
+            } catch {
+                outcome.set("\(error)")
+            }
+        }
+        report("outcome", outcome.get() ?? "none")
+        report("seconds", Date().timeIntervalSince(started))
+        let again = try vm.spawnFunction(double, args: 5)
+        var served = 0
+        for (_, message) in try collect(vm, again) {
+            if case .taskResult(let result) = message, (try? result.value(as: Int.self)) == 10 { served += 1 }
+        }
+        report("servedAfter", served)
     },
 
     // The setup function runs once per task process, and again in the one that replaces a crashed one.

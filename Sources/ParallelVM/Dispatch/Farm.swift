@@ -59,7 +59,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         lookaheadPerSlot: Int,
         unjoinedLimitPerSlot: Int? = nil,
         inputOpen: Bool,
-        timeout: Double = 0
+        timeout: Double = 0,
+        retries: Int = 0
     ) throws {
         if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
@@ -70,7 +71,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             lookaheadPerSlot: lookaheadPerSlot,
             unjoinedLimitPerSlot: unjoinedLimitPerSlot,
             inputOpen: inputOpen,
-            timeout: timeout
+            timeout: timeout,
+            retries: retries
         )
         engine.start()
     }
@@ -121,6 +123,13 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         await engine.waitUntilDone()
     }
 
+    /// Like ``close()``, but kills the running jobs first (with process isolation) instead of waiting for them.
+    public func cancel() async {
+        engine.stop(closing: true)
+        engine.killRunning()
+        await engine.waitUntilDone()
+    }
+
     // MARK: - For the dispatcher
 
     /// Queues a unit of jobs (a chunk when remote) for the next free slot; returns the first job's index,
@@ -152,7 +161,11 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     let slots: Int
     /// Seconds a job may run on a worker unless it says otherwise; 0: no limit.
     let timeout: Double
+    /// How many more times a job whose task crashed, timed out or lost its worker is started.
+    let retries: Int
     private let condition = NSCondition()
+    /// Whether the running jobs are to be killed (the dispatch was cancelled).
+    private var killRequested = false
     private var queue: FarmQueue<Job<Value>, JobResult<Value>>
     private var threadDone = false
     /// Async jobs running in this process as tasks of their own.
@@ -161,9 +174,18 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     private var slotWaiter: CheckedContinuation<Void, any Error>?
     private var doneWaiters: [CheckedContinuation<Void, Never>] = []
 
-    init(vm: VM, remote: Bool, lookaheadPerSlot: Int, unjoinedLimitPerSlot: Int?, inputOpen: Bool, timeout: Double) {
+    init(
+        vm: VM,
+        remote: Bool,
+        lookaheadPerSlot: Int,
+        unjoinedLimitPerSlot: Int?,
+        inputOpen: Bool,
+        timeout: Double,
+        retries: Int
+    ) {
         self.vm = vm
         self.timeout = timeout
+        self.retries = retries
         let workers = vm.slots() - 1
         self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -314,6 +336,22 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         guard let result = queue.popFinished() else { return nil }
         resumeSlotWaiterIfRoomLocked()
         return result
+    }
+
+    /// Kills the running jobs instead of waiting for them (a cancelled dispatch); their results are failures.
+    func killRunning() {
+        condition.withLock {
+            killRequested = true
+            condition.broadcast()
+        }
+    }
+
+    /// Whether ``killRunning()`` was asked for since the last look; the executor then kills what runs.
+    func takeKillRequest() -> Bool {
+        condition.withLock {
+            defer { killRequested = false }
+            return killRequested
+        }
     }
 
     // MARK: - Executors' side (the farm's thread, and local async jobs)

@@ -20,7 +20,7 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     /// Seconds the job may run on a worker; nil: the dispatch's timeout.
     public let timeout: Double?
     /// Spawns the job in one free slot with a time limit; returns the task, or nil when no slot was free.
-    let spawn: @Sendable (VM, Double?) throws -> TaskID?
+    let spawn: @Sendable (VM, Double?, Set<Int>) throws -> TaskID?
     /// The encoded arguments, for a chunk of jobs sent as one task.
     let encodedArguments: @Sendable () throws -> [UInt8]
     /// Runs the job in this process.
@@ -105,7 +105,17 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
         self.name = name ?? Job.defaultName(function, args)
         self.extra = extra
         self.timeout = timeout
-        self.spawn = { vm, timeout in try vm.spawnFunction(named: function, args: args, count: 1, timeout: timeout).first }
+        self.spawn = { vm, timeout, avoiding in
+            try vm.spawn(
+                named: function,
+                args: args,
+                count: 1,
+                targets: nil,
+                sendBack: true,
+                timeout: timeout,
+                avoiding: avoiding
+            ).first
+        }
         self.encodedArguments = { try BinaryEncoder.encode(args) }
         self.local = local
     }
@@ -138,6 +148,9 @@ public struct JobResult<Value: Codable & Sendable>: Sendable {
     public let host: HostID?
     /// The task that ran the job (shared by the jobs of one chunk); nil when it ran in this process.
     public let task: TaskID?
+    /// How many times the job was started: 1, or more when `retries` ran it again after its task crashed,
+    /// timed out or lost its worker.
+    public internal(set) var attempts: Int = 1
 
     /// The job's ``Job/extra`` data.
     public var extra: (any Sendable)? { job.extra }

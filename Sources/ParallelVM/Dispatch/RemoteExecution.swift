@@ -11,6 +11,11 @@ struct RemoteExecution<Value: Codable & Sendable> {
     private var running: [TaskID: Unit] = [:]
     /// Running tasks whose result has arrived (their exit has not).
     private var resulted: Set<TaskID> = []
+    /// Starts so far of jobs that were started more than once, by index.
+    private var attempts: [Int: Int] = [:]
+    /// Slots whose last task crashed, timed out or lost its worker, by the index of the job it ran: a retry
+    /// goes elsewhere when it can.
+    private var avoid: [Int: Int] = [:]
 
     init(engine: FarmEngine<Value>) {
         self.engine = engine
@@ -28,6 +33,9 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 break
             }
             var progressed = !starting.isEmpty
+            if engine.takeKillRequest() {
+                for task in running.keys { try? vm.kill(task) }
+            }
             if !running.isEmpty {
                 do {
                     let mine = running
@@ -60,8 +68,9 @@ struct RemoteExecution<Value: Codable & Sendable> {
         guard !sending.isEmpty else { return true }
         do {
             let task: TaskID?
+            let avoiding = avoid[unit[0].index].map { Set([$0]) } ?? []
             if unit.count == 1 {
-                task = try sending[0].item.spawn(vm, timeout(of: sending[0].item))
+                task = try sending[0].item.spawn(vm, timeout(of: sending[0].item), avoiding)
             } else {
                 var items: [ChunkRunner.Item] = []
                 var encodable: Unit = []
@@ -88,7 +97,15 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 // A chunk may run as long as its jobs together, when each of them has a limit.
                 let limits = sending.map { timeout(of: $0.item) }
                 let limit: Double? = limits.contains(nil) ? nil : limits.reduce(0) { $0 + $1! }
-                task = try vm.spawnFunction(named: ChunkRunner.name, args: items, count: 1, timeout: limit).first
+                task = try vm.spawn(
+                    named: ChunkRunner.name,
+                    args: items,
+                    count: 1,
+                    targets: nil,
+                    sendBack: true,
+                    timeout: limit,
+                    avoiding: avoiding
+                ).first
             }
             guard let task else {
                 failed = []
@@ -116,7 +133,23 @@ struct RemoteExecution<Value: Codable & Sendable> {
         case .result(let task, let result):
             guard let unit = running[task] else { return }
             resulted.insert(task)
-            engine.complete(results(of: unit, task: task, result: result), unitFinished: true)
+            var finished = results(of: unit, task: task, result: result)
+            // A job whose task did not return may start again elsewhere, `retries` times.
+            let retryable = finished.allSatisfy { [.crashed, .timedOut, .workerLost].contains($0.error?.code) }
+            let first = unit[0].index
+            let started = attempts[first] ?? 1
+            if retryable, started <= engine.retries {
+                for element in unit { attempts[element.index] = started + 1 }
+                avoid[first] = task.slot
+                engine.putBack([unit])
+                return
+            }
+            for position in finished.indices { finished[position].attempts = attempts[finished[position].index] ?? 1 }
+            for element in unit {
+                attempts[element.index] = nil
+                avoid[element.index] = nil
+            }
+            engine.complete(finished, unitFinished: true)
         case .exit(let task):
             guard let unit = running.removeValue(forKey: task) else { return }
             if resulted.remove(task) == nil {

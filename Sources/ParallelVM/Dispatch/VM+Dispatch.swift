@@ -28,6 +28,8 @@ extension VM {
     ///   - timeout: seconds each job may run on a worker before it is killed and fails with
     ///     ``JobError/Code-swift.enum/timedOut`` (a job's own ``Job/timeout`` wins); nil: no limit.
     ///     Needs ``Isolation/process``.
+    ///   - retries: how many more times a job whose task crashed, timed out or lost its worker starts again,
+    ///     on another slot when one is free (0: never). ``JobResult/attempts`` says how many starts it took.
     ///   - collectResults: false returns an empty array, for dispatches whose collector keeps what it needs.
     ///   - collector: called with each result as its job finishes, in completion order, on the caller's
     ///     actor. Return false to start no more jobs: the running ones are still waited for and still
@@ -42,6 +44,7 @@ extension VM {
         failFast: Bool = false,
         progress: Bool = false,
         timeout: Double? = nil,
+        retries: Int = 0,
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] {
@@ -52,6 +55,7 @@ extension VM {
             inputOpen: false,
             failFast: failFast,
             timeout: timeout,
+            retries: retries,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
@@ -71,6 +75,11 @@ extension VM {
                 guard let result = try await farm.join() else { break }
                 try await run.take(result)
             }
+        } catch is CancellationError {
+            // A cancelled dispatch does not wait for its running jobs: they are killed.
+            await farm.cancel()
+            run.progress.finish()
+            throw CancellationError()
         } catch {
             await farm.close()
             run.progress.finish()
@@ -96,6 +105,7 @@ extension VM {
         failFast: Bool = false,
         progress: Bool = false,
         timeout: Double? = nil,
+        retries: Int = 0,
         collectResults: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
@@ -106,6 +116,7 @@ extension VM {
             inputOpen: true,
             failFast: failFast,
             timeout: timeout,
+            retries: retries,
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: nil)
@@ -140,7 +151,7 @@ extension VM {
             } catch {
                 farm.stopSpawning()
                 group.cancelAll()
-                await farm.close()
+                if error is CancellationError { await farm.cancel() } else { await farm.close() }
                 run.progress.finish()
                 throw error
             }
@@ -168,6 +179,13 @@ extension VM {
     ) async throws -> Value {
         let results = try await dispatch(CollectionOfOne(job), remote: remote, timeout: timeout)
         return try results[0].get()
+    }
+
+    fileprivate static func checkRetries(_ retries: Int) throws(VMError) -> Int {
+        guard retries >= 0 else {
+            throw VMError(.invalidArgument, "dispatch: retries must be 0 or more, not \(retries)")
+        }
+        return retries
     }
 
     fileprivate static func checkChunkSize(_ chunkSize: Int) throws(VMError) {
@@ -205,6 +223,7 @@ private struct DispatchRun<Value: Codable & Sendable> {
         inputOpen: Bool,
         failFast: Bool,
         timeout: Double?,
+        retries: Int,
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine
@@ -216,7 +235,8 @@ private struct DispatchRun<Value: Codable & Sendable> {
             lookaheadPerSlot: 1,
             unjoinedLimitPerSlot: 2 * chunkSize,
             inputOpen: inputOpen,
-            timeout: try VM.checkTimeout(timeout, for: "dispatch")
+            timeout: try VM.checkTimeout(timeout, for: "dispatch"),
+            retries: try VM.checkRetries(retries)
         )
         self.failFast = failFast
         self.collectResults = collectResults

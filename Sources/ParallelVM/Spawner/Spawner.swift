@@ -163,11 +163,14 @@ final class Spawner: Sendable {
         count: Int?,
         targets: Set<HostID>?,
         sendBack: Bool,
-        timeout: Double = 0
+        timeout: Double = 0,
+        avoiding: Set<Int> = []
     ) throws(VMError) -> [TaskID] {
         guard let transport else { return [] }
         let (placed, knownTasks) = withBook { book in
-            let tasks = book.freeSlots(on: targets).prefix(count ?? Int.max).map { book.occupy($0) }
+            let free = book.freeSlots(on: targets)
+            let preferred = free.filter { !avoiding.contains($0) } + free.filter { avoiding.contains($0) }
+            let tasks = preferred.prefix(count ?? Int.max).map { book.occupy($0) }
             return (tasks, book.nextTaskNumber)
         }
         for (index, task) in placed.enumerated() {
