@@ -14,6 +14,10 @@ extra=()
 if [ -r /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" != 0 ]; then
   extra+=(--mca btl_vader_single_copy_mechanism none)
 fi
+# A worker rank that dies (kill -9, a lost host) must not end the job: the spawner notices, reports its
+# task as lost and goes on without it. Workers end by themselves when the spawner is gone.
+extra+=(--enable-recovery --mca orte_abort_on_non_zero_status 0)
+
 # Ranks interrupted by mpirun get this many seconds after its SIGTERM (default 1) to end their task
 # processes and remove their task folders before it sends SIGKILL.
 extra+=(--mca odls_base_sigkill_timeout 5)

@@ -132,6 +132,7 @@ enum Startup {
             Startup.runningSpawner?.finalizeAtExit()
         }
         Interrupts.install { spawner.interrupted($0) }
+        spawner.startHeartbeats()
         return .spawner(spawner)
     }
 

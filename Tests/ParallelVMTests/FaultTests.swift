@@ -107,6 +107,17 @@ struct FaultTests {
         #expect(output.value("servedAfter") == "2", "\(output)")
     }
 
+    @Test func aLostWorkerRankIsReportedAndTheRunGoesOnWithoutIt() throws {
+        let output = try run("lost-worker")
+        #expect(output.value("lost")?.hasPrefix("workerLost|was lost with its worker rank") == true, "\(output)")
+        // Noticed within the documented bound (the spawner looks every 0.5 s).
+        #expect((Double(output.value("lostAfter") ?? "") ?? 99) < 5, "\(output)")
+        #expect(output.value("otherValue")?.hasPrefix("") == true && output.value("otherValue") != "failed")
+        #expect(output.value("freeAfterLoss") == "1", "\(output)")
+        #expect(output.value("dispatchAfterLoss") == "0,2,4,6,8,10", "\(output)")
+        #expect(output.value("config") == "true")
+    }
+
     @Test func setupRunsOncePerTaskProcessAndAgainAfterACrash() throws {
         let output = try run("setup")
         #expect(output.value("runs") == "1,1,1,1", "\(output)")

@@ -77,7 +77,12 @@ let crashUntil = RemoteFunction("fault.crash-until") { (job: [String], _: TaskCo
     return runs
 }
 
-let faultFunctions: [any RemoteFunctionConvertible] = [faulty, leaveChildren, wander, setupProbe, crashUntil]
+/// The task process's parent: its worker rank.
+let parentProcess = RemoteFunction("fault.parent") { (_: Int, _: TaskContext) -> Int32 in getppid() }
+
+let faultFunctions: [any RemoteFunctionConvertible] = [
+    faulty, leaveChildren, wander, setupProbe, crashUntil, parentProcess,
+]
 
 /// Describes a failed result's termination for the test: `reason|detail`.
 func terminationText(_ result: TaskResult) -> String {
@@ -254,6 +259,34 @@ let faultScenarios: [String: Scenario] = [
             if case .taskResult(let result) = message, (try? result.value(as: Int.self)) == 10 { served += 1 }
         }
         report("servedAfter", served)
+    },
+
+    // kill -9 of a worker rank, busy and idle: its task is reported lost, the run goes on without it.
+    "lost-worker": { vm, _ in
+        // The parent of a task process is its worker rank.
+        let probes = try vm.spawnFunction(parentProcess, args: 0)
+        var ranks: [Int: Int32] = [:]
+        for (source, message) in try collect(vm, probes) {
+            if case .taskResult(let result) = message { ranks[source.slot] = try result.value(as: Int32.self) }
+        }
+        let busy = try vm.spawnFunction(sleeper, args: 30, count: 1)
+        let other = try vm.spawnFunction(sleeper, args: 1.0, count: 1)
+        usleep(300_000)
+        let started = Date()
+        kill(ranks[busy[0].slot]!, SIGKILL)
+        for (source, message) in try collect(vm, busy + other, timeout: 30) {
+            guard case .taskResult(let result) = message else { continue }
+            if source == busy[0] {
+                report("lost", terminationText(result))
+                report("lostAfter", Date().timeIntervalSince(started))
+            } else {
+                report("otherValue", (try? result.value(as: String.self)) ?? "failed")
+            }
+        }
+        report("freeAfterLoss", vm.freeSlots())
+        let results = try waitForValue { try await vm.dispatch((0..<6).map { Job(double, args: $0) }) }
+        report("dispatchAfterLoss", results.compactMap(\.value).map(String.init).joined(separator: ","))
+        report("config", vm.formatSpawnerConfig().contains("lost"))
     },
 
     // The setup function runs once per task process, and again in the one that replaces a crashed one.

@@ -11,6 +11,8 @@ struct SlotBook: Sendable {
         var doorbell: UInt64 = 0
         /// When the slot last became free (monotonic seconds; 0: never used).
         var freedAt: Double = 0
+        /// Whether the worker rank of this slot was lost: it gets no task and no message any more.
+        var lost = false
     }
 
     private(set) var slots: [Slot]
@@ -31,7 +33,7 @@ struct SlotBook: Sendable {
     /// Free worker slots, lowest rank first, optionally only on `targets`.
     func freeSlots(on targets: Set<HostID>? = nil) -> [Int] {
         slots.indices.filter { rank in
-            rank > 0 && slots[rank].task == nil && (targets?.contains(slots[rank].host) ?? true)
+            rank > 0 && slots[rank].task == nil && !slots[rank].lost && (targets?.contains(slots[rank].host) ?? true)
         }
     }
 
@@ -63,6 +65,17 @@ struct SlotBook: Sendable {
         return true
     }
 
+    /// Marks the slot's worker rank lost; returns the task that was running there, if any (its slot stays
+    /// taken until its exit is handed out).
+    mutating func markLost(_ rank: Int) -> TaskID? {
+        guard slots.indices.contains(rank), rank > 0, !slots[rank].lost else { return nil }
+        slots[rank].lost = true
+        return slots[rank].task.map { TaskID(slot: rank, number: $0) }
+    }
+
+    /// The worker ranks not lost.
+    var liveWorkers: [Int] { slots.indices.filter { $0 > 0 && !slots[$0].lost } }
+
     /// A table of hosts with their slots, as `formatSpawnerConfig` prints it.
     func formatted() -> String {
         var lines = ["Hosts: \(hosts.count), slots: \(count), free: \(freeSlots().count)"]
@@ -75,6 +88,8 @@ struct SlotBook: Sendable {
                 let state: String
                 if rank == 0 {
                     state = "spawner (task 0:0)"
+                } else if slots[rank].lost {
+                    state = "lost"
                 } else if let task = slots[rank].task {
                     state = "busy (task \(rank):\(task))"
                 } else {

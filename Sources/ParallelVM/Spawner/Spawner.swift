@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Logging
 import MPI
 import ParallelVMStorage
@@ -31,6 +32,10 @@ final class Spawner: Sendable {
         var endedTasks: [(task: TaskID, sentAt: Double)] = []
         /// What the program asked to run when the run is interrupted, in registration order.
         var interruptHandlers: [@Sendable (Interrupt) -> Void] = []
+        /// Results made here for tasks whose worker rank was lost; each one's exit follows.
+        var lostResults: [(task: TaskID, result: TaskResult)] = []
+        /// When the worker ranks on this host were last checked for life.
+        var lastLivenessCheck = 0.0
     }
     private let state: Mutex<State>
 
@@ -73,6 +78,29 @@ final class Spawner: Sendable {
             doorbell: nil,
             isolation: isolation
         )
+    }
+
+    /// Seconds between heartbeats to workers on other hosts.
+    static let heartbeatInterval = 5.0
+
+    /// Sends workers on other hosts a heartbeat every few seconds, from a thread of its own, so that they
+    /// can tell a spawner that died from one that is busy (they watch one on their own host by its PID).
+    func startHeartbeats() {
+        guard let transport else { return }
+        let remote = withBook { book in book.liveWorkers.filter { book.host(of: $0) != host } }
+        guard !remote.isEmpty else { return }
+        let thread = Thread { [self] in
+            while !isFinalized {
+                Thread.sleep(forTimeInterval: Spawner.heartbeatInterval)
+                guard !isFinalized else { return }
+                let alive = withBook { Set($0.liveWorkers) }
+                for rank in remote where alive.contains(rank) {
+                    try? transport.send(WireWriter(kind: .heartbeat, sourceTask: 0, destinationTask: 0).bytes, to: rank)
+                }
+            }
+        }
+        thread.name = "ParallelVM.heartbeat"
+        thread.start()
     }
 
     /// Waits for every worker's ``Hello``, answers each with a ``Welcome``, and returns the spawner.
@@ -227,21 +255,28 @@ final class Spawner: Sendable {
         guard let transport else { return nil }
         let idleWait = spawnerIdleWait
         while true {
+            checkWorkersAlive()
+            if let lost = takeLostResult(where: accept) { return lost }
             if let exit = takeEndedTask(where: accept) { return exit }
+            // Wait in slices, so that a worker lost meanwhile is noticed within the slice.
+            let slice = Deadline.earlier(deadline, try Deadline(timeout: Spawner.livenessInterval, for: "receive"))
             let envelope = try transport.receive(
-                until: deadline,
+                until: slice,
                 matching: { envelope in
                     switch envelope.kind {
                     case .log: true
                     case .taskResult: accept(.result, envelope.sourceID)
                     case .taskExit: accept(.exit, envelope.sourceID)
                     case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
-                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck: false
+                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck, .heartbeat: false
                     }
                 },
                 idleWait: idleWait
             )
-            guard let envelope else { return nil }
+            guard let envelope else {
+                if deadline.hasPassed { return nil }
+                continue
+            }
             let source = envelope.sourceID
             switch envelope.kind {
             case .log:
@@ -261,9 +296,66 @@ final class Spawner: Sendable {
             case .user:
                 guard envelope.destinationTask == 0 else { continue }
                 return .user(source, try UserFrame.message(from: envelope))
-            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck:
+            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck, .heartbeat:
                 continue
             }
+        }
+    }
+
+    /// How often the spawner looks whether the worker ranks on its host still live, in seconds.
+    static let livenessInterval = 0.5
+
+    /// Marks lost the worker ranks on this host whose process is gone, and makes a failed result
+    /// (``TaskTermination/Reason/workerLost``) for the task each ran. Ranks on other hosts cannot be watched
+    /// this way; see the README on lost hosts.
+    private func checkWorkersAlive() {
+        let now = monotonicSeconds()
+        let due = state.withLock { state -> [(rank: Int, pid: Int32)]? in
+            guard now - state.lastLivenessCheck >= Spawner.livenessInterval else { return nil }
+            state.lastLivenessCheck = now
+            return state.book.slots.indices.compactMap { rank in
+                let slot = state.book.slots[rank]
+                return rank > 0 && !slot.lost && slot.host == host && slot.pid > 0 ? (rank, slot.pid) : nil
+            }
+        }
+        guard let due else { return }
+        for (rank, pid) in due where Glibc.kill(pid, 0) == -1 && errno == ESRCH {
+            workerLost(rank: rank, pid: pid)
+        }
+    }
+
+    private func workerLost(rank: Int, pid: Int32) {
+        let running = withBook { $0.markLost(rank) }
+        let slotHost = withBook { $0.host(of: rank) } ?? host
+        logger.warning("worker rank \(rank) (pid \(pid)) on \(slotHost) was lost; its slot gets no more tasks")
+        guard let task = running else { return }
+        let termination = TaskTermination(
+            reason: .workerLost,
+            task: task,
+            function: "",
+            host: slotHost,
+            detail: "was lost with its worker rank \(rank) (pid \(pid))",
+            standardError: []
+        )
+        let error = RemoteError(
+            function: "",
+            typeName: _typeName(TaskTermination.self, qualified: true),
+            message: termination.description,
+            task: task,
+            host: slotHost,
+            underlying: termination
+        )
+        state.withLock { state in
+            state.lostResults.append((task, TaskResult(function: "", error: error)))
+            state.endedTasks.append((task, monotonicSeconds()))
+        }
+    }
+
+    private func takeLostResult(where accept: (TaskEvent.Kind, TaskID) -> Bool) -> TaskEvent? {
+        state.withLock { state in
+            guard let index = state.lostResults.firstIndex(where: { accept(.result, $0.task) }) else { return nil }
+            let lost = state.lostResults.remove(at: index)
+            return .result(lost.task, lost.result)
         }
     }
 
@@ -321,7 +413,7 @@ final class Spawner: Sendable {
     func clearLocalStorage(until deadline: Deadline, timeoutText: String) throws(VMError) -> [ClearReport] {
         var reports = [Worker.clearLocalStorageHere()]
         guard let transport else { return reports }
-        let workers = 1..<size
+        let workers = withBook { $0.liveWorkers }
         for worker in workers {
             ringDoorbell(of: worker, always: true)
             try Signal.clearStorage(over: transport, to: worker)
@@ -408,7 +500,7 @@ final class Spawner: Sendable {
         }
         guard first, let transport else { return [] }
         var failures: [String] = []
-        for worker in 1..<size {
+        for worker in withBook({ $0.liveWorkers }) {
             do {
                 ringDoorbell(of: worker, always: true)
                 try Signal.finalize(over: transport, to: worker)
@@ -418,7 +510,11 @@ final class Spawner: Sendable {
         }
         var killed: [TaskID] = []
         if deadline.at != nil {
-            let busy = { self.withBook { book in (1..<book.count).compactMap { slot in book.task(in: slot).map { TaskID(slot: slot, number: $0) } } } }
+            let busy = {
+                self.withBook { book in
+                    book.liveWorkers.compactMap { slot in book.task(in: slot).map { TaskID(slot: slot, number: $0) } }
+                }
+            }
             while !busy().isEmpty, (try? nextEvent(until: deadline, where: { _, _ in true })) ?? nil != nil {}
             killed = busy()
             for task in killed { try? kill(task) }

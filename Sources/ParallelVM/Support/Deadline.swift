@@ -45,3 +45,12 @@ struct Deadline: Sendable, Equatable {
         return monotonicSeconds() >= at
     }
 }
+
+extension Deadline {
+    /// The sooner of two deadlines.
+    static func earlier(_ first: Deadline, _ second: Deadline) -> Deadline {
+        guard let a = first.at else { return second }
+        guard let b = second.at else { return first }
+        return a <= b ? first : second
+    }
+}

@@ -41,6 +41,8 @@ enum MessageKind: UInt8 {
     case interrupt = 13
     /// Worker to spawner: done with an interrupt.
     case interruptAck = 14
+    /// Spawner to workers on other hosts, every few seconds: it still lives (their only way to know).
+    case heartbeat = 15
 }
 
 enum Wire {

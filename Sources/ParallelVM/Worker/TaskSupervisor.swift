@@ -48,6 +48,10 @@ final class TaskSupervisor: @unchecked Sendable {
     private var finalizeRequested = false
     private var doorbellArmed = false
     private var spawnerDoorbell: (pid: Int32, token: UInt64)?
+    /// The spawner's process, when it runs on this host (from its welcome); nil when it is remote.
+    private var localSpawner: Int32?
+    private var welcomed = false
+    private var lastSpawnerCheck = 0.0
     /// Task processes that would not start in a row; past a few, spawn requests fail at once.
     private var failedStarts = 0
     /// A signal this rank received, for the loop to act on (set by the interrupt thread).
@@ -96,6 +100,7 @@ final class TaskSupervisor: @unchecked Sendable {
             }
             if finalizeRequested, running == nil { finish() }
             if let interrupt = signalled.withLock({ $0 }) { stop(interrupt, acknowledge: false) }
+            checkSpawnerAlive()
             if progressed {
                 backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
             } else if running != nil, let idleWait {
@@ -143,6 +148,30 @@ final class TaskSupervisor: @unchecked Sendable {
         exit(0)
     }
 
+    // MARK: - A lost spawner
+
+    /// Seconds without a frame from a spawner on another host (it sends a heartbeat every few seconds)
+    /// after which it counts as lost.
+    static let remoteSpawnerSilence = 30.0
+
+    /// A run whose spawner is gone cannot go on: end the task process and its folder, and exit. With
+    /// Open MPI's recovery on, nothing else would end this rank.
+    private func checkSpawnerAlive() {
+        let now = monotonicSeconds()
+        guard welcomed, now - lastSpawnerCheck >= 1 else { return }
+        lastSpawnerCheck = now
+        let gone: Bool
+        if let localSpawner {
+            gone = Glibc.kill(localSpawner, 0) == -1 && errno == ESRCH
+        } else {
+            gone = transport.quietSinceSpawner > TaskSupervisor.remoteSpawnerSilence
+        }
+        if gone {
+            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): the spawner is gone; ending\n".utf8))
+            stop(Interrupt(signal: SIGTERM), acknowledge: false, status: 1)
+        }
+    }
+
     // MARK: - Interrupts
 
     /// Called on the interrupt thread: the loop ends the run at its next turn (within its 10 ms bound).
@@ -154,7 +183,7 @@ final class TaskSupervisor: @unchecked Sendable {
 
     /// Ends the task process and whatever it started, removes the running task's folder, and exits with
     /// 128 plus the signal number, telling the spawner first when it asked.
-    private func stop(_ interrupt: Interrupt, acknowledge: Bool) -> Never {
+    private func stop(_ interrupt: Interrupt, acknowledge: Bool, status: Int32? = nil) -> Never {
         writer?.stop()
         if let child {
             child.killGroup()
@@ -167,7 +196,7 @@ final class TaskSupervisor: @unchecked Sendable {
         _ = ChildProcess.reapOrphans()
         if acknowledge { try? InterruptNotice.acknowledge(over: transport) }
         fflush(nil)
-        _exit(interrupt.exitStatus)
+        _exit(status ?? interrupt.exitStatus)
     }
 
     // MARK: - The task process
@@ -381,9 +410,14 @@ final class TaskSupervisor: @unchecked Sendable {
         case .interrupt:
             stop(Interrupt(signal: InterruptNotice.signal(of: envelope)), acknowledge: true)
         case .welcome:
-            guard doorbell != nil, let welcome = try? Welcome(envelope), welcome.host == host else { return }
+            welcomed = true
+            guard let welcome = try? Welcome(envelope), welcome.host == host else { return }
+            localSpawner = welcome.pid
+            guard doorbell != nil else { return }
             doorbellArmed = true
             if welcome.doorbell != 0 { spawnerDoorbell = (welcome.pid, welcome.doorbell) }
+        case .heartbeat:
+            break
         case .user, .clearStorage:
             send(toChild: envelope)
         case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder, .interruptAck:

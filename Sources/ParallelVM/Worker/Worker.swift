@@ -120,6 +120,8 @@ final class Worker: @unchecked Sendable {
                     state.doorbellArmed = true
                     if welcome.doorbell != 0 { state.spawnerDoorbell = (welcome.pid, welcome.doorbell) }
                 }
+            case .heartbeat:
+                continue
             case .user:
                 log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
             case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder, .interrupt, .interruptAck:
