@@ -14,9 +14,13 @@ extra=()
 if [ -r /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" != 0 ]; then
   extra+=(--mca btl_vader_single_copy_mechanism none)
 fi
-# A worker rank that dies (kill -9, a lost host) must not end the job: the spawner notices, reports its
-# task as lost and goes on without it. Workers end by themselves when the spawner is gone.
-extra+=(--enable-recovery --mca orte_abort_on_non_zero_status 0)
+# PARALLELVM_RECOVERY=1: a worker rank that dies (kill -9, a lost host) does not end the job; the spawner
+# notices, reports its task as lost and goes on without it, and workers end by themselves when the spawner
+# is gone. It is off by default because Open MPI then also ignores a non-zero exit of the spawner: mpirun
+# would exit 0 for a program that failed.
+if [ "${PARALLELVM_RECOVERY:-0}" = 1 ]; then
+  extra+=(--enable-recovery --mca orte_abort_on_non_zero_status 0)
+fi
 
 # Ranks interrupted by mpirun get this many seconds after its SIGTERM (default 1) to end their task
 # processes and remove their task folders before it sends SIGKILL.

@@ -108,7 +108,7 @@ struct FaultTests {
     }
 
     @Test func aLostWorkerRankIsReportedAndTheRunGoesOnWithoutIt() throws {
-        let output = try run("lost-worker")
+        let output = try run("lost-worker", environment: ["PARALLELVM_RECOVERY": "1"])
         #expect(output.value("lost")?.hasPrefix("workerLost|was lost with its worker rank") == true, "\(output)")
         // Noticed within the documented bound (the spawner looks every 0.5 s).
         #expect((Double(output.value("lostAfter") ?? "") ?? 99) < 5, "\(output)")
