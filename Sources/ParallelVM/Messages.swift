@@ -1,4 +1,5 @@
 import ParallelVMCodec
+
 /// A message delivered by ``VM/receiveMessage(timeout:)`` or ``TaskContext/receiveMessage(timeout:)``.
 public enum Message: Sendable {
     /// The outcome of a spawned function (sent when the task was spawned with `sendBack`). Always arrives
@@ -79,7 +80,14 @@ public struct RemoteError: Error, Sendable, CustomStringConvertible {
     /// (local storage could not be prepared on the worker) or a ``VMError``; nil for other types.
     public let underlying: (any Error & Sendable)?
 
-    init(function: String, typeName: String, message: String, task: TaskID, host: HostID, underlying: (any Error & Sendable)? = nil) {
+    init(
+        function: String,
+        typeName: String,
+        message: String,
+        task: TaskID,
+        host: HostID,
+        underlying: (any Error & Sendable)? = nil
+    ) {
         self.function = function
         self.typeName = typeName
         self.message = message

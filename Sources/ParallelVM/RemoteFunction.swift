@@ -1,5 +1,6 @@
 import ParallelVMCodec
 import ParallelVMStorage
+
 /// A function that workers can run: a stable name, `Codable` arguments and a `Codable` result.
 ///
 /// Swift cannot ship code between processes, but every rank runs the same program, so a function is

@@ -8,9 +8,9 @@ public import ParallelVMStorage
 /// workers that run registered functions on request.
 ///
 /// Create the first VM at the top of `main`, on every rank: on a worker the initialiser never returns
-/// (the process serves spawn requests until the spawner calls ``finalize()``, then exits 0); on the spawner
+/// (the process serves spawn requests until the spawner calls ``finalize(timeout:)``, then exits 0); on the spawner
 /// it returns once every worker has reported in. Run without mpirun, the program is one process with no
-/// workers: queries answer truthfully and ``spawnFunction(_:args:count:targets:sendBack:)`` spawns nothing.
+/// workers: queries answer truthfully and ``spawnFunction(_:args:count:targets:sendBack:timeout:)`` spawns nothing.
 ///
 /// ```swift
 /// let hello = RemoteFunction("hello") { (name: String, task: TaskContext) in "Hello \(name) from \(task.host)" }
@@ -174,7 +174,14 @@ public final class VM: Sendable {
         sendBack: Bool = true,
         timeout: Double? = nil
     ) throws -> [TaskID] {
-        try spawn(named: function.name, args: args, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
+        try spawn(
+            named: function.name,
+            args: args,
+            count: count,
+            targets: targets,
+            sendBack: sendBack,
+            timeout: timeout
+        )
     }
 
     /// Spawns a ``Spawnable`` value: the instance, with its state, runs on each worker.
@@ -186,7 +193,14 @@ public final class VM: Sendable {
         sendBack: Bool = true,
         timeout: Double? = nil
     ) throws -> [TaskID] {
-        try spawn(named: S.functionName, args: instance, count: count, targets: targets, sendBack: sendBack, timeout: timeout)
+        try spawn(
+            named: S.functionName,
+            args: instance,
+            count: count,
+            targets: targets,
+            sendBack: sendBack,
+            timeout: timeout
+        )
     }
 
     /// Spawns a function by its registered name. A name no worker knows gives a failed ``TaskResult``.
@@ -268,7 +282,10 @@ public final class VM: Sendable {
     static func checkTimeout(_ timeout: Double?, for operation: @autoclosure () -> String) throws(VMError) -> Double {
         guard let timeout, !timeout.isInfinite else { return 0 }
         guard timeout.isFinite, timeout > 0 else {
-            throw VMError(.invalidArgument, "\(operation()): a task timeout must be a positive number of seconds, not \(timeout)")
+            throw VMError(
+                .invalidArgument,
+                "\(operation()): a task timeout must be a positive number of seconds, not \(timeout)"
+            )
         }
         return timeout
     }
@@ -282,7 +299,10 @@ public final class VM: Sendable {
     public func kill(_ task: TaskID) throws {
         try requireLive("kill")
         guard spawner.isolation.kind == .process else {
-            throw VMError(.configuration, "cannot kill task \(task): the VM runs tasks in-process (isolation: .inProcess)")
+            throw VMError(
+                .configuration,
+                "cannot kill task \(task): the VM runs tasks in-process (isolation: .inProcess)"
+            )
         }
         guard task.slot > 0, task.number > 0, spawner.withBook({ $0.isRunning(task) }) else {
             throw VMError(.invalidDestination, "cannot kill task \(task): it is not running")
@@ -305,7 +325,8 @@ public final class VM: Sendable {
             if task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task)) { return nil }
             guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
             if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
-            let future = task.number >= book.nextTaskNumber ? "; no task number \(task.number) has been spawned yet" : ""
+            let future =
+                task.number >= book.nextTaskNumber ? "; no task number \(task.number) has been spawned yet" : ""
             if let other = book.task(in: task.slot) {
                 return "slot \(task.slot) now runs task \(task.slot):\(other)\(future)"
             }
@@ -367,6 +388,12 @@ public final class VM: Sendable {
             } else {
                 merged.append(report)
             }
+        }
+        // A worker's persistent folder is in use until that worker clears it: a rank that cleared first
+        // reported it as in use, but if another rank of the host removed it, it is not a failure.
+        for index in merged.indices {
+            let removed = Set(merged[index].removed)
+            merged[index].failures = merged[index].failures.filter { !removed.contains($0.key) }
         }
         return merged
     }

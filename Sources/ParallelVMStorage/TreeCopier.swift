@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// `copy_file_range(2)`, looked up at run time: Swift's Glibc module does not import it (it needs
 /// `_GNU_SOURCE`), and glibc has exported it since 2.27. Nil when the C library lacks it.
@@ -415,46 +416,44 @@ final class TreeCopier {
     }
 }
 
-/// Shared job counter and results for a parallel copy; guarded by a mutex.
-private final class ParallelCopyState: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
+/// Shared job counter and results for a parallel copy, in a mutex that owns them.
+private final class ParallelCopyState: Sendable {
+    private struct Progress {
+        var next = 0
+        var files = 0
+        var bytes: UInt64 = 0
+        var error: StorageError?
+    }
     private let count: Int
-    private var next = 0
-    private var files = 0
-    private var bytes: UInt64 = 0
-    private var error: StorageError?
+    private let progress = Mutex(Progress())
 
     init(count: Int) {
         self.count = count
-        pthread_mutex_init(&mutex, nil)
     }
-    deinit { pthread_mutex_destroy(&mutex) }
 
     /// The next job index, or nil when all are taken or another thread has failed.
     func take() -> Int? {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        guard error == nil, next < count else { return nil }
-        next += 1
-        return next - 1
+        progress.withLock { progress in
+            guard progress.error == nil, progress.next < count else { return nil }
+            progress.next += 1
+            return progress.next - 1
+        }
     }
 
     func finish(files: Int, bytes: UInt64, error: (any Error)?) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        self.files += files
-        self.bytes += bytes
-        if self.error == nil, let error {
-            self.error =
-                error as? StorageError
-                ?? StorageError(.ioFailure, path: "?", reason: "copy failed: \(error)", subject: "mirror source")
+        let failure = error.map {
+            $0 as? StorageError
+                ?? StorageError(.ioFailure, path: "?", reason: "copy failed: \($0)", subject: "mirror source")
+        }
+        progress.withLock { progress in
+            progress.files += files
+            progress.bytes += bytes
+            if progress.error == nil, let failure { progress.error = failure }
         }
     }
 
     func result() -> (Int, UInt64, StorageError?) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return (files, bytes, error)
+        progress.withLock { ($0.files, $0.bytes, $0.error) }
     }
 }
 

@@ -5,7 +5,11 @@ import Testing
 /// run has a time limit, so a fault that hangs the run fails the test.
 @Suite(.serialized)
 struct FaultTests {
-    private func run(_ name: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> RunOutput {
+    private func run(
+        _ name: String,
+        _ arguments: [String] = [],
+        environment: [String: String] = [:]
+    ) throws -> RunOutput {
         let output = try MPIRun.scenario(name, ranks: 3, arguments: arguments, environment: environment, timeout: 90)
         #expect(output.status == 0, "\(output)")
         #expect(!output.timedOut, "\(output)")
@@ -50,13 +54,19 @@ struct FaultTests {
         let output = try run("fault-dispatch")
         #expect(output.value("codes") == "failed,crashed,failed,crashed,failed,crashed,failed", "\(output)")
         let terminations = output.value("terminations") ?? ""
-        #expect(terminations.contains("SIGABRT") && terminations.contains("SIGSEGV") && terminations.contains("exited(status: 3)"))
+        #expect(
+            terminations.contains("SIGABRT") && terminations.contains("SIGSEGV")
+                && terminations.contains("exited(status: 3)")
+        )
         #expect(output.value("freeAtEnd") == "2")
     }
 
     @Test func aTaskOverItsTimeoutIsKilledAndTheSlotServesAgain() throws {
         let output = try run("timeout")
-        #expect(output.value("timedOut")?.hasPrefix("timedOut(seconds: 0.5)|timed out after 0.5 s") == true, "\(output)")
+        #expect(
+            output.value("timedOut")?.hasPrefix("timedOut(seconds: 0.5)|timed out after 0.5 s") == true,
+            "\(output)"
+        )
         #expect((Double(output.value("seconds") ?? "") ?? 99) < 10)
         #expect(output.value("after") == "4")
         #expect(output.value("dispatchCodes") == "timedOut,ok", "\(output)")
@@ -91,7 +101,9 @@ struct FaultTests {
     }
 
     @Test func retriesStartACrashedJobAgainAndCountTheAttempts() throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-retries-\(UUID().uuidString)")
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-retries-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
         let output = try run("retries", [root.path])
@@ -142,7 +154,9 @@ struct InterruptTests {
     func anInterruptEndsTheRunCleanly(target: String) throws {
         let parts = target.split(separator: ":")
         let signal = parts[1] == "INT" ? SIGINT : SIGTERM
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-interrupt-\(UUID().uuidString)")
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-interrupt-\(UUID().uuidString)"
+        )
         let share = root.appendingPathComponent("share")
         let source = share.appendingPathComponent("input")
         let local = root.appendingPathComponent("local")
@@ -184,16 +198,21 @@ struct InterruptTests {
         #expect(output.value("tasks") == "2", "\(output)")
         #expect(output.value("notInterrupted") == nil)
         // The program observed the interrupt before the VM ended it (mpirun passes SIGTERM on for both).
-        let observedSignal = parts[0] == "spawner" || signal == SIGTERM ? (signal == SIGINT ? "SIGINT" : "SIGTERM") : nil
+        let observedSignal =
+            parts[0] == "spawner" || signal == SIGTERM ? (signal == SIGINT ? "SIGINT" : "SIGTERM") : nil
         if let observedSignal { #expect(output.value("interrupted") == observedSignal, "\(output)") }
         #expect(output.value("interrupted") != nil, "\(output)")
         // Nothing of the run is left: no rank, no task process, no sleeper.
         usleep(300_000)
-        #expect(MPIRun.processes(marked: marker ?? "").isEmpty, "left running: \(MPIRun.processes(marked: marker ?? ""))")
+        #expect(
+            MPIRun.processes(marked: marker ?? "").isEmpty,
+            "left running: \(MPIRun.processes(marked: marker ?? ""))"
+        )
         // No task folder is left in local storage.
         let users = (try? FileManager.default.contentsOfDirectory(atPath: local.path)) ?? []
         for user in users {
-            let left = (try? FileManager.default.contentsOfDirectory(atPath: local.appendingPathComponent(user).path)) ?? []
+            let left =
+                (try? FileManager.default.contentsOfDirectory(atPath: local.appendingPathComponent(user).path)) ?? []
             #expect(left.isEmpty, "left in local storage: \(left)")
         }
     }

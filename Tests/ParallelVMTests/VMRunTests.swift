@@ -162,11 +162,20 @@ struct VMRunTests {
         let lines = run.values("log")
         if ranks > 1 {
             let task = try #require(run.value("task"))
-            #expect(lines.contains { $0.hasPrefix("warning|evaluated|") && $0.contains("point=7") && $0.contains("task=\(task)") && $0.contains("host=") }, "\(lines)")
+            #expect(
+                lines.contains {
+                    $0.hasPrefix("warning|evaluated|") && $0.contains("point=7") && $0.contains("task=\(task)")
+                        && $0.contains("host=")
+                },
+                "\(lines)"
+            )
         }
         // A job run in the spawner's process logs too, tagged as the spawner's task.
         #expect(run.value("localValue") == "8")
-        #expect(lines.contains { $0.hasPrefix("warning|evaluated|") && $0.contains("point=8") && $0.contains("task=0:0") }, "\(lines)")
+        #expect(
+            lines.contains { $0.hasPrefix("warning|evaluated|") && $0.contains("point=8") && $0.contains("task=0:0") },
+            "\(lines)"
+        )
     }
 
     @Test func debugZeroKeepsWorkerDiagnosticsQuiet() throws {

@@ -33,13 +33,23 @@ import Testing
 
     @Test func spawnRequestWithALargeSeparatePayload() throws {
         let request = SpawnRequest(
-            task: 1, sendBack: false, knownTasks: 2, function: "f", settings: [], arguments: Array(repeating: 5, count: 70_000))
+            task: 1,
+            sendBack: false,
+            knownTasks: 2,
+            function: "f",
+            settings: [],
+            arguments: Array(repeating: 5, count: 70_000)
+        )
         let envelope = try Envelope(sourceRank: 0, frame: request.header().bytes, payload: request.arguments)
         #expect(try SpawnRequest(envelope).arguments == request.arguments)
     }
 
     @Test func resultEndsItsTaskAndCarriesItsValue() throws {
-        let (frame, payload) = TaskEnd.resultFrame(task: 7, function: "double", .value(type: "Swift.Int", bytes: [1, 2]))
+        let (frame, payload) = TaskEnd.resultFrame(
+            task: 7,
+            function: "double",
+            .value(type: "Swift.Int", bytes: [1, 2])
+        )
         let envelope = try received(frame, payload: payload)
         #expect(TaskEnd.endsTask(envelope))
         #expect(TaskEnd.sentAt(envelope).map { $0 > 0 } == true)
@@ -51,7 +61,11 @@ import Testing
     }
 
     @Test func aStorageErrorArrivesAsAStorageError() throws {
-        let storage = StorageError(.ioFailure, path: "/scratch/x", reason: "could not be created: No space left on device")
+        let storage = StorageError(
+            .ioFailure,
+            path: "/scratch/x",
+            reason: "could not be created: No space left on device"
+        )
         let failure = TaskFailure(storage)
         let (frame, payload) = TaskEnd.resultFrame(task: 3, function: "sim", .failure(failure))
         let result = try TaskEnd.result(from: try received(frame, payload: payload, from: 2), host: "node2")
@@ -98,9 +112,16 @@ import Testing
     }
 
     @Test func rawBytesTravelAsThey() throws {
-        let (frame, payload) = try UserFrame.frame([UInt8]([0, 255]), from: 0, to: TaskID(slot: 1, number: 1), knownTasks: 2)
+        let (frame, payload) = try UserFrame.frame(
+            [UInt8]([0, 255]),
+            from: 0,
+            to: TaskID(slot: 1, number: 1),
+            knownTasks: 2
+        )
         #expect(payload == [0, 255])
-        #expect(try UserFrame.message(from: try received(frame, payload: payload)).decode(as: [UInt8].self) == [0, 255])
+        #expect(
+            try UserFrame.message(from: try received(frame, payload: payload)).decode(as: [UInt8].self) == [0, 255]
+        )
     }
 
     @Test func logRecordKeepsItsMetadata() throws {
@@ -142,7 +163,13 @@ import Testing
     typealias Queue = FarmQueue<String, Int>
 
     @Test func unitsStartInOrderAndIndicesCountJobs() {
-        var queue = Queue(slots: 2, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        var queue = Queue(
+            slots: 2,
+            lookaheadPerSlot: 0,
+            unjoinedLimitPerSlot: nil,
+            inputOpen: false,
+            splitsUnits: false
+        )
         #expect(queue.submit(["a", "b", "c"]) == 0)
         #expect(queue.submit(["d"]) == 3)
         #expect(queue.outstanding == 4)
@@ -178,7 +205,13 @@ import Testing
     }
 
     @Test func finishedResultsComeOutInCompletionOrder() {
-        var queue = Queue(slots: 1, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        var queue = Queue(
+            slots: 1,
+            lookaheadPerSlot: 0,
+            unjoinedLimitPerSlot: nil,
+            inputOpen: false,
+            splitsUnits: false
+        )
         _ = queue.submit(["a", "b"])
         _ = queue.nextUnit()
         queue.complete([20, 10], unitFinished: true)
@@ -189,7 +222,13 @@ import Testing
     }
 
     @Test func putBackKeepsOrderUnlessStopped() {
-        var queue = Queue(slots: 2, lookaheadPerSlot: 0, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        var queue = Queue(
+            slots: 2,
+            lookaheadPerSlot: 0,
+            unjoinedLimitPerSlot: nil,
+            inputOpen: false,
+            splitsUnits: false
+        )
         _ = queue.submit(["a"])
         _ = queue.submit(["b"])
         let first = queue.nextUnit()!
@@ -210,7 +249,13 @@ import Testing
     }
 
     @Test func stopDropsQueuedUnits() {
-        var queue = Queue(slots: 1, lookaheadPerSlot: 3, unjoinedLimitPerSlot: nil, inputOpen: false, splitsUnits: false)
+        var queue = Queue(
+            slots: 1,
+            lookaheadPerSlot: 3,
+            unjoinedLimitPerSlot: nil,
+            inputOpen: false,
+            splitsUnits: false
+        )
         _ = queue.submit(["a"])
         _ = queue.submit(["b", "c"])
         _ = queue.nextUnit()

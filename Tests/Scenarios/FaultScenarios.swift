@@ -129,7 +129,10 @@ let faultScenarios: [String: Scenario] = [
             "codes",
             results.map { $0.error.map { "\($0.code)" } ?? "ok" }.joined(separator: ",")
         )
-        report("terminations", results.compactMap { $0.error?.termination.map { "\($0.reason)" } }.joined(separator: ";"))
+        report(
+            "terminations",
+            results.compactMap { $0.error?.termination.map { "\($0.reason)" } }.joined(separator: ";")
+        )
         report("freeAtEnd", vm.freeSlots())
     },
 

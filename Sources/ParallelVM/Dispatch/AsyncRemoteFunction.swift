@@ -23,7 +23,7 @@ public struct AsyncRemoteFunction<Arguments: Codable & Sendable, Result: Codable
     }
 
     /// The same function with a body that waits for the async one: what a worker runs, and what
-    /// ``VM/spawnFunction(_:args:count:targets:sendBack:)`` takes.
+    /// ``VM/spawnFunction(_:args:count:targets:sendBack:timeout:)`` takes.
     public var blocking: RemoteFunction<Arguments, Result> {
         let body = self.body
         return RemoteFunction(name) { arguments, task in

@@ -1,4 +1,5 @@
 import ParallelVMCodec
+
 /// One unit of work for `VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)`
 /// and ``Farm``: a registered function, its arguments, and optional extra data that stays on the spawner.
 ///

@@ -150,10 +150,6 @@ final class Spawner: Sendable {
 
     // MARK: - The book
 
-    func withBook<T>(_ body: (inout SlotBook) throws(VMError) -> T) throws(VMError) -> T {
-        try state.withLock { (state) throws(VMError) -> T in try body(&state.book) }
-    }
-
     func withBook<T>(_ body: (inout SlotBook) -> T) -> T {
         state.withLock { state in body(&state.book) }
     }
@@ -268,7 +264,9 @@ final class Spawner: Sendable {
                     case .taskResult: accept(.result, envelope.sourceID)
                     case .taskExit: accept(.exit, envelope.sourceID)
                     case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
-                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck, .heartbeat: false
+                    case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder,
+                        .interrupt, .interruptAck, .heartbeat:
+                        false
                     }
                 },
                 idleWait: idleWait
@@ -296,7 +294,8 @@ final class Spawner: Sendable {
             case .user:
                 guard envelope.destinationTask == 0 else { continue }
                 return .user(source, try UserFrame.message(from: envelope))
-            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder, .interrupt, .interruptAck, .heartbeat:
+            case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder,
+                .interrupt, .interruptAck, .heartbeat:
                 continue
             }
         }
@@ -521,7 +520,9 @@ final class Spawner: Sendable {
             let grace = try Deadline(timeout: 10, for: "finalize")
             while !busy().isEmpty, (try? nextEvent(until: grace, where: { _, _ in true })) ?? nil != nil {}
             if !killed.isEmpty {
-                logger.warning("finalize killed task(s) still running: \(killed.map(\.description).joined(separator: ", "))")
+                logger.warning(
+                    "finalize killed task(s) still running: \(killed.map(\.description).joined(separator: ", "))"
+                )
             }
         }
         // Print what workers said last, so their diagnostics are not lost.

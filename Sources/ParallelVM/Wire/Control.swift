@@ -101,9 +101,16 @@ enum ClearStorageReport {
 
     static func report(from envelope: Envelope) throws(VMError) -> ClearReport {
         do {
-            return try BinaryDecoder.decode(ClearReport.self, from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...]))
+            return try BinaryDecoder.decode(
+                ClearReport.self,
+                from: envelope.payload ?? Array(envelope.frame[Wire.headerSize...])
+            )
         } catch {
-            throw VMError(.encoding, "unreadable clear report from rank \(envelope.sourceRank): \(error)", underlying: error)
+            throw VMError(
+                .encoding,
+                "unreadable clear report from rank \(envelope.sourceRank): \(error)",
+                underlying: error
+            )
         }
     }
 }

@@ -42,7 +42,8 @@ final class ChannelLink: FrameLink {
         do {
             var found: [UInt8]? = nil
             if seconds.map({ $0 > 0 }) ?? true, !waitPolicy.spin.isZero {
-                let spinUntil = monotonicSeconds() + min(waitPolicy.spin.isInfinite ? 0.002 : waitPolicy.spin, seconds ?? .infinity)
+                let spinUntil =
+                    monotonicSeconds() + min(waitPolicy.spin.isInfinite ? 0.002 : waitPolicy.spin, seconds ?? .infinity)
                 var polls = 0
                 while found == nil {
                     found = try channel.receive(timeout: .zero)

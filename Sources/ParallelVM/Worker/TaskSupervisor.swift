@@ -135,8 +135,16 @@ final class TaskSupervisor: @unchecked Sendable {
     /// Lets the task process go, then finalizes MPI and exits 0.
     private func finish() -> Never {
         if let child {
-            writer?.send(Relay.encode(peer: 0, frame: WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes, payload: nil))
-            if (try? child.wait(timeout: .seconds(5))) ?? nil == nil { _ = try? child.terminate(grace: .milliseconds(500)) }
+            writer?.send(
+                Relay.encode(
+                    peer: 0,
+                    frame: WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes,
+                    payload: nil
+                )
+            )
+            if (try? child.wait(timeout: .seconds(5))) ?? nil == nil {
+                _ = try? child.terminate(grace: .milliseconds(500))
+            }
         }
         _ = ChildProcess.reapOrphans()
         do {
@@ -167,7 +175,9 @@ final class TaskSupervisor: @unchecked Sendable {
             gone = transport.quietSinceSpawner > TaskSupervisor.remoteSpawnerSilence
         }
         if gone {
-            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): the spawner is gone; ending\n".utf8))
+            FileHandle.standardError.write(
+                Data("ParallelVM worker rank \(rank) on \(host): the spawner is gone; ending\n".utf8)
+            )
             stop(Interrupt(signal: SIGTERM), acknowledge: false, status: 1)
         }
     }
@@ -433,7 +443,9 @@ final class TaskSupervisor: @unchecked Sendable {
 
     private func wakeSpawnerIfAsleep() {
         guard let bell = spawnerDoorbell, let doorbell else { return }
-        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(pid: bell.pid, token: bell.token) }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 {
+            doorbell.ring(pid: bell.pid, token: bell.token)
+        }
     }
 
     private func log(_ level: Logger.Level, _ text: String) {

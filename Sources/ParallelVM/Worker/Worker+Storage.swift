@@ -27,7 +27,10 @@ extension Worker {
         )
         if inTaskProcess, let folder = prepared.folder {
             // The worker rank removes the folder should this process die with the task.
-            try? transport.send(TaskFolderNote(task: task.number, path: folder, persistent: prepared.persistent).frame().bytes, to: 0)
+            try? transport.send(
+                TaskFolderNote(task: task.number, path: folder, persistent: prepared.persistent).frame().bytes,
+                to: 0
+            )
         }
         if let directory = prepared.workingDirectory {
             guard chdir(directory) == 0 else {

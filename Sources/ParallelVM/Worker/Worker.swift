@@ -93,8 +93,9 @@ final class Worker: @unchecked Sendable {
                 // An idle worker on the spawner's host blocks on its doorbell once the spin time is over. The
                 // spawner rings it; the 10 ms limit only bounds the delay should a ring ever be missed.
                 let idleWait: (() -> Bool)? =
-                    if state.withLock({ $0.doorbellArmed }), let doorbell { { doorbell.wait(milliseconds: 10) } }
-                    else { nil }
+                    if state.withLock({ $0.doorbellArmed }), let doorbell { { doorbell.wait(milliseconds: 10) } } else {
+                        nil
+                    }
                 envelope = try transport.receive(
                     until: .never,
                     matching: {
@@ -124,7 +125,8 @@ final class Worker: @unchecked Sendable {
                 continue
             case .user:
                 log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
-            case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder, .interrupt, .interruptAck:
+            case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder, .interrupt,
+                .interruptAck:
                 log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
             }
         }
@@ -151,7 +153,9 @@ final class Worker: @unchecked Sendable {
     /// after its spin time without messages, and it was awake when it last sent to us.
     func wakeSpawnerIfAsleep() {
         guard let bell = state.withLock({ $0.spawnerDoorbell }), let doorbell else { return }
-        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(pid: bell.pid, token: bell.token) }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 {
+            doorbell.ring(pid: bell.pid, token: bell.token)
+        }
     }
 
     // MARK: - Running a task
@@ -296,7 +300,10 @@ extension Worker: TaskHost {
         let knownTasks = state.withLock { $0.knownTasks }
         if destination.slot == 0 {
             guard destination.number == 0 else {
-                throw VMError(.invalidDestination, "task \(destination) does not exist: slot 0 only runs the spawner, 0:0")
+                throw VMError(
+                    .invalidDestination,
+                    "task \(destination) does not exist: slot 0 only runs the spawner, 0:0"
+                )
             }
             wakeSpawnerIfAsleep()
         } else if destination.number >= knownTasks {
