@@ -130,6 +130,14 @@ struct FaultTests {
         #expect(output.value("config") == "true")
     }
 
+    @Test func aJobRunsOnceOnEverySlotOrOnEveryHost() throws {
+        let output = try run("everywhere")
+        #expect(output.value("slots") == "1,2", "\(output)")
+        #expect(output.value("distinct") == "2")
+        #expect(output.value("hosts") == "1")
+        #expect(output.value("whileBusy")?.contains("are busy") == true, "\(output)")
+    }
+
     @Test func setupRunsOncePerTaskProcessAndAgainAfterACrash() throws {
         let output = try run("setup")
         #expect(output.value("runs") == "1,1,1,1", "\(output)")

@@ -292,6 +292,23 @@ let faultScenarios: [String: Scenario] = [
         report("config", vm.formatSpawnerConfig().contains("lost"))
     },
 
+    // A job once on every slot, and once on every host.
+    "everywhere": { vm, _ in
+        let slots = try vm.runEverywhere(parentProcess, args: 0)
+        report("slots", slots.map { String($0.task.slot) }.joined(separator: ","))
+        report("distinct", Set(slots.compactMap { try? $0.result.value(as: Int32.self) }).count)
+        let hosts = try vm.runEverywhere(parentProcess, args: 0, perHost: true)
+        report("hosts", hosts.count)
+        let busy = try vm.spawnFunction(sleeper, args: 1.0, count: 1)
+        do {
+            _ = try vm.runEverywhere(parentProcess, args: 0)
+            report("whileBusy", "no error")
+        } catch {
+            report("whileBusy", "\(error)")
+        }
+        _ = try collect(vm, busy)
+    },
+
     // The setup function runs once per task process, and again in the one that replaces a crashed one.
     "setup": { vm, _ in
         var probes: [[Int]] = []
