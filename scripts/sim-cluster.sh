@@ -61,13 +61,20 @@ host_pid() {
 host_init() {
   cat <<'EOF'
 set -euo pipefail
-name=$1 share=$2 shared=$3 state=$4
+name=$1 share=$2 shared=$3 state=$4 project=$5
 read -r pid _ </proc/self/stat        # this process's PID as the machine sees it (/proc is still the machine's)
 hostname "$name"
 mount -t tmpfs -o mode=755 sim-media /media
 mkdir -p "$share"
 mount --bind "$shared" "$share"       # before /tmp is covered, in case the shared folder is under it
+# The project (its scripts and built programs) must stay at its path on every host, even under /tmp.
+case "$project/" in
+  /tmp/*) mkdir -p /media/.project && mount --bind "$project" /media/.project ;;
+esac
 mount -t tmpfs -o mode=1777 sim-tmp /tmp
+case "$project/" in
+  /tmp/*) mkdir -p "$project" && mount --bind /media/.project "$project" ;;
+esac
 mount -t tmpfs -o mode=1777 sim-shm /dev/shm
 mount --bind "$state/hosts" /etc/hosts
 mount -t proc proc /proc              # this host's processes only
@@ -139,7 +146,7 @@ SIM_CLUSTER_SHARE=/media/share$i
 SIM_CLUSTER_HOST=$name
 EOF
     unshare --net --uts --ipc --mount --pid --fork --propagation private \
-      bash "$state/host-init.sh" "$name" "/media/share$i" "$shared" "$state" </dev/null >>"$state/$name/log" 2>&1 &
+      bash "$state/host-init.sh" "$name" "/media/share$i" "$shared" "$state" "$root" </dev/null >>"$state/$name/log" 2>&1 &
     echo $! >"$state/$name/unshare.pid"
     echo "$name slots=$slots" >>"$state/hostfile.new"
   done
