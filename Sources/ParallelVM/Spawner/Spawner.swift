@@ -251,11 +251,23 @@ final class Spawner: Sendable {
         guard let transport else { return nil }
         let idleWait = spawnerIdleWait
         while true {
-            checkWorkersAlive()
-            if let lost = takeLostResult(where: accept) { return lost }
-            if let exit = takeEndedTask(where: accept) { return exit }
+            // One look at the state on the hot path: a poll finds nothing queued here almost always.
+            let now = monotonicSeconds()
+            let (queued, due) = state.withLock { state in
+                (
+                    !state.lostResults.isEmpty || !state.endedTasks.isEmpty,
+                    now - state.lastLivenessCheck >= Spawner.livenessInterval
+                )
+            }
+            if due { checkWorkersAlive() }
+            if queued || due {
+                if let lost = takeLostResult(where: accept) { return lost }
+                if let exit = takeEndedTask(where: accept) { return exit }
+            }
             // Wait in slices, so that a worker lost meanwhile is noticed within the slice.
-            let slice = Deadline.earlier(deadline, try Deadline(timeout: Spawner.livenessInterval, for: "receive"))
+            let slice =
+                deadline.at.map { $0 - now <= Spawner.livenessInterval } == true
+                ? deadline : Deadline.after(seconds: Spawner.livenessInterval, from: now)
             let envelope = try transport.receive(
                 until: slice,
                 matching: { envelope in

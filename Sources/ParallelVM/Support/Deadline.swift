@@ -20,7 +20,7 @@ struct Deadline: Sendable, Equatable {
     static let never = Deadline(at: nil)
     static var now: Deadline { Deadline(at: monotonicSeconds()) }
 
-    private init(at: Double?) { self.at = at }
+    fileprivate init(at: Double?) { self.at = at }
 
     /// The deadline `timeout` seconds from now; `operation` names the call in the error for NaN.
     init(timeout: Double?, for operation: @autoclosure () -> String) throws(VMError) {
@@ -47,10 +47,7 @@ struct Deadline: Sendable, Equatable {
 }
 
 extension Deadline {
-    /// The sooner of two deadlines.
-    static func earlier(_ first: Deadline, _ second: Deadline) -> Deadline {
-        guard let a = first.at else { return second }
-        guard let b = second.at else { return first }
-        return a <= b ? first : second
-    }
+    /// The deadline `seconds` after `now` (monotonic seconds).
+    static func after(seconds: Double, from now: Double) -> Deadline { Deadline(at: now + seconds) }
+
 }

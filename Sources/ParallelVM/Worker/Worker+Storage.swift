@@ -9,6 +9,13 @@ struct WorkerStorageState {
     var persistentFolders = PersistentFolders()
     /// The folder MPI started the worker in; tasks with no storage settings run there.
     let startDirectory = FileManager.default.currentDirectoryPath
+    /// That folder, open: changing back into it by descriptor costs no path lookup, once per task.
+    let startDirectoryDescriptor = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+
+    /// Changes back into the folder MPI started the worker in.
+    func returnToStart() {
+        if startDirectoryDescriptor < 0 || fchdir(startDirectoryDescriptor) != 0 { _ = chdir(startDirectory) }
+    }
 }
 
 extension Worker {
@@ -57,7 +64,7 @@ extension Worker {
 
     /// Removes the task's storage (unless persistent) and returns to the folder MPI started the worker in.
     func cleanupStorage(_ prepared: PreparedStorage, task: TaskID) {
-        _ = chdir(storage.startDirectory)
+        storage.returnToStart()
         do {
             try prepared.cleanup()
         } catch {

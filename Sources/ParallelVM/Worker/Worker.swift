@@ -190,7 +190,7 @@ final class Worker: @unchecked Sendable {
         transport.removePending { $0.kind == .user && $0.destinationTask < number }
         defer { state.withLock { $0.currentTask = nil } }
         // Each task starts in the worker's own folder, whatever folder the previous task moved to.
-        _ = chdir(storage.startDirectory)
+        storage.returnToStart()
         let context = TaskContext(
             host: self,
             taskID: taskID,
