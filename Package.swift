@@ -33,7 +33,7 @@ let package = Package(
         .target(
             name: "ParallelVM",
             dependencies: [
-                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
+                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess", "ParallelVMExperiment",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
