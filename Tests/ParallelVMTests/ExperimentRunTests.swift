@@ -31,7 +31,10 @@ struct ExperimentRunTests {
     }
 
     private func csv(_ root: String, _ id: String) -> String? {
-        try? String(contentsOfFile: URL(fileURLWithPath: root).appendingPathComponent("\(id).csv").path, encoding: .utf8)
+        try? String(
+            contentsOfFile: URL(fileURLWithPath: root).appendingPathComponent("\(id).csv").path,
+            encoding: .utf8
+        )
     }
 
     private func journalIndices(_ root: String, _ id: String) throws -> [Int] {
@@ -47,7 +50,7 @@ struct ExperimentRunTests {
         let clean = try sweep(root, "clean", jobs: jobs, milliseconds: 150)
         #expect(clean.value("ran") == "\(jobs)" && clean.value("reused") == "0", "\(clean)")
 
-        // The first run is killed with SIGKILL (mpirun's whole process group) once K jobs have finished.
+        // The first run is killed with SIGKILL (mpirun's process group, and each rank's) once K jobs have finished.
         let minimumDone = 10
         let killedAfter = Mutex(-1)
         let survivors = Mutex(0)
@@ -58,12 +61,15 @@ struct ExperimentRunTests {
             ["-n", "3", MPIRun.scenarios, "experiment-sweep", root, "resumed", String(jobs), "150"],
             timeout: 90,
             during: { pid, marker, stdout in
+                // run() removes the output file as soon as the script ends: count before the kill.
                 let deadline = Date().addingTimeInterval(60)
-                while Date() < deadline {
+                var done = 0
+                while Date() < deadline && done < minimumDone {
                     let text = (try? String(contentsOf: stdout, encoding: .utf8)) ?? ""
-                    if text.split(separator: "\n").filter({ $0.hasPrefix("done=") }).count >= minimumDone { break }
+                    done = text.split(separator: "\n").filter({ $0.hasPrefix("done=") }).count
                     usleep(10_000)
                 }
+                killedAfter.withLock { $0 = done }
                 // scripts/mpirun.sh starts mpirun as a job of its own, so mpirun leads its own process group.
                 guard let mpirun = MPIRun.childProcesses(of: pid).first(where: { getpgid($0) == $0 }),
                     getpgid(mpirun) != getpgid(0)
@@ -76,12 +82,12 @@ struct ExperimentRunTests {
                 let ranks = MPIRun.childProcesses(of: mpirun).filter { getpgid($0) == $0 }
                 kill(-mpirun, SIGKILL)
                 for rank in ranks { kill(-rank, SIGKILL) }
-                let text = (try? String(contentsOf: stdout, encoding: .utf8)) ?? ""
-                killedAfter.withLock { $0 = text.split(separator: "\n").filter({ $0.hasPrefix("done=") }).count }
-                // The ranks are in mpirun's group: wait until they are gone (the script itself ends last),
-                // so the journal is read only once nothing can write it.
+                // Wait until every process of the run is gone, so the journal is read only once nothing can
+                // write it.
                 let gone = Date().addingTimeInterval(10)
-                while Date() < gone && MPIRun.processes(marked: marker).contains(where: { $0 != pid }) { usleep(10_000) }
+                while Date() < gone && MPIRun.processes(marked: marker).contains(where: { $0 != pid }) {
+                    usleep(10_000)
+                }
                 survivors.withLock { $0 = MPIRun.processes(marked: marker).filter { $0 != pid }.count }
                 MPIRun.killProcesses(marked: marker)
                 finished.signal()
@@ -167,5 +173,37 @@ struct ExperimentRunTests {
         #expect(again.value("ordered") == "true")
         #expect(clean != nil && csv(root, "local") == clean)
         #expect(try journalIndices(root, "local").sorted() == Array(0..<10))
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aJournaledFailureRunsAgainUnlessRerunFailedIsFalse() throws {
+        let root = try makeRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let arguments = [root, "failing", "6", "5"]
+        let first = try MPIRun.scenario(
+            "experiment-sweep",
+            ranks: 1,
+            arguments: arguments,
+            environment: ["SWEEP_FAIL_INDEX": "3"],
+            timeout: 60
+        )
+        #expect(first.value("ran") == "6" && first.value("failed") == "1", "\(first)")
+        let failure = try #require(first.value("failure"), "\(first)")
+        #expect(failure.hasPrefix("3 failed ") && failure.hasSuffix("SweepFailure: point 3 fails on purpose"))
+        // Kept as it is: the journaled failure comes back with its type and message, and nothing runs.
+        let kept = try MPIRun.scenario(
+            "experiment-sweep",
+            ranks: 1,
+            arguments: arguments,
+            environment: ["SWEEP_RERUN_FAILED": "0"],
+            timeout: 60
+        )
+        #expect(kept.value("ran") == "0" && kept.value("reused") == "6", "\(kept)")
+        #expect(kept.value("failure") == failure, "\(kept)")
+        // By default the failed job runs again (and now succeeds); the others are reused.
+        let rerun = try MPIRun.scenario("experiment-sweep", ranks: 1, arguments: arguments, timeout: 60)
+        #expect(rerun.value("ran") == "1" && rerun.value("reused") == "5", "\(rerun)")
+        #expect(rerun.values("done") == ["3"] && rerun.value("failure") == nil, "\(rerun)")
+        #expect(csv(root, "failing")?.contains("\n3,10\n") == true)
     }
 }

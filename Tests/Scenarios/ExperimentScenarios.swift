@@ -11,9 +11,17 @@ struct SweepPoint: Codable, Sendable {
     var offset: Int
 }
 
-/// Sleeps, then returns `index * index + 1 + offset`.
+struct SweepFailure: Error, CustomStringConvertible {
+    let index: Int
+    var description: String { "point \(index) fails on purpose" }
+}
+
+/// Sleeps, then returns `index * index + 1 + offset`; throws for the index in `SWEEP_FAIL_INDEX`.
 let experimentSquare = RemoteFunction("experiment.square") { (point: SweepPoint, _: TaskContext) -> Int in
     usleep(UInt32(point.milliseconds * 1000))
+    if ProcessInfo.processInfo.environment["SWEEP_FAIL_INDEX"] == String(point.index) {
+        throw SweepFailure(index: point.index)
+    }
     return point.index * point.index + 1 + point.offset
 }
 
@@ -25,7 +33,8 @@ let experimentScenarios: [String: Scenario] = [
     // ROOT ID JOBS MILLISECONDS [CHANGED_FROM]: a sweep with the experiment ROOT/ID; jobs from index
     // CHANGED_FROM on get offset 1 (other arguments). Prints `done=K` as job K finishes in this run,
     // then ran/reused/failed, whether the reused ones were flagged, and writes ROOT/ID.csv in job order.
-    // An error opening the experiment is reported as `error=CODE` and `message=...`.
+    // An error opening the experiment is reported as `error=CODE` and `message=...`. SWEEP_RERUN_FAILED=0
+    // passes `rerunFailed: false`; failed jobs are reported as `failure=INDEX CODE TYPE: MESSAGE`.
     "experiment-sweep": { vm, arguments in
         guard arguments.count >= 4, let jobs = Int(arguments[2]), let milliseconds = Int(arguments[3]) else {
             throw ScenarioArgumentError(description: "experiment-sweep needs ROOT ID JOBS MILLISECONDS [CHANGED_FROM]")
@@ -44,7 +53,8 @@ let experimentScenarios: [String: Scenario] = [
             var reusedSeen = 0
             let results: [JobResult<Int>]
             do {
-                results = try await vm.dispatch(sweep, experiment: experiment) { result in
+                let rerunFailed = ProcessInfo.processInfo.environment["SWEEP_RERUN_FAILED"] != "0"
+                results = try await vm.dispatch(sweep, experiment: experiment, rerunFailed: rerunFailed) { result in
                     if result.reused { reusedSeen += 1 } else { report("done", result.index) }
                     return true
                 }
@@ -60,6 +70,9 @@ let experimentScenarios: [String: Scenario] = [
             report("reusedFlagged", results.filter(\.reused).count)
             report("reusedSeen", reusedSeen)
             report("ordered", results.map(\.index) == Array(0..<jobs))
+            for case let error? in results.map(\.error) {
+                report("failure", "\(error.index) \(error.code.rawValue) \(error.typeName): \(error.message)")
+            }
             var csv = "index,value\n"
             for result in results { csv += "\(result.index),\(result.value.map(String.init) ?? "failed")\n" }
             let path = URL(fileURLWithPath: root).appendingPathComponent("\(id).csv").path

@@ -44,7 +44,9 @@ struct Options {
             case "--id": id = try value(for: option)
             case "--jobs":
                 let text = try value(for: option)
-                guard let number = Int(text), number >= 0 else { throw OptionError("--jobs must be 0 or more, not \(text)") }
+                guard let number = Int(text), number >= 0 else {
+                    throw OptionError("--jobs must be 0 or more, not \(text)")
+                }
                 jobs = number
             case "--job-seconds":
                 let text = try value(for: option)

@@ -34,7 +34,10 @@ extension VM {
         var journal: RunJournal
         do {
             try experiment.open()
-            journal = try RunJournal(experiment: experiment, localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName)
+            journal = try RunJournal(
+                experiment: experiment,
+                localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName
+            )
         } catch {
             try? experiment.close()
             await farm.close()
@@ -80,7 +83,9 @@ extension VM {
                     jobIndexOfFarmIndex += indices
                     queuedAt += repeatElement(Date(), count: indices.count)
                     try journal.log.log(
-                        indices.count == 1 ? "job \(indices[0]) queued" : "jobs \(indices.map(String.init).joined(separator: ", ")) queued as one chunk"
+                        indices.count == 1
+                            ? "job \(indices[0]) queued"
+                            : "jobs \(indices.map(String.init).joined(separator: ", ")) queued as one chunk"
                     )
                 }
                 guard let farmResult = try await farm.join() else { break }
@@ -91,7 +96,9 @@ extension VM {
         } catch {
             if error is CancellationError { await farm.cancel() } else { await farm.close() }
             run.progress.finish()
-            try? journal.log.log("run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)")
+            try? journal.log.log(
+                "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
+            )
             try? experiment.close()
             throw error
         }
