@@ -33,7 +33,7 @@ let package = Package(
         .target(
             name: "ParallelVM",
             dependencies: [
-                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
+                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess", "ParallelVMExperiment",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -65,7 +65,7 @@ let package = Package(
 // Demos: executable targets under demo/, one folder each.
 for demo in [
     "01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch",
-    "08-dyndispatch", "09-asyncloop",
+    "08-dyndispatch", "09-asyncloop", "10-experiment",
 ] {
     package.targets.append(
         .executableTarget(

@@ -55,6 +55,11 @@ public final class Experiment: Sendable {
     }
 
     private let session: Mutex<Session?> = Mutex(nil)
+    private let lastRunSummary: Mutex<DispatchSummary?> = Mutex(nil)
+
+    /// How the latest run of this object ended (its counts), or nil before one ended; still readable
+    /// after `close()`. A run that threw leaves the previous summary.
+    public var lastRun: DispatchSummary? { lastRunSummary.withLock { $0 } }
 
     /// An experiment called `name` in the folder `parent` (absolute, or relative to the current folder).
     ///
@@ -281,11 +286,15 @@ public final class Experiment: Sendable {
 
     /// Records the end of a run: its counts, now as the end, and the hosts it finished with.
     package func endRun(counts: Manifest.Counts, hosts: [String]? = nil) throws(ExperimentError) {
+        var jobs = 0
         try updateManifest { manifest in
             manifest.counts = counts
             manifest.ended = Timestamp.now()
             if let hosts { manifest.hosts = hosts }
+            jobs = manifest.jobs
         }
+        let summary = DispatchSummary(jobs: jobs, ran: counts.ran, reused: counts.reused, failed: counts.failed)
+        lastRunSummary.withLock { $0 = summary }
     }
 
     /// Copies what `patterns` (globs relative to `taskFolder`, see `Glob`) match into `outputs/<job>/`,

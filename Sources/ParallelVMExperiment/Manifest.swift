@@ -145,3 +145,27 @@ package struct Manifest: Codable, Sendable, Hashable {
         )
     }
 }
+
+/// How a run with an experiment went: `VM.dispatch(_:experiment:...)` sets ``Experiment/lastRun`` to it
+/// when the run ends (the same counts are in `manifest.json`).
+public struct DispatchSummary: Sendable, Hashable, CustomStringConvertible {
+    /// Jobs the run was given (up to where it stopped, for a run stopped early).
+    public var jobs: Int
+    /// Jobs run in this run (failed ones included).
+    public var ran: Int
+    /// Jobs whose result came from the journal instead of running.
+    public var reused: Int
+    /// Jobs that failed in this run.
+    public var failed: Int
+
+    /// A summary with these counts.
+    public init(jobs: Int, ran: Int, reused: Int, failed: Int) {
+        self.jobs = jobs
+        self.ran = ran
+        self.reused = reused
+        self.failed = failed
+    }
+
+    /// `40 jobs: ran 10, reused 30, failed 0`.
+    public var description: String { "\(jobs) jobs: ran \(ran), reused \(reused), failed \(failed)" }
+}

@@ -21,6 +21,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(edgeScenarios) { first, _ in first }
     .merging(faultScenarios) { first, _ in first }
     .merging(clusterScenarios) { first, _ in first }
+    .merging(experimentScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -39,7 +40,7 @@ let isolation: Isolation =
     ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-        + faultFunctions + clusterFunctions,
+        + faultFunctions + clusterFunctions + experimentFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }

@@ -152,6 +152,9 @@ public struct JobResult<Value: Codable & Sendable>: Sendable {
     /// How many times the job was started: 1, or more when `retries` ran it again after its task crashed,
     /// timed out or lost its worker.
     public internal(set) var attempts: Int = 1
+    /// True when the result was not run but read back from the dispatch's experiment journal (a job of an
+    /// earlier run with the same index, function and arguments).
+    public internal(set) var reused: Bool = false
 
     /// The job's ``Job/extra`` data.
     public var extra: (any Sendable)? { job.extra }
@@ -173,6 +176,36 @@ public struct JobResult<Value: Codable & Sendable>: Sendable {
 
     /// The value; throws the ``JobError`` when the job failed.
     public func get() throws(JobError) -> Value { try outcome.get() }
+
+    /// The same result for the job at `index` (a journaled dispatch runs only some of its jobs in the farm,
+    /// which numbers them by itself).
+    func renumbered(_ index: Int) -> JobResult {
+        let renumberedOutcome = outcome.mapError { $0.renumbered(index) }
+        return JobResult(
+            index: index,
+            job: job,
+            outcome: renumberedOutcome,
+            host: host,
+            task: task,
+            attempts: attempts,
+            reused: reused
+        )
+    }
+}
+
+/// The error of a failed job read back from an experiment journal (``JobError/underlying`` of a reused
+/// failure): the original error's type and text, and where it ran.
+public struct JournaledFailure: Error, Sendable, CustomStringConvertible {
+    /// The fully qualified type name of the error the job threw.
+    public let typeName: String
+    /// The error's text.
+    public let message: String
+    /// The host the job ran on.
+    public let host: String
+    /// The task it ran in.
+    public let task: String
+
+    public var description: String { "\(typeName): \(message) (journaled, from task \(task) on host \(host))" }
 }
 
 /// Why a job failed: names the job and carries the error.
@@ -228,6 +261,38 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
             self.typeName = _typeName(type(of: underlying), qualified: true)
             self.message = String(describing: underlying)
         }
+    }
+
+    /// A failure with every field given (a failure read back from an experiment journal, or one renumbered).
+    init(
+        code: Code,
+        index: Int,
+        job: String,
+        function: String,
+        typeName: String,
+        message: String,
+        underlying: any Error
+    ) {
+        self.code = code
+        self.index = index
+        self.job = job
+        self.function = function
+        self.typeName = typeName
+        self.message = message
+        self.underlying = underlying
+    }
+
+    /// The same failure for the job at `index`.
+    func renumbered(_ index: Int) -> JobError {
+        JobError(
+            code: code,
+            index: index,
+            job: job,
+            function: function,
+            typeName: typeName,
+            message: message,
+            underlying: underlying
+        )
     }
 
     /// How the job's task ended, when it ended without returning (crashed, timed out, killed, worker lost).

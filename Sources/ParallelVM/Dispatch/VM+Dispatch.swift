@@ -31,11 +31,20 @@ extension VM {
     ///   - retries: how many more times a job whose task crashed, timed out or lost its worker starts again,
     ///     on another slot when one is free (0: never). ``JobResult/attempts`` says how many starts it took.
     ///   - collectResults: false returns an empty array, for dispatches whose collector keeps what it needs.
+    ///   - experiment: keep every finished job's result in this experiment's journal, and return the
+    ///     journaled result instead of running a job whose index, function and arguments match a record
+    ///     of an earlier run (``JobResult/reused``). The dispatch opens the experiment (throwing its
+    ///     ``ExperimentError`` when another run holds it), and closes it when it returns or throws;
+    ///     ``Experiment/lastRun`` then says how many jobs ran and how many were reused. See the README's
+    ///     "Experiments and resume".
+    ///   - rerunFailed: with an `experiment`, run a job again whose journaled result is a failure (the
+    ///     default); false returns the journaled failure as a ``JobError/Code-swift.enum/failed`` result.
     ///   - collector: called with each result as its job finishes, in completion order, on the caller's
     ///     actor. Return false to start no more jobs: the running ones are still waited for and still
     ///     passed to the collector (whose answer no longer matters), so it sees exactly the jobs returned.
-    ///     An error it throws stops the dispatch as `failFast` does and is rethrown.
-    /// - Returns: the results of the jobs that were started, in job order.
+    ///     An error it throws stops the dispatch as `failFast` does and is rethrown. Reused results are
+    ///     passed to it too, as the dispatch reaches their jobs.
+    /// - Returns: the results of the jobs that were started (or reused), in job order.
     @discardableResult
     public nonisolated(nonsending) func dispatch<Value>(
         _ jobs: some Sequence<Job<Value>>,
@@ -46,8 +55,25 @@ extension VM {
         timeout: Double? = nil,
         retries: Int = 0,
         collectResults: Bool = true,
+        experiment: Experiment? = nil,
+        rerunFailed: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] {
+        if let experiment {
+            return try await dispatchJournaled(
+                jobs,
+                experiment: experiment,
+                rerunFailed: rerunFailed,
+                remote: remote,
+                chunkSize: chunkSize,
+                failFast: failFast,
+                progress: progress,
+                timeout: timeout,
+                retries: retries,
+                collectResults: collectResults,
+                collector: collector
+            )
+        }
         var run = try DispatchRun(
             vm: self,
             remote: remote,
@@ -97,6 +123,7 @@ extension VM {
     /// from earlier results) works. With `chunkSize` above 1 it must produce a full chunk (or end) before
     /// the chunk is sent, so such a sequence should keep `chunkSize` 1. When the dispatch stops early, the
     /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
+    /// This form keeps no experiment journal: pass a `Sequence` to dispatch with an ``Experiment``.
     @discardableResult
     public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
         _ jobs: sending Jobs,
@@ -204,7 +231,7 @@ private struct Handover<Jobs>: @unchecked Sendable {
 }
 
 /// What a dispatch keeps while it runs: results by index, the collector, fail-fast and early-stop state.
-private struct DispatchRun<Value: Codable & Sendable> {
+struct DispatchRun<Value: Codable & Sendable> {
     let farm: Farm<Value>
     let failFast: Bool
     let collectResults: Bool
