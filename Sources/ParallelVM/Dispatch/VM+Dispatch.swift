@@ -34,8 +34,8 @@ extension VM {
     ///   - experiment: keep every finished job's result in this experiment's journal, and return the
     ///     journaled result instead of running a job whose index, function and arguments match a record
     ///     of an earlier run (``JobResult/reused``). The dispatch opens the experiment (throwing its
-    ///     ``ExperimentError`` when another run holds it), and closes it when it returns or throws;
-    ///     ``Experiment/lastRun`` then says how many jobs ran and how many were reused. See the README's
+    ///     `ExperimentError` when another run holds it), and closes it when it returns or throws;
+    ///     `Experiment.lastRun` then says how many jobs ran and how many were reused. See the README's
     ///     "Experiments and resume".
     ///   - rerunFailed: with an `experiment`, run a job again whose journaled result is a failure (the
     ///     default); false returns the journaled failure as a ``JobError/Code-swift.enum/failed`` result.
@@ -123,7 +123,7 @@ extension VM {
     /// from earlier results) works. With `chunkSize` above 1 it must produce a full chunk (or end) before
     /// the chunk is sent, so such a sequence should keep `chunkSize` 1. When the dispatch stops early, the
     /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
-    /// This form keeps no experiment journal: pass a `Sequence` to dispatch with an ``Experiment``.
+    /// This form keeps no experiment journal: pass a `Sequence` to dispatch with an `Experiment`.
     @discardableResult
     public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
         _ jobs: sending Jobs,

@@ -8,6 +8,8 @@ extension VM {
     /// workers it returns no result.
     ///
     /// - Parameters:
+    ///   - function: the registered function to run.
+    ///   - args: its arguments, the same for every task.
     ///   - perHost: one task on each host (its first free slot) instead of one in every slot.
     ///   - timeout: seconds each task may run.
     public func runEverywhere<Arguments, Result>(
