@@ -22,9 +22,9 @@ if [ "${PARALLELVM_RECOVERY:-0}" = 1 ]; then
   extra+=(--enable-recovery --mca orte_abort_on_non_zero_status 0)
 fi
 
-# Ranks interrupted by mpirun get this many seconds after its SIGTERM (default 1) to end their task
+# Ranks interrupted by mpirun get 2 s after its SIGTERM (default 1) to end their task
 # processes and remove their task folders before it sends SIGKILL.
-extra+=(--mca odls_base_sigkill_timeout 5)
+extra+=(--mca odls_base_sigkill_timeout 2)
 
 # mpirun runs as a job of this script, which passes SIGINT and SIGTERM on to it and then exits with 128
 # plus the signal (130, 143), as an interrupted program does; mpirun itself exits 1 when interrupted.
