@@ -1,5 +1,6 @@
 public import Foundation
 import Glibc
+import ParallelVMStorage
 import Synchronization
 
 /// A named folder that keeps what a parallel run did, so that a later run can resume it.

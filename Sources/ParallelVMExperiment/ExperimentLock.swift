@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import ParallelVMStorage
 
 /// The claim of one run on an experiment: an exclusive `flock` on the folder's `lock` file.
 ///

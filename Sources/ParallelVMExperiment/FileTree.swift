@@ -1,4 +1,5 @@
 import Glibc
+import ParallelVMStorage
 
 /// Offset of `d_name` in `struct dirent`.
 private let direntNameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!

@@ -1,4 +1,5 @@
 import Glibc
+import ParallelVMStorage
 
 /// What went wrong at the end of, or inside, a journal.
 public enum JournalProblem: Sendable, Hashable, CustomStringConvertible {

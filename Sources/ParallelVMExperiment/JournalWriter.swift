@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import ParallelVMStorage
 
 /// Appends records to a results journal, batching the writes so that journaling costs a dispatch little.
 ///

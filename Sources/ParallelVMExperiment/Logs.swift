@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import ParallelVMStorage
 import Synchronization
 
 /// UTC timestamps in ISO 8601 with milliseconds, `2025-01-31T12:00:00.250Z`, made without a formatter

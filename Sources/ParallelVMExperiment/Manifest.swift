@@ -1,5 +1,6 @@
 package import Foundation
 import Glibc
+import ParallelVMStorage
 
 /// `manifest.json`: what an experiment's latest run was given and how it went.
 ///

@@ -1,4 +1,5 @@
 import Glibc
+import ParallelVMStorage
 
 /// `renameat2(2)`, looked up at run time: Swift's Glibc module does not import it (it needs `_GNU_SOURCE`).
 /// Nil when the C library lacks it.

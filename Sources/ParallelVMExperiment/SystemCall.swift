@@ -1,15 +1,10 @@
 import Glibc
+import ParallelVMStorage
 
-/// A system call that failed: its name and the errno it left.
-struct SystemCallError: Error {
-    /// The call, e.g. "openat".
-    let call: StaticString
-    /// The errno value it failed with.
-    let errno: Int32
+// Experiment code calls POSIX through storage's checked `SystemCall` (EINTR retried, call and errno kept);
+// these are the pieces only experiments need.
 
-    /// "openat: No such file or directory (errno 2)".
-    var text: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
-
+extension SystemCallError {
     /// The `ExperimentError` a user sees: "<subject> <path> could not be <operation>: <call>: <errno text>".
     func experimentError(
         _ operation: String,
@@ -30,33 +25,7 @@ struct SystemCallError: Error {
     }
 }
 
-/// The one way experiment code calls POSIX functions that report failure through `errno`.
-///
-/// A call is retried while it fails with `EINTR`, so no caller has to remember to; the failure keeps the
-/// call's name so the error can say which step failed.
-enum SystemCall {
-    /// Runs `body` (a call returning -1 on failure) until it does not fail with `EINTR`.
-    /// - Parameter retryOnInterrupt: false for calls that must not be repeated, such as `close`.
-    @inline(__always)
-    static func value<T: FixedWidthInteger & SignedInteger>(
-        _ call: StaticString,
-        retryOnInterrupt: Bool = true,
-        _ body: () -> T
-    ) -> Result<T, SystemCallError> {
-        while true {
-            let result = body()
-            if result >= 0 { return .success(result) }
-            let err = Glibc.errno
-            if err == EINTR && retryOnInterrupt { continue }
-            return .failure(SystemCallError(call: call, errno: err))
-        }
-    }
-
-    /// `close(2)`, never retried: on Linux the descriptor is gone even when close reports `EINTR`.
-    static func close(_ fd: Int32) {
-        _ = value("close", retryOnInterrupt: false) { Glibc.close(fd) }
-    }
-
+extension SystemCall {
     /// Writes all of `bytes` at the file position (or the end, for `O_APPEND`), looping over short writes.
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Result<Void, SystemCallError> {
         var done = 0

@@ -1,14 +1,19 @@
 import Glibc
 
 /// A system call that failed: its name and the errno it left.
-struct SystemCallError: Error {
+package struct SystemCallError: Error {
     /// The call, e.g. "openat".
-    let call: StaticString
+    package let call: StaticString
     /// The errno value it failed with.
-    let errno: Int32
+    package let errno: Int32
+
+    package init(call: StaticString, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
 
     /// "openat: No such file or directory (errno 2)".
-    var text: String { "\(call): \(PathUtil.errnoText(errno))" }
+    package var text: String { "\(call): \(PathUtil.errnoText(errno))" }
 
     /// The `StorageError` a user sees: "<subject> <path> could not be <operation>: <call>: <errno text>".
     func storageError(
@@ -28,15 +33,15 @@ struct SystemCallError: Error {
     }
 }
 
-/// The one way storage calls POSIX functions that report failure through `errno`.
+/// The one way storage (and experiment code) calls POSIX functions that report failure through `errno`.
 ///
 /// A call is retried while it fails with `EINTR` (a signal arrived before it did anything), so no caller
 /// has to remember to; the failure comes back with the call's name so the error can say which step failed.
-enum SystemCall {
+package enum SystemCall {
     /// Runs `body` (a call returning -1 on failure) until it does not fail with `EINTR`.
     /// - Parameter retryOnInterrupt: false for calls that must not be repeated, such as `close`.
     @inline(__always)
-    static func value<T: FixedWidthInteger & SignedInteger>(
+    package static func value<T: FixedWidthInteger & SignedInteger>(
         _ call: StaticString,
         retryOnInterrupt: Bool = true,
         _ body: () -> T
@@ -52,7 +57,7 @@ enum SystemCall {
 
     /// Runs `body` (a call returning NULL on failure) until it does not fail with `EINTR`.
     @inline(__always)
-    static func pointer<T>(
+    package static func pointer<T>(
         _ call: StaticString,
         retryOnInterrupt: Bool = true,
         _ body: () -> T?
@@ -66,7 +71,7 @@ enum SystemCall {
     }
 
     /// `close(2)`, never retried: on Linux the descriptor is gone even when close reports `EINTR`.
-    static func close(_ fd: Int32) {
+    package static func close(_ fd: Int32) {
         _ = value("close", retryOnInterrupt: false) { Glibc.close(fd) }
     }
 }

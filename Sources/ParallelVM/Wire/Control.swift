@@ -1,3 +1,4 @@
+import Foundation
 import ParallelVMCodec
 import ParallelVMStorage
 
@@ -11,6 +12,16 @@ struct Hello {
 
     func send(over transport: any FrameLink) throws(VMError) {
         try transport.send(frame().bytes, to: 0)
+    }
+
+    /// This process's hello: its host, CPU count, PID and doorbell.
+    static func fromThisProcess(host: HostID, doorbell: Doorbell?) -> Hello {
+        Hello(
+            host: host,
+            cpus: ProcessInfo.processInfo.activeProcessorCount,
+            pid: getpid(),
+            doorbell: doorbell?.token ?? 0
+        )
     }
 
     func frame() -> WireWriter {

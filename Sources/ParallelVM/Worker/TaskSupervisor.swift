@@ -72,12 +72,7 @@ final class TaskSupervisor: @unchecked Sendable {
         // Grandchildren that a task detaches (setsid, double fork) are re-parented here, so they can be ended.
         try? ChildProcess.enableSubreaper()
         do {
-            try Hello(
-                host: host,
-                cpus: ProcessInfo.processInfo.activeProcessorCount,
-                pid: getpid(),
-                doorbell: doorbell?.token ?? 0
-            ).send(over: transport)
+            try Hello.fromThisProcess(host: host, doorbell: doorbell).send(over: transport)
         } catch {
             fail("cannot report to the spawner: \(error)")
         }

@@ -73,12 +73,7 @@ final class Worker: @unchecked Sendable {
         state.withLock { $0.serving = true }
         if !inTaskProcess {
             do {
-                try Hello(
-                    host: host,
-                    cpus: ProcessInfo.processInfo.activeProcessorCount,
-                    pid: getpid(),
-                    doorbell: doorbell?.token ?? 0
-                ).send(over: transport)
+                try Hello.fromThisProcess(host: host, doorbell: doorbell).send(over: transport)
             } catch {
                 fail("cannot report to the spawner: \(error)")
             }
