@@ -11,6 +11,7 @@
 #   scripts/sim-cluster.sh run [MPIRUN OPTIONS] PROGRAM [ARGS]
 #                                                    mpirun from node1 over the cluster's hostfile, e.g. -n 8
 #   scripts/sim-cluster.sh exec HOST COMMAND...      run a command on one host (its login environment)
+#   scripts/sim-cluster.sh next-pid N                make the next process on every host get PID N+1 or so
 #   scripts/sim-cluster.sh hostfile                  print the hostfile
 #   scripts/sim-cluster.sh status                    say whether the cluster is up and list its hosts
 #   scripts/sim-cluster.sh down                      remove every host, the bridge and the state
@@ -202,6 +203,17 @@ exec_on() {
   exec nsenter --target "$pid" --net --uts --ipc --mount --pid --wd="$PWD" -- env "${env[@]}" "$@"
 }
 
+# Sets every host's ns_last_pid, so that the processes the same launch starts on each host get the same
+# PIDs there: what separate machines give by chance, made certain for tests about repeated PIDs.
+next_pid() {
+  [ $# = 1 ] && [[ $1 =~ ^[0-9]+$ ]] || die "usage: $0 next-pid N (a number)"
+  local host
+  for host in $(hosts); do
+    nsenter --target "$(host_pid "$host")" --mount --pid -- sh -c 'echo "$0" >/proc/sys/kernel/ns_last_pid' "$1" ||
+      die "could not set the next PID on $host"
+  done
+}
+
 run() {
   [ -f "$state/hostfile" ] || die "the cluster is not up; run '$0 up N SHARED_DIR' first"
   exec_on node1 "$root/scripts/mpirun.sh" --hostfile "$state/hostfile" \
@@ -221,6 +233,7 @@ case $command in
     [ $# -ge 2 ] || die "usage: $0 exec HOST COMMAND..."
     exec_on "$@"
     ;;
+  next-pid) next_pid "$@" ;;
   hostfile) cat "$state/hostfile" ;;
   status)
     if [ -f "$state/hostfile" ]; then

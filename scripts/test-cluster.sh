@@ -168,7 +168,10 @@ check_persistent() {
     expect_value folderReused 7 && expect_value ownMarker 7 && expect_value hosts node1,node2,node3,node4 &&
     { [ -n "$(value pidsOnSeveralHosts)" ] || { echo "  no worker PID repeated across hosts: nothing was tested"; return 1; }; }
 }
+# Worker PIDs repeat across hosts when every host's next PID is the same before the launch: the hosts
+# other than node1 then start the same processes in the same order.
 persistent_repeated_pids() {
+  "$sim" next-pid 20000
   on_cluster "$sim" run -n $ranks "$bin/vm-scenarios" cluster-persistent "$mirror" || { echo "  exit status $?"; return 1; }
   check_persistent
 }
@@ -178,6 +181,7 @@ shared_local=(sh -c 'PARALLEL_LOCAL_STORAGE=$SIM_CLUSTER_SHARE/local exec "$0" "
 
 persistent_repeated_pids_shared_local() {
   rm -rf "${share:?}/local/"* "$share"/local/.[!.]*
+  "$sim" next-pid 20000
   on_cluster "$sim" run -n $ranks "${shared_local[@]}" "$bin/vm-scenarios" cluster-persistent "$mirror" ||
     { echo "  exit status $?"; return 1; }
   check_persistent || return 1
