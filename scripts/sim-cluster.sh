@@ -11,6 +11,7 @@
 #   scripts/sim-cluster.sh run [MPIRUN OPTIONS] PROGRAM [ARGS]
 #                                                    mpirun from node1 over the cluster's hostfile, e.g. -n 8
 #   scripts/sim-cluster.sh exec HOST COMMAND...      run a command on one host (its login environment)
+#   scripts/sim-cluster.sh cut HOST | mend HOST      take a host's network link down, or up again
 #   scripts/sim-cluster.sh next-pid N                make the next process on every host get PID N+1 or so
 #   scripts/sim-cluster.sh hostfile                  print the hostfile
 #   scripts/sim-cluster.sh status                    say whether the cluster is up and list its hosts
@@ -234,6 +235,10 @@ case $command in
     exec_on "$@"
     ;;
   next-pid) next_pid "$@" ;;
+  cut | mend)
+    [ $# = 1 ] || die "usage: $0 $command HOST"
+    nsenter --target "$(host_pid "$1")" --net -- ip link set eth0 "$([ "$command" = cut ] && echo down || echo up)"
+    ;;
   hostfile) cat "$state/hostfile" ;;
   status)
     if [ -f "$state/hostfile" ]; then

@@ -130,6 +130,7 @@ enum Startup {
         // A program that forgets finalize() must not leave its workers waiting and mpirun hanging.
         atexit {
             Startup.runningSpawner?.finalizeAtExit()
+            Startup.runningSpawner?.endMpirunIfHostsLost()
         }
         Interrupts.install { spawner.interrupted($0) }
         spawner.startHeartbeats()

@@ -47,7 +47,13 @@ let whereabouts = RemoteFunction("cluster.whereabouts") { (probe: Probe, task: T
     )
 }
 
-let clusterFunctions: [any RemoteFunctionConvertible] = [whereabouts]
+/// Waits `seconds`, then names the host it ran on.
+let hostAfter = RemoteFunction("cluster.hostAfter") { (seconds: Double, task: TaskContext) -> String in
+    Thread.sleep(forTimeInterval: seconds)
+    return task.host.name
+}
+
+let clusterFunctions: [any RemoteFunctionConvertible] = [whereabouts, hostAfter]
 
 /// Runs `whereabouts` on `vm` in the given tasks' slots and returns each task's view, in slot order.
 func whereaboutsOf(_ vm: VM, _ tasks: [TaskID]) throws -> [(TaskID, Whereabouts)] {
@@ -60,6 +66,31 @@ func whereaboutsOf(_ vm: VM, _ tasks: [TaskID]) throws -> [(TaskID, Whereabouts)
 }
 
 let clusterScenarios: [String: Scenario] = [
+    // A dispatch of JOBS jobs of SECONDS each while the test cuts a host's network: every job must end with
+    // its value, the jobs of the lost host's workers run again elsewhere, and finalize does not wait for it.
+    // ARGS: JOBS SECONDS
+    "cluster-lost-host": { vm, arguments in
+        let count = Int(arguments[0])!
+        let seconds = Double(arguments[1])!
+        report("dispatching", count)
+        let started = Date()
+        let results = try waitForValue {
+            try await vm.dispatch((0..<count).map { _ in Job(hostAfter, args: seconds) }, collector: { result in
+                report("done", "\(result.index) \(result.value ?? "failed") attempts=\(result.attempts)")
+                return true
+            })
+        }
+        report("dispatchSeconds", Int(Date().timeIntervalSince(started).rounded()))
+        report("values", results.filter { $0.value != nil }.count)
+        report("failed", results.filter { $0.value == nil }.map { "\($0.index):\($0.error.map(String.init(describing:)) ?? "")" })
+        report("retried", results.filter { $0.attempts > 1 }.count)
+        let lostSlots = vm.formatSpawnerConfig().split(separator: "\n").filter { $0.hasSuffix("lost") }.count
+        report("lostSlots", lostSlots)
+        let finalizing = Date()
+        try vm.finalize()
+        report("finalizeSeconds", Int(Date().timeIntervalSince(finalizing).rounded()))
+    },
+
     // Spawns on each host in turn with `targets:` filling its free slots; every task must run there.
     "cluster-targets": { vm, _ in
         var wrong = 0

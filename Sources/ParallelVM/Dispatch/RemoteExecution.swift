@@ -5,6 +5,9 @@ import ParallelVMCodec
 struct RemoteExecution<Value: Codable & Sendable> {
     typealias Unit = FarmEngine<Value>.Unit
 
+    /// How many more times a job whose worker was lost starts, whatever the dispatch's `retries`.
+    static var lostWorkerRetries: Int { 3 }
+
     let engine: FarmEngine<Value>
     private var vm: VM { engine.vm }
     /// The units running, by the task that runs them.
@@ -138,7 +141,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
             let retryable = finished.allSatisfy { [.crashed, .timedOut, .workerLost].contains($0.error?.code) }
             let first = unit[0].index
             let started = attempts[first] ?? 1
-            if retryable, started <= engine.retries {
+            // A lost worker is no fault of the job's: it starts again elsewhere even without retries.
+            let lostWorker = finished.allSatisfy { $0.error?.code == .workerLost }
+            let allowed = lostWorker ? Swift.max(engine.retries, RemoteExecution.lostWorkerRetries) : engine.retries
+            if retryable, started <= allowed {
                 for element in unit { attempts[element.index] = started + 1 }
                 avoid[first] = task.slot
                 engine.putBack([unit])

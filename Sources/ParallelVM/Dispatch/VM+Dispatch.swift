@@ -30,6 +30,8 @@ extension VM {
     ///     Needs ``Isolation/process``.
     ///   - retries: how many more times a job whose task crashed, timed out or lost its worker starts again,
     ///     on another slot when one is free (0: never). ``JobResult/attempts`` says how many starts it took.
+    ///     A job whose worker rank or host was lost starts again up to 3 times even with 0, as it is no
+    ///     fault of the job's.
     ///   - collectResults: false returns an empty array, for dispatches whose collector keeps what it needs.
     ///   - experiment: keep every finished job's result in this experiment's journal, and return the
     ///     journaled result instead of running a job whose index, function and arguments match a record

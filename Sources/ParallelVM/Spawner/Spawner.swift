@@ -80,15 +80,30 @@ final class Spawner: Sendable {
         )
     }
 
-    /// Seconds between heartbeats to workers on other hosts.
+    /// Seconds between heartbeats to workers on other hosts (theirs to the spawner come every
+    /// ``Worker/heartbeatInterval``).
     static let heartbeatInterval = 5.0
 
+    /// Seconds without a frame from a worker rank on another host after which it counts as lost, with its
+    /// host: `PARALLELVM_HOST_TIMEOUT` in the spawner's environment, 10 by default. Its workers send a
+    /// heartbeat every second, so a live host is never this quiet; a host whose network is cut is reported
+    /// lost within this time plus ``livenessInterval``.
+    static let remoteSilence: Double = {
+        let value = ProcessInfo.processInfo.environment["PARALLELVM_HOST_TIMEOUT"].flatMap(Double.init)
+        return value.map { $0.isFinite && $0 > 0 ? $0 : 10 } ?? 10
+    }()
+
+    /// The worker ranks on other hosts than the spawner's.
+    private var remoteWorkers: [Int] { withBook { book in book.liveWorkers.filter { book.host(of: $0) != host } } }
+
     /// Sends workers on other hosts a heartbeat every few seconds, from a thread of its own, so that they
-    /// can tell a spawner that died from one that is busy (they watch one on their own host by its PID).
+    /// can tell a spawner that died from one that is busy (they watch one on their own host by its PID),
+    /// and starts watching for theirs.
     func startHeartbeats() {
         guard let transport else { return }
-        let remote = withBook { book in book.liveWorkers.filter { book.host(of: $0) != host } }
+        let remote = remoteWorkers
         guard !remote.isEmpty else { return }
+        transport.watch(remote)
         let thread = Thread { [self] in
             while !isFinalized {
                 Thread.sleep(forTimeInterval: Spawner.heartbeatInterval)
@@ -316,9 +331,9 @@ final class Spawner: Sendable {
     /// How often the spawner looks whether the worker ranks on its host still live, in seconds.
     static let livenessInterval = 0.5
 
-    /// Marks lost the worker ranks on this host whose process is gone, and makes a failed result
-    /// (``TaskTermination/Reason/workerLost``) for the task each ran. Ranks on other hosts cannot be watched
-    /// this way; see the README on lost hosts.
+    /// Marks lost the worker ranks on this host whose process is gone, and those on other hosts not heard
+    /// from for ``remoteSilence`` seconds (a host whose network went down, or that died), and makes a failed
+    /// result (``TaskTermination/Reason/workerLost``) for the task each ran.
     private func checkWorkersAlive() {
         let now = monotonicSeconds()
         let due = state.withLock { state -> [(rank: Int, pid: Int32)]? in
@@ -333,19 +348,35 @@ final class Spawner: Sendable {
         for (rank, pid) in due where Glibc.kill(pid, 0) == -1 && errno == ESRCH {
             workerLost(rank: rank, pid: pid)
         }
+        guard let quiet = transport?.quietSince(), !quiet.isEmpty else { return }
+        let silent = withBook { book in
+            book.liveWorkers.filter { quiet[$0].map { $0 > Spawner.remoteSilence } ?? false }
+        }
+        guard !silent.isEmpty else { return }
+        var byHost: [HostID: [Int]] = [:]
+        for rank in silent { byHost[withBook { $0.host(of: rank) } ?? HostID("rank \(rank)"), default: []].append(rank) }
+        for (lostHost, ranks) in byHost.sorted(by: { $0.value[0] < $1.value[0] }) {
+            logger.warning(
+                "host \(lostHost) was lost: no word from its worker rank(s) \(ranks.map(String.init).joined(separator: ", ")) for \(Int(Spawner.remoteSilence)) s"
+            )
+            for rank in ranks {
+                let pid = withBook { $0.slots[rank].pid }
+                workerLost(rank: rank, pid: pid, why: "no word from it for \(Int(Spawner.remoteSilence)) s")
+            }
+        }
     }
 
-    private func workerLost(rank: Int, pid: Int32) {
+    private func workerLost(rank: Int, pid: Int32, why: String = "its process is gone") {
         let running = withBook { $0.markLost(rank) }
         let slotHost = withBook { $0.host(of: rank) } ?? host
-        logger.warning("worker rank \(rank) (pid \(pid)) on \(slotHost) was lost; its slot gets no more tasks")
+        logger.warning("worker rank \(rank) (pid \(pid)) on \(slotHost) was lost (\(why)); its slot gets no more tasks")
         guard let task = running else { return }
         let termination = TaskTermination(
             reason: .workerLost,
             task: task,
             function: "",
             host: slotHost,
-            detail: "was lost with its worker rank \(rank) (pid \(pid))",
+            detail: "was lost with its worker rank \(rank) (pid \(pid)): \(why)",
             standardError: []
         )
         let error = RemoteError(
@@ -550,6 +581,31 @@ final class Spawner: Sendable {
             throw VMError(.mpi, "finalizing the VM failed: \(failures.joined(separator: "; "))")
         }
         return killed
+    }
+
+    /// Ends mpirun when the program exits after a host was lost: Open MPI's recovery keeps the job going
+    /// without the host, but mpirun then waits for that host's ranks forever. Run at exit (the program's
+    /// results are out by then), and only when mpirun is this process's parent; mpirun then exits with a
+    /// non-zero status, which says the run lost a host.
+    func endMpirunIfHostsLost() {
+        let lost = withBook { book in
+            Set(book.slots.indices.filter { $0 > 0 && book.slots[$0].lost && book.slots[$0].host != host }
+                .compactMap { book.host(of: $0) })
+        }
+        guard !lost.isEmpty else { return }
+        let parent = getppid()
+        let command = (try? String(contentsOfFile: "/proc/\(parent)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let names = lost.map(\.name).sorted().joined(separator: ", ")
+        guard let command, ["mpirun", "mpiexec", "orterun"].contains(command) else {
+            logger.warning("host(s) \(names) were lost: end mpirun by hand if it does not end (it waits for their ranks)")
+            return
+        }
+        logger.warning("host(s) \(names) were lost: ending mpirun (pid \(parent)), which would wait for their ranks forever")
+        fflush(nil)
+        // mpirun passes its SIGTERM on to this process, which is exiting anyway.
+        signal(SIGTERM, SIG_IGN)
+        Glibc.kill(parent, SIGTERM)
     }
 
     /// Finalizes for a program that forgot to; registered with `atexit`.

@@ -41,7 +41,8 @@ enum MessageKind: UInt8 {
     case interrupt = 13
     /// Worker to spawner: done with an interrupt.
     case interruptAck = 14
-    /// Spawner to workers on other hosts, every few seconds: it still lives (their only way to know).
+    /// Between the spawner and its workers on other hosts, every few seconds each way: the sender still lives
+    /// (the only way to know across hosts).
     case heartbeat = 15
 }
 

@@ -21,6 +21,9 @@ final class Transport: FrameLink {
         var pending: [Envelope] = []
         /// When a frame from rank 0 last arrived (monotonic seconds), if tracked.
         var lastHeardFromSpawner = 0.0
+        /// When a frame last arrived from each rank that ``watch(_:)`` named (monotonic seconds; nil for
+        /// ranks not watched). Only the spawner watches: the worker ranks on other hosts.
+        var lastHeard: [Double?] = []
     }
     private let state = Mutex(State())
 
@@ -34,6 +37,26 @@ final class Transport: FrameLink {
 
     /// Seconds since a frame from rank 0 last arrived (only meaningful with `tracksSpawnerArrivals`).
     var quietSinceSpawner: Double { monotonicSeconds() - state.withLock { $0.lastHeardFromSpawner } }
+
+    /// Starts noting when frames from `ranks` arrive, as of now; heartbeats from them are taken in and
+    /// dropped, never queued.
+    func watch(_ ranks: [Int]) {
+        let now = monotonicSeconds()
+        state.withLock { state in
+            if state.lastHeard.isEmpty { state.lastHeard = Array(repeating: nil, count: size) }
+            for rank in ranks where rank >= 0 && rank < size { state.lastHeard[rank] = now }
+        }
+    }
+
+    /// Seconds since a frame last arrived from each watched rank, by rank.
+    func quietSince() -> [Int: Double] {
+        let now = monotonicSeconds()
+        return state.withLock { state in
+            var quiet: [Int: Double] = [:]
+            for (rank, heard) in state.lastHeard.enumerated() { if let heard { quiet[rank] = now - heard } }
+            return quiet
+        }
+    }
 
     /// Sends a frame, and a separate payload after it when given, to `rank`. Returns when both buffers are
     /// free again; while a large send waits for its receiver, incoming frames are taken in, so two ranks
@@ -87,6 +110,14 @@ final class Transport: FrameLink {
         let source = message.source
         let frame = try message.receive()
         if source.rawValue == 0, tracksSpawnerArrivals { state.lastHeardFromSpawner = monotonicSeconds() }
+        let sourceRank = Int(source.rawValue)
+        if sourceRank < state.lastHeard.count, state.lastHeard[sourceRank] != nil {
+            state.lastHeard[sourceRank] = monotonicSeconds()
+            // A heartbeat has said all it has to say by arriving.
+            if frame.first == MessageKind.heartbeat.rawValue, frame.count > 1, frame[1] & Wire.flagSeparatePayload == 0 {
+                return []
+            }
+        }
         var payload: [UInt8]? = nil
         if frame.count > 1, frame[1] & Wire.flagSeparatePayload != 0 {
             // The sender posted the payload right after the header on the same tag, so it is next from them.

@@ -51,6 +51,8 @@ final class TaskSupervisor: @unchecked Sendable {
     /// The spawner's process, when it runs on this host (from its welcome); nil when it is remote.
     private var localSpawner: Int32?
     private var welcomed = false
+    /// Beats to a spawner on another host.
+    private var heartbeat: Heartbeat?
     private var lastSpawnerCheck = 0.0
     /// Task processes that would not start in a row; past a few, spawn requests fail at once.
     private var failedStarts = 0
@@ -142,6 +144,7 @@ final class TaskSupervisor: @unchecked Sendable {
             }
         }
         _ = ChildProcess.reapOrphans()
+        heartbeat?.stop()
         do {
             try MPIEnvironment.finalize()
         } catch {
@@ -416,7 +419,9 @@ final class TaskSupervisor: @unchecked Sendable {
             stop(Interrupt(signal: InterruptNotice.signal(of: envelope)), acknowledge: true)
         case .welcome:
             welcomed = true
-            guard let welcome = try? Welcome(envelope), welcome.host == host else { return }
+            guard let welcome = try? Welcome(envelope) else { return }
+            if welcome.host != host, heartbeat == nil { heartbeat = Heartbeat(over: transport) }
+            guard welcome.host == host else { return }
             localSpawner = welcome.pid
             guard doorbell != nil else { return }
             doorbellArmed = true

@@ -40,6 +40,8 @@ final class Worker: @unchecked Sendable {
         var doorbellArmed = false
         /// On the spawner's host: the spawner's doorbell, rung before a send that may find it asleep.
         var spawnerDoorbell: (pid: Int32, token: UInt64)?
+        /// Beats to a spawner on another host.
+        var heartbeat: Heartbeat?
     }
     private let state = Mutex(State())
 
@@ -111,7 +113,12 @@ final class Worker: @unchecked Sendable {
             case .clearStorage:
                 clearStorageOnWorker()
             case .welcome:
-                guard doorbell != nil, let welcome = try? Welcome(envelope), welcome.host == host else { continue }
+                guard let welcome = try? Welcome(envelope) else { continue }
+                if welcome.host != host, !inTaskProcess {
+                    let heartbeat = Heartbeat(over: transport)
+                    state.withLock { $0.heartbeat = heartbeat }
+                }
+                guard doorbell != nil, welcome.host == host else { continue }
                 state.withLock { state in
                     state.doorbellArmed = true
                     if welcome.doorbell != 0 { state.spawnerDoorbell = (welcome.pid, welcome.doorbell) }
@@ -126,6 +133,7 @@ final class Worker: @unchecked Sendable {
             }
         }
         if inTaskProcess { exit(0) }
+        state.withLock { $0.heartbeat }?.stop()
         do {
             try MPIEnvironment.finalize()
         } catch {
