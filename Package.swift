@@ -41,9 +41,11 @@ let package = Package(
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
         // The benchmarks scripts/bench.sh runs under mpirun next to the C references in bench/c/.
         .executableTarget(name: "vm-bench", dependencies: ["ParallelVM"], path: "bench/VMBench"),
+        // A program whose VM is a lazily initialized global that a task touches.
+        .executableTarget(name: "vm-global-probe", dependencies: ["ParallelVM"], path: "Tests/GlobalVMProbe"),
         .testTarget(
             name: "ParallelVMTests",
-            dependencies: ["ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios"]
+            dependencies: ["ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios", "vm-global-probe"]
         ),
         // The child the process tests spawn: echoes frames, lists its descriptors, crashes on request.
         .executableTarget(name: "vm-process-probe", dependencies: ["ParallelVMProcess"], path: "Tests/ProcessProbe"),

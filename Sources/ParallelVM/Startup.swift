@@ -41,6 +41,7 @@ enum Startup {
                     "a VM cannot be created inside a task on rank \(worker.rank); use the TaskContext the function receives"
                 )
             }
+            worker.watchForTasksReenteringTheGlobalInitializer()
             worker.serve()
         case .supervisor(let supervisor):
             supervisor.serve()

@@ -30,6 +30,9 @@ final class Worker: @unchecked Sendable {
         var finalizeRequested = false
         /// The task running now, if any.
         var currentTask: Int?
+        /// The function the task running now runs, and when it started (monotonic seconds).
+        var currentFunction = ""
+        var currentTaskStarted = 0.0
         /// The highest task number this slot has started.
         var lastServedTask = 0
         /// Every task number below this had been handed out when this worker last heard (see ``UserFrame``).
@@ -143,6 +146,41 @@ final class Worker: @unchecked Sendable {
         exit(0)
     }
 
+    /// Watches this thread's tasks for the endless spin of a task that touched the global whose initializer
+    /// this worker runs in (see ``GlobalInitializer``), when it does run in one.
+    func watchForTasksReenteringTheGlobalInitializer() {
+        guard GlobalInitializer.callerIsInsideOne() else { return }
+        SpinWatch.startOnThisThread(
+            current: { [self] in
+                state.withLock { state in state.currentTask.map { ($0, state.currentTaskStarted) } }
+            },
+            stuck: { [self] task in abandonSpinningTask(task) }
+        )
+    }
+
+    /// Fails a task that spins re-entering the global initializer this worker runs in, and ends the
+    /// process: the thread that runs tasks can never leave that spin. A task process's worker rank starts
+    /// another task process; a worker rank that runs tasks in-process ends, and the run with it.
+    private func abandonSpinningTask(_ number: Int) -> Never {
+        let function = state.withLock { $0.currentFunction }
+        let taskID = TaskID(slot: rank, number: number)
+        let message =
+            "task \(taskID) ('\(function)') on \(host) touched a global whose initializer is still running: "
+            + "most likely the program's global VM (`let vm = try VM(...)` outside main.swift, or a static let). "
+            + "On a worker, VM(...) serves tasks from inside that initializer, so a task that uses the global "
+            + "waits for itself forever. Inside a task, use the TaskContext the function receives; create the VM "
+            + "in main.swift's top-level code or in a function"
+        log(.error, message)
+        let failure = TaskFailure(
+            typeName: "ParallelVM.VMError",
+            message: message,
+            typedError: VMError(.notSpawner, message)
+        )
+        try? TaskEnd.sendResult(task: number, function: function, .failure(failure), over: transport)
+        fflush(nil)
+        _exit(70)
+    }
+
     /// Ends the job: a worker that cannot talk to the spawner any more cannot do anything useful. A task
     /// process that lost its worker rank just ends.
     private func fail(_ text: String) -> Never {
@@ -185,6 +223,8 @@ final class Worker: @unchecked Sendable {
         let taskID = TaskID(slot: rank, number: number)
         state.withLock { state in
             state.currentTask = number
+            state.currentFunction = request.function
+            state.currentTaskStarted = monotonicSeconds()
             state.lastServedTask = number
             state.knownTasks = max(state.knownTasks, request.knownTasks)
             state.debug = settings.debug
