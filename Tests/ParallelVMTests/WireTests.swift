@@ -142,6 +142,29 @@ import Testing
         #expect(welcome.host == "login")
         #expect(welcome.pid == 1)
         #expect(welcome.doorbell == 0)
+        let bell = NetworkBell(port: 40123, addresses: [0x0100_007F, 0x0A00_D50A])
+        let ringable = try Hello(
+            try received(Hello(host: "node2", cpus: 2, pid: 7, doorbell: 5, bell: bell).frame())
+        )
+        #expect(ringable.bell.port == 40123)
+        #expect(ringable.bell.addresses == [0x0100_007F, 0x0A00_D50A])
+        let spawner = try Welcome(try received(Welcome(host: "node1", pid: 9, doorbell: 3, bell: bell).frame(), from: 0))
+        #expect(spawner.bell.port == 40123)
+        #expect(spawner.bell.addresses.count == 2)
+    }
+
+    /// A doorbell rung over UDP (as from another host) wakes a waiter at once, and a wait without a ring
+    /// returns false after its time.
+    @Test func aNetworkRingWakesTheWaiter() throws {
+        let waiter = try #require(Doorbell())
+        let ringer = try #require(Doorbell())
+        #expect(waiter.networkPort != 0)
+        #expect(!waiter.wait(milliseconds: 1))
+        let loopback = UInt32(0x7F00_0001).bigEndian
+        ringer.ring(.network(NetworkBellTarget(address: loopback, port: waiter.networkPort)))
+        #expect(waiter.wait(milliseconds: 5000))
+        // Emptied: the next wait has nothing.
+        #expect(!waiter.wait(milliseconds: 1))
     }
 
     @Test func clearReportRoundTrips() throws {

@@ -1,3 +1,9 @@
+/// An IPv4 address and UDP port (address in network byte order) where a doorbell rings.
+struct NetworkBellTarget: Sendable, Equatable {
+    var address: UInt32
+    var port: UInt16
+}
+
 /// The spawner's book of slots: which host each rank is on and which task, if any, runs there.
 ///
 /// Slot 0 is the spawner's own and always busy with task `0:0`. Pure bookkeeping, no MPI.
@@ -13,6 +19,9 @@ struct SlotBook: Sendable {
         var freedAt: Double = 0
         /// Whether the worker rank of this slot was lost: it gets no task and no message any more.
         var lost = false
+        /// Where the worker's doorbell rings from the spawner's host when it is on another host (nil: it
+        /// cannot be rung, and polls).
+        var networkBell: NetworkBellTarget? = nil
     }
 
     private(set) var slots: [Slot]

@@ -18,7 +18,8 @@ final class Spawner: Sendable {
     let functions: FunctionTable
     /// This process's doorbell: idle workers on this host ring it; it rings theirs.
     let doorbell: Doorbell?
-    /// Whether every worker shares this host and has a doorbell, so all of them can wake the spawner.
+    /// Whether every worker has a doorbell it can ring the spawner's with (on this host, or over the
+    /// network from another), so all of them can wake the spawner.
     let everyWorkerRingsTheSpawner: Bool
     /// Where the workers run task code (every rank's first VM says the same).
     let isolation: Isolation
@@ -61,7 +62,9 @@ final class Spawner: Sendable {
         self.doorbell = doorbell
         self.everyWorkerRingsTheSpawner =
             doorbell != nil && book.count > 1
-            && book.slots.dropFirst().allSatisfy { $0.host == host && $0.doorbell != 0 }
+            && book.slots.dropFirst().allSatisfy { slot in
+                slot.host == host ? slot.doorbell != 0 : slot.networkBell != nil && doorbell?.networkPort != 0
+            }
         self.state = Mutex(State(book: book, logger: logger))
     }
 
@@ -140,10 +143,17 @@ final class Spawner: Sendable {
                 cpus: hello.cpus,
                 pid: hello.pid,
                 task: nil,
-                doorbell: hello.doorbell
+                doorbell: hello.doorbell,
+                networkBell: hello.host == host || doorbell == nil
+                    ? nil : hello.bell.target.map { NetworkBellTarget(address: $0.address, port: $0.port) }
             )
         }
-        let welcome = Welcome(host: host, pid: pid, doorbell: doorbell?.token ?? 0)
+        let welcome = Welcome(
+            host: host,
+            pid: pid,
+            doorbell: doorbell?.token ?? 0,
+            bell: slots.contains { $0.host != host } ? NetworkBell.of(doorbell) : .none
+        )
         for worker in 1..<transport.size { try welcome.send(over: transport, to: worker) }
         return Spawner(
             transport: transport,
@@ -426,23 +436,27 @@ final class Spawner: Sendable {
 
     // MARK: - Doorbells
 
-    /// Rings the doorbell of the worker in `slot` just before a message to it, when it shares this host and
-    /// may be asleep: it has been free for longer than half the spin time (`always`: whatever its state).
+    /// Rings the doorbell of the worker in `slot` just before a message to it (over the network when it is
+    /// on another host), when it may be asleep: it has been free for longer than half the spin time (`always`: whatever its state).
     /// A woken worker spins again for the spin time, so the message that follows finds it awake.
     func ringDoorbell(of slot: Int, always: Bool = false) {
         guard let doorbell, let transport else { return }
-        let target: (pid: Int32, token: UInt64)? = withBook { book in
+        let target: (pid: Int32, token: UInt64, network: NetworkBellTarget?)? = withBook { book in
             guard book.slots.indices.contains(slot) else { return nil }
             let entry = book.slots[slot]
-            guard entry.doorbell != 0, entry.host == host else { return nil }
+            guard entry.host == host ? entry.doorbell != 0 : entry.networkBell != nil else { return nil }
             guard always || monotonicSeconds() - entry.freedAt > transport.waitPolicy.spin / 2 else { return nil }
-            return (entry.pid, entry.doorbell)
+            return (entry.pid, entry.doorbell, entry.host == host ? nil : entry.networkBell)
         }
-        if let target { doorbell.ring(pid: target.pid, token: target.token) }
+        if let network = target?.network {
+            doorbell.ring(address: network.address, port: network.port)
+        } else if let target {
+            doorbell.ring(pid: target.pid, token: target.token)
+        }
     }
 
-    /// How the spawner waits once its spin time is over: on its doorbell when every worker shares its
-    /// host (they ring it), otherwise by sleeping between polls (nil).
+    /// How the spawner waits once its spin time is over: on its doorbell when every worker can ring it
+    /// (on this host, or over the network), otherwise by sleeping between polls (nil).
     private var spawnerIdleWait: (() -> Bool)? {
         guard let doorbell, everyWorkerRingsTheSpawner else { return nil }
         return { doorbell.wait(milliseconds: 10) }

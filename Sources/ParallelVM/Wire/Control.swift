@@ -9,6 +9,8 @@ struct Hello {
     var pid: Int32
     /// The worker's doorbell token (0: it has none).
     var doorbell: UInt64
+    /// Where its doorbell rings from other hosts: UDP port (0: it cannot) and the host's IPv4 addresses.
+    var bell: NetworkBell = .none
 
     func send(over transport: any FrameLink) throws(VMError) {
         try transport.send(frame().bytes, to: 0)
@@ -20,7 +22,8 @@ struct Hello {
             host: host,
             cpus: ProcessInfo.processInfo.activeProcessorCount,
             pid: getpid(),
-            doorbell: doorbell?.token ?? 0
+            doorbell: doorbell?.token ?? 0,
+            bell: NetworkBell.of(doorbell)
         )
     }
 
@@ -30,14 +33,16 @@ struct Hello {
         frame.append(Int32(cpus))
         frame.append(pid)
         frame.append(doorbell)
+        bell.write(to: &frame)
         return frame
     }
 
-    init(host: HostID, cpus: Int, pid: Int32, doorbell: UInt64) {
+    init(host: HostID, cpus: Int, pid: Int32, doorbell: UInt64, bell: NetworkBell = .none) {
         self.host = host
         self.cpus = cpus
         self.pid = pid
         self.doorbell = doorbell
+        self.bell = bell
     }
 
     init(_ envelope: Envelope) throws(VMError) {
@@ -46,6 +51,46 @@ struct Hello {
         cpus = Int(try reader.read(Int32.self))
         pid = try reader.read(Int32.self)
         doorbell = try reader.read(UInt64.self)
+        bell = try NetworkBell(reading: &reader)
+    }
+}
+
+/// Where a process's doorbell rings from another host: its UDP port and its host's IPv4 addresses
+/// (network byte order), of which the ringer takes the one on its own network.
+struct NetworkBell: Sendable {
+    var port: UInt16
+    var addresses: [UInt32]
+
+    static let none = NetworkBell(port: 0, addresses: [])
+
+    /// This process's, for `doorbell`.
+    static func of(_ doorbell: Doorbell?) -> NetworkBell {
+        guard let doorbell, doorbell.networkPort != 0 else { return .none }
+        return NetworkBell(port: doorbell.networkPort, addresses: Doorbell.hostAddresses().map(\.address))
+    }
+
+    /// The address and port to ring from this host, if any.
+    var target: (address: UInt32, port: UInt16)? {
+        guard port != 0, let address = Doorbell.reachableAddress(among: addresses) else { return nil }
+        return (address, port)
+    }
+
+    func write(to frame: inout WireWriter) {
+        frame.append(port)
+        frame.append(UInt8(min(addresses.count, 255)))
+        for address in addresses.prefix(255) { frame.append(address) }
+    }
+
+    init(port: UInt16, addresses: [UInt32]) {
+        self.port = port
+        self.addresses = addresses
+    }
+
+    init(reading reader: inout WireReader) throws(VMError) {
+        port = try reader.read(UInt16.self)
+        let count = Int(try reader.read(UInt8.self))
+        addresses = []
+        for _ in 0..<count { addresses.append(try reader.read(UInt32.self)) }
     }
 }
 
@@ -64,13 +109,18 @@ struct Welcome {
         frame.append(host.name)
         frame.append(pid)
         frame.append(doorbell)
+        bell.write(to: &frame)
         return frame
     }
 
-    init(host: HostID, pid: Int32, doorbell: UInt64) {
+    /// Where the spawner's doorbell rings from other hosts (port 0: it does not; workers there poll).
+    var bell: NetworkBell = .none
+
+    init(host: HostID, pid: Int32, doorbell: UInt64, bell: NetworkBell = .none) {
         self.host = host
         self.pid = pid
         self.doorbell = doorbell
+        self.bell = bell
     }
 
     init(_ envelope: Envelope) throws(VMError) {
@@ -78,6 +128,7 @@ struct Welcome {
         host = HostID(try reader.readString())
         pid = try reader.read(Int32.self)
         doorbell = try reader.read(UInt64.self)
+        bell = try NetworkBell(reading: &reader)
     }
 }
 

@@ -47,7 +47,7 @@ final class TaskSupervisor: @unchecked Sendable {
     private var running: Running?
     private var finalizeRequested = false
     private var doorbellArmed = false
-    private var spawnerDoorbell: (pid: Int32, token: UInt64)?
+    private var spawnerDoorbell: BellTarget?
     /// The spawner's process, when it runs on this host (from its welcome); nil when it is remote.
     private var localSpawner: Int32?
     private var welcomed = false
@@ -421,11 +421,13 @@ final class TaskSupervisor: @unchecked Sendable {
             welcomed = true
             guard let welcome = try? Welcome(envelope) else { return }
             if welcome.host != host, heartbeat == nil { heartbeat = Heartbeat(over: transport) }
-            guard welcome.host == host else { return }
-            localSpawner = welcome.pid
-            guard doorbell != nil else { return }
+            if welcome.host == host { localSpawner = welcome.pid }
+            guard let doorbell else { return }
+            // On the spawner's host, or where the spawner rings over the network: wait on the doorbell.
+            let bell = doorbell.spawnerBell(from: welcome, workerHost: host)
+            guard welcome.host == host || bell != nil else { return }
             doorbellArmed = true
-            if welcome.doorbell != 0 { spawnerDoorbell = (welcome.pid, welcome.doorbell) }
+            spawnerDoorbell = bell
         case .heartbeat:
             break
         case .user, .clearStorage:
@@ -443,9 +445,7 @@ final class TaskSupervisor: @unchecked Sendable {
 
     private func wakeSpawnerIfAsleep() {
         guard let bell = spawnerDoorbell, let doorbell else { return }
-        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 {
-            doorbell.ring(pid: bell.pid, token: bell.token)
-        }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(bell) }
     }
 
     private func log(_ level: Logger.Level, _ text: String) {

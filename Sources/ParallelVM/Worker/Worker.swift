@@ -39,10 +39,11 @@ final class Worker: @unchecked Sendable {
         var knownTasks = 1
         /// The debug level of the VM object whose task runs (or ran last).
         var debug = 0
-        /// Whether this idle worker waits on its doorbell (it shares the spawner's host).
+        /// Whether this idle worker waits on its doorbell (the spawner rings it, on this host or over the
+        /// network).
         var doorbellArmed = false
-        /// On the spawner's host: the spawner's doorbell, rung before a send that may find it asleep.
-        var spawnerDoorbell: (pid: Int32, token: UInt64)?
+        /// The spawner's doorbell, rung before a send that may find it asleep.
+        var spawnerDoorbell: BellTarget?
         /// Beats to a spawner on another host.
         var heartbeat: Heartbeat?
     }
@@ -121,10 +122,13 @@ final class Worker: @unchecked Sendable {
                     let heartbeat = Heartbeat(over: transport)
                     state.withLock { $0.heartbeat = heartbeat }
                 }
-                guard doorbell != nil, welcome.host == host else { continue }
+                guard let doorbell else { continue }
+                // On the spawner's host, or where the spawner rings over the network: wait on the doorbell.
+                let bell = doorbell.spawnerBell(from: welcome, workerHost: host)
+                guard welcome.host == host || bell != nil else { continue }
                 state.withLock { state in
                     state.doorbellArmed = true
-                    if welcome.doorbell != 0 { state.spawnerDoorbell = (welcome.pid, welcome.doorbell) }
+                    state.spawnerDoorbell = bell
                 }
             case .heartbeat:
                 continue
@@ -194,9 +198,7 @@ final class Worker: @unchecked Sendable {
     /// after its spin time without messages, and it was awake when it last sent to us.
     func wakeSpawnerIfAsleep() {
         guard let bell = state.withLock({ $0.spawnerDoorbell }), let doorbell else { return }
-        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 {
-            doorbell.ring(pid: bell.pid, token: bell.token)
-        }
+        if transport.quietSinceSpawner > transport.waitPolicy.spin / 2 { doorbell.ring(bell) }
     }
 
     // MARK: - Running a task
