@@ -142,8 +142,8 @@ package final class TaskLog: Sendable {
     /// The task, as given.
     package let task: String
     private let file: LineFile
-    /// Text of each stream after its last newline.
-    private let partial: Mutex<[Stream: String]> = Mutex([:])
+    /// Bytes of each stream after its last newline.
+    private let partial: Mutex<[Stream: [UInt8]]> = Mutex([:])
 
     /// The log file.
     package var path: String { file.path }
@@ -161,32 +161,78 @@ package final class TaskLog: Sendable {
         try file.write(LineFile.lines(message, prefix: "\(Timestamp.now()) [log] "))
     }
 
+    /// A line about the task session itself (how it ended, for one).
+    package func session(_ message: String) throws(ExperimentError) {
+        try file.write(LineFile.lines(message, prefix: "\(Timestamp.now()) [session] "))
+    }
+
     /// Text the task wrote to `stream`; complete lines are written now, the rest when its line ends.
     package func write(_ text: String, to stream: Stream) throws(ExperimentError) {
-        let complete: String? = partial.withLock { partial in
-            let joined = (partial[stream] ?? "") + text
-            guard let lastNewline = joined.lastIndex(of: "\n") else {
+        try write(bytes: Array(text.utf8), to: stream)
+    }
+
+    /// Bytes the task wrote to `stream`, as they came (a character split between two calls stays whole);
+    /// complete lines are written now, the rest when its line ends.
+    package func write(bytes: some Collection<UInt8>, to stream: Stream) throws(ExperimentError) {
+        let complete: [UInt8]? = partial.withLock { partial in
+            var joined = partial[stream] ?? []
+            joined.append(contentsOf: bytes)
+            guard let lastNewline = joined.lastIndex(of: UInt8(ascii: "\n")) else {
                 partial[stream] = joined
                 return nil
             }
-            partial[stream] = String(joined[joined.index(after: lastNewline)...])
-            return String(joined[..<lastNewline])
+            partial[stream] = Array(joined[(lastNewline + 1)...])
+            return Array(joined[..<lastNewline])
         }
         if let complete {
-            try file.write(LineFile.lines(complete, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+            let text = String(decoding: complete, as: UTF8.self)
+            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        }
+    }
+
+    /// Writes the unfinished lines of every stream, as they are.
+    package func flush() throws(ExperimentError) {
+        let rest = partial.withLock { partial in
+            defer { partial.removeAll() }
+            return Stream.allCases.compactMap { stream in
+                partial[stream].flatMap { $0.isEmpty ? nil : (stream, String(decoding: $0, as: UTF8.self)) }
+            }
+        }
+        for (stream, text) in rest {
+            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
         }
     }
 
     /// Writes unfinished lines and closes the file.
     package func close() throws(ExperimentError) {
-        let rest = partial.withLock { partial in
-            defer { partial.removeAll() }
-            return Stream.allCases.compactMap { stream in partial[stream].flatMap { $0.isEmpty ? nil : (stream, $0) } }
-        }
         defer { file.close() }
-        for (stream, text) in rest {
-            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        try flush()
+    }
+
+    /// Opens `tasks/<task>.log` in the experiment folder `folder` as this host sees it, for a task that
+    /// runs away from the process that has the experiment open (a worker's task). The file is appended
+    /// to after a session header; `TaskLog.close()` closes it.
+    package static func open(task: String, experiment: String, folder: String) throws(ExperimentError) -> TaskLog {
+        let tasksFolder = Paths.join(folder, Experiment.tasksName)
+        guard let fileName = fileName(for: task) else {
+            throw ExperimentError(
+                .invalidTaskName,
+                experiment: experiment,
+                path: tasksFolder,
+                reason: "cannot hold the log of a task with an empty name",
+                subject: "tasks folder"
+            )
         }
+        let directory = try SystemCall.value("open") { Glibc.open(tasksFolder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            .get("opened", experiment: experiment, path: tasksFolder, subject: "tasks folder")
+        defer { SystemCall.close(directory) }
+        return try TaskLog(
+            task: task,
+            directory: directory,
+            name: fileName,
+            path: Paths.join(tasksFolder, fileName),
+            experiment: experiment
+        )
     }
 
     /// The file name of `task`'s log: letters, digits, `-` and `.` stay, `:` becomes `_`, and every other

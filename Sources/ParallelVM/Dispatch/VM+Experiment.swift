@@ -18,8 +18,10 @@ extension VM {
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?
     ) async throws -> [JobResult<Value>] {
+        let location = ExperimentLocation(experiment)
         var run = try DispatchRun(
-            vm: self,
+            // Its spawn requests name the experiment, so that task processes keep the tasks' logs there.
+            vm: try VM(self, experiment: location),
             remote: remote,
             chunkSize: chunkSize,
             inputOpen: false,
@@ -57,6 +59,8 @@ extension VM {
             // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
             var jobIndexOfFarmIndex: [Int] = []
             var queuedAt: [Date] = []
+            // Jobs that collect outputs run wrapped; their results name the jobs as given.
+            var originals: [Int: Job<Value>] = [:]
             while true {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
                     var unit: [Job<Value>] = []
@@ -74,7 +78,11 @@ extension VM {
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
                         } else {
-                            unit.append(job)
+                            if !job.outputs.isEmpty {
+                                if let error = job.outputPatternError(in: experiment) { throw error }
+                                originals[index] = job
+                            }
+                            unit.append(job.bound(toIndex: index, of: experiment, at: location))
                             indices.append(index)
                         }
                     }
@@ -89,7 +97,8 @@ extension VM {
                     )
                 }
                 guard let farmResult = try await farm.join() else { break }
-                let result = farmResult.renumbered(jobIndexOfFarmIndex[farmResult.index])
+                var result = farmResult.renumbered(jobIndexOfFarmIndex[farmResult.index])
+                if let original = originals.removeValue(forKey: result.index) { result = result.reporting(original) }
                 try journal.append(result, key: journal.keys[result.index], started: queuedAt[farmResult.index])
                 try await run.take(result)
             }
@@ -122,13 +131,17 @@ extension VM {
         return try run.finish()
     }
 
-    /// The key a job is journaled under: its function and encoded arguments.
-    fileprivate static func key<Value>(_ job: Job<Value>) throws -> JobKey {
-        JobKey(function: job.function, encodedArguments: try job.encodedArguments())
+    /// The key a job is journaled under: its function and encoded arguments (for a job that collects
+    /// outputs, those of the job it wraps: the patterns are not part of it).
+    static func key<Value>(_ job: Job<Value>) throws -> JobKey {
+        if let request = job.outputRequest {
+            return JobKey(function: request.function, encodedArguments: try request.encodedArguments())
+        }
+        return JobKey(function: job.function, encodedArguments: try job.encodedArguments())
     }
 
     /// A journaled record given back as the job's result.
-    fileprivate static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
+    static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
         let outcome: Result<Value, JobError>
         switch record.outcome {
         case .success:
@@ -160,7 +173,7 @@ extension VM {
 }
 
 /// What a journaled dispatch keeps: the keys of the jobs taken so far, the counts, the experiment's log.
-private struct RunJournal {
+struct RunJournal {
     let experiment: Experiment
     let log: ExperimentLog
     let writer: JournalWriter
