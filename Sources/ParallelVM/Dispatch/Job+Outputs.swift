@@ -58,6 +58,10 @@ extension Job {
         return Job(wrapping: self, request: outputRequest, index: index, experiment: experiment, location: location)
     }
 
+    /// The registered function a worker runs for this job: its own, or ``OutputJob`` for a job that
+    /// collects outputs (which runs its own on its behalf).
+    var spawnedFunction: String { outputRequest == nil ? function : OutputJob.name }
+
     /// The job that runs `request.function` through ``OutputJob``; without an index and an experiment it
     /// fails, saying that only an experiment's dispatch collects outputs.
     private init(
@@ -78,7 +82,7 @@ extension Job {
                 experiment: location
             )
         }
-        function = OutputJob.name
+        function = request.function
         self.name = name
         extra = job.extra
         timeout = job.timeout
@@ -143,20 +147,10 @@ extension Job {
 }
 
 extension JobResult {
-    /// The same result for `original`, the job as the caller gave it (the dispatch ran a wrapped copy).
+    /// The same result for `original`, the job as the caller gave it (the dispatch ran a copy bound to
+    /// the job's index).
     func reporting(_ original: Job<Value>) -> JobResult {
-        let outcome = outcome.mapError { error in
-            JobError(
-                code: error.code,
-                index: error.index,
-                job: error.job,
-                function: original.function,
-                typeName: error.typeName,
-                message: error.message,
-                underlying: error.underlying
-            )
-        }
-        return JobResult(
+        JobResult(
             index: index,
             job: original,
             outcome: outcome,

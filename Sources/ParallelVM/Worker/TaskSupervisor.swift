@@ -373,7 +373,8 @@ final class TaskSupervisor: @unchecked Sendable {
             detail: detail,
             standardError: end.standardErrorTail
         )
-        closeLog(of: task, ending: "\(termination)")
+        // Its standard error is in the log already.
+        closeLog(of: task, ending: "task \(termination.task) running '\(task.function)' on \(host) \(detail)")
         if let folder = task.folder, !folder.persistent {
             let report = PreparedStorage.removeAbandoned(folder: folder.path)
             for (path, reason) in report.failures.sorted(by: { $0.key < $1.key }) {
