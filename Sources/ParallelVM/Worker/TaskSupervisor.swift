@@ -371,7 +371,7 @@ final class TaskSupervisor: @unchecked Sendable {
             function: task.function,
             host: host,
             detail: detail,
-            standardError: end.standardErrorTail
+            standardError: end.standardErrorWithReasons
         )
         // Its standard error is in the log already.
         closeLog(of: task, ending: "task \(termination.task) running '\(task.function)' on \(host) \(detail)")
