@@ -165,6 +165,7 @@ public final class Experiment: Sendable {
                 opened += "the journal holds \(recovered.records.count) records"
                 if let problem = recovered.problem { opened += "; \(problem), \(recovered.ignoredBytes) bytes cut off" }
                 try log.log(opened)
+                try log.flush()
             } catch {
                 try? journal.close()
                 log.close()

@@ -181,6 +181,8 @@ struct RunJournal {
     let localHost: String
     var keys: [JobKey] = []
     var counts = Manifest.Counts()
+    /// The result type's name, for the records of successful jobs.
+    private var valueTypeName: String?
 
     init(experiment: Experiment, localHost: String) throws {
         self.experiment = experiment
@@ -194,7 +196,10 @@ struct RunJournal {
         let outcome: JournalRecord.Outcome
         switch result.outcome {
         case .success(let value):
-            outcome = .success(typeName: _typeName(Value.self, qualified: true), value: try BinaryEncoder.encode(value))
+            // Looked up once: a type name is built from the type's metadata on every call.
+            let typeName = valueTypeName ?? _typeName(Value.self, qualified: true)
+            valueTypeName = typeName
+            outcome = .success(typeName: typeName, value: try BinaryEncoder.encode(value))
         case .failure(let error):
             outcome = .failure(typeName: error.typeName, message: error.message)
             counts.failed += 1
