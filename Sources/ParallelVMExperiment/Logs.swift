@@ -132,6 +132,34 @@ package final class ExperimentLog: Sendable {
         }
     }
 
+    /// "jobs 0-41, 43-99 done in task 1:5 on host h after 0.012 s (attempt 1)": the jobs of one chunk that
+    /// succeeded, with the task, host, time and attempt of `last`, one of them.
+    package func jobsFinished(_ indices: [Int], like last: JournalRecord) throws(ExperimentError) {
+        let seconds = Self.milliseconds(last.ended.timeIntervalSince(last.started))
+        try log(
+            "jobs \(Self.ranges(indices)) done in task \(last.task) on host \(last.host) after \(seconds) s "
+                + "(attempt \(last.attempts))"
+        )
+    }
+
+    /// "job 3 queued", or "jobs 0-99 queued as one chunk".
+    package func jobsQueued(_ indices: [Int]) throws(ExperimentError) {
+        try log(indices.count == 1 ? "job \(indices[0]) queued" : "jobs \(Self.ranges(indices)) queued as one chunk")
+    }
+
+    /// Job indices as ranges, in the order given: `0-41, 43, 45-99`.
+    package static func ranges(_ indices: [Int]) -> String {
+        var parts: [String] = []
+        var position = indices.startIndex
+        while position < indices.endIndex {
+            var end = position
+            while end + 1 < indices.endIndex && indices[end + 1] == indices[end] + 1 { end += 1 }
+            parts.append(end == position ? String(indices[position]) : "\(indices[position])-\(indices[end])")
+            position = end + 1
+        }
+        return parts.joined(separator: ", ")
+    }
+
     func close() { file.close() }
 
     /// Seconds with three decimals, `0.012` (`String(format:)` costs more than a tiny job).

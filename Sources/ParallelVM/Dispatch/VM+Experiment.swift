@@ -54,11 +54,16 @@ extension VM {
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
             )
             let unitSize = farm.isRemote ? chunkSize : 1
+            // Read once: the table does not change while the dispatch runs.
+            let resume = try experiment.resumeTable()
             var iterator = jobs.makeIterator()
             var exhausted = false
             // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
             var jobIndexOfFarmIndex: [Int] = []
             var queuedAt: [Date] = []
+            // The farm index of the first job of each job's unit, and the unit's size: a unit's successes
+            // are logged together.
+            var unitOfFarmIndex: [(first: Int, size: Int)] = []
             // Jobs that collect outputs run wrapped; their results name the jobs as given.
             var originals: [Int: Job<Value>] = [:]
             while true {
@@ -73,7 +78,7 @@ extension VM {
                         let index = journal.keys.count
                         let key = try knownKeys?[index] ?? Self.key(job)
                         journal.keys.append(key)
-                        if let record = try experiment.reusable(index: index, key: key, includeFailed: !rerunFailed) {
+                        if let record = resume.reusable(index: index, key: key, includeFailed: !rerunFailed) {
                             try journal.log.jobReused(record)
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
@@ -87,22 +92,26 @@ extension VM {
                         }
                     }
                     guard !unit.isEmpty else { continue }
-                    guard farm.submit(unit) != nil else { break }
+                    guard let first = farm.submit(unit) else { break }
                     jobIndexOfFarmIndex += indices
                     queuedAt += repeatElement(Date(), count: indices.count)
-                    try journal.log.log(
-                        indices.count == 1
-                            ? "job \(indices[0]) queued"
-                            : "jobs \(indices.map(String.init).joined(separator: ", ")) queued as one chunk"
-                    )
+                    unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
+                    try journal.log.jobsQueued(indices)
                 }
                 guard let farmResult = try await farm.join() else { break }
                 var result = farmResult.renumbered(jobIndexOfFarmIndex[farmResult.index])
                 if let original = originals.removeValue(forKey: result.index) { result = result.reporting(original) }
-                try journal.append(result, key: journal.keys[result.index], started: queuedAt[farmResult.index])
+                try journal.append(
+                    result,
+                    key: journal.keys[result.index],
+                    started: queuedAt[farmResult.index],
+                    unit: unitOfFarmIndex[farmResult.index].first,
+                    unitSize: unitOfFarmIndex[farmResult.index].size
+                )
                 try await run.take(result)
             }
         } catch {
+            try? journal.logUnfinishedUnits()
             if error is CancellationError { await farm.cancel() } else { await farm.close() }
             run.progress.finish()
             try? journal.log.log(
@@ -120,6 +129,7 @@ extension VM {
                     manifest.jobs = keys.count
                 }
             }
+            try journal.logUnfinishedUnits()
             try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
             let counts = journal.counts
             try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
@@ -183,6 +193,16 @@ struct RunJournal {
     var counts = Manifest.Counts()
     /// The result type's name, for the records of successful jobs.
     private var valueTypeName: String?
+    /// Units (a job, or a chunk run as one task) with results still to come, by their number: their
+    /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
+    /// of tiny jobs more than the jobs did); failures are logged as they come.
+    private var pendingUnits: [Int: PendingUnit] = [:]
+
+    private struct PendingUnit {
+        var remaining: Int
+        var succeeded: [Int] = []
+        var last: JournalRecord?
+    }
 
     init(experiment: Experiment, localHost: String) throws {
         self.experiment = experiment
@@ -191,8 +211,28 @@ struct RunJournal {
         self.localHost = localHost
     }
 
-    /// Journals a finished job (its record reaches the file within the writer's flush interval).
-    mutating func append<Value>(_ result: JobResult<Value>, key: JobKey, started: Date) throws {
+
+    /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
+    mutating func logUnfinishedUnits() throws {
+        let units = pendingUnits
+        pendingUnits = [:]
+        for (_, unit) in units.sorted(by: { $0.key < $1.key }) { try logSuccesses(of: unit) }
+    }
+
+    private func logSuccesses(of unit: PendingUnit) throws {
+        guard let last = unit.last else { return }
+        if unit.succeeded.count == 1 { try log.jobFinished(last) } else { try log.jobsFinished(unit.succeeded, like: last) }
+    }
+
+    /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within
+    /// the writer's flush interval), and logs it.
+    mutating func append<Value>(
+        _ result: JobResult<Value>,
+        key: JobKey,
+        started: Date,
+        unit: Int,
+        unitSize: Int
+    ) throws {
         let outcome: JournalRecord.Outcome
         switch result.outcome {
         case .success(let value):
@@ -215,7 +255,14 @@ struct RunJournal {
             ended: Date()
         )
         try writer.append(record)
-        try log.jobFinished(record)
         counts.ran += 1
+        if case .failure = outcome { try log.jobFinished(record) }
+        var pending = pendingUnits.removeValue(forKey: unit) ?? PendingUnit(remaining: unitSize)
+        pending.remaining -= 1
+        if case .success = outcome {
+            pending.succeeded.append(result.index)
+            pending.last = record
+        }
+        if pending.remaining > 0 { pendingUnits[unit] = pending } else { try logSuccesses(of: pending) }
     }
 }

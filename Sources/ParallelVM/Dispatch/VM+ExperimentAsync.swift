@@ -93,8 +93,14 @@ extension VM {
                             journal.counts.reused += 1
                             try await run.take(result)
                         case .finished(let farmResult):
-                            let (result, started) = feed.jobResult(for: farmResult)
-                            try journal.append(result, key: feed.key(of: result.index), started: started)
+                            let (result, started, unit) = feed.jobResult(for: farmResult)
+                            try journal.append(
+                                result,
+                                key: feed.key(of: result.index),
+                                started: started,
+                                unit: unit.first,
+                                unitSize: unit.size
+                            )
                             try await run.take(result)
                         }
                     }
@@ -115,6 +121,7 @@ extension VM {
             }
         } catch {
             run.progress.finish()
+            try? journal.logUnfinishedUnits()
             try? journal.log.log(
                 "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
             )
@@ -128,6 +135,7 @@ extension VM {
                 manifest.inputs = JobKey.inputsIdentity(of: keys)
                 manifest.jobs = keys.count
             }
+            try journal.logUnfinishedUnits()
             try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
             let counts = journal.counts
             try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
@@ -163,6 +171,8 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
         var keys: [JobKey] = []
         var jobIndexOfFarmIndex: [Int: Int] = [:]
         var queuedAt: [Int: Date] = [:]
+        /// The farm index of the first job of each job's unit, and the unit's size.
+        var unitOfFarmIndex: [Int: (first: Int, size: Int)] = [:]
         /// Jobs that collect outputs run bound to their index; results name the jobs as given.
         var originals: [Int: Job<Value>] = [:]
     }
@@ -173,14 +183,15 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
 
     func key(of index: Int) -> JobKey { state.withLock { $0.keys[index] } }
 
-    /// The farm's result as the result of its job in the sequence, and when that job was queued.
-    func jobResult(for farmResult: JobResult<Value>) -> (JobResult<Value>, Date) {
+    /// The farm's result as the result of its job in the sequence, when that job was queued, and its unit.
+    func jobResult(for farmResult: JobResult<Value>) -> (JobResult<Value>, Date, (first: Int, size: Int)) {
         state.withLock { state in
             let index = state.jobIndexOfFarmIndex.removeValue(forKey: farmResult.index)!
             let started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
+            let unit = state.unitOfFarmIndex.removeValue(forKey: farmResult.index) ?? (farmResult.index, 1)
             var result = farmResult.renumbered(index)
             if let original = state.originals.removeValue(forKey: index) { result = result.reporting(original) }
-            return (result, started)
+            return (result, started, unit)
         }
     }
 
@@ -235,15 +246,12 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
                 for (offset, index) in indices.enumerated() {
                     state.jobIndexOfFarmIndex[first + offset] = index
                     state.queuedAt[first + offset] = now
+                    state.unitOfFarmIndex[first + offset] = (first, indices.count)
                 }
                 return true
             }
             guard submitted else { return }
-            try log.log(
-                indices.count == 1
-                    ? "job \(indices[0]) queued"
-                    : "jobs \(indices.map(String.init).joined(separator: ", ")) queued as one chunk"
-            )
+            try log.jobsQueued(indices)
         }
     }
 }
