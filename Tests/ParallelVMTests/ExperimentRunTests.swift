@@ -127,6 +127,39 @@ struct ExperimentRunTests {
     }
 
     @Test(.timeLimit(.minutes(2)))
+    func anInterruptedSweepHasJournaledEveryJobItReportedDone() throws {
+        let root = try makeRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        let doneAtSignal = Mutex(-1)
+        let interrupted = try MPIRun.run(
+            script,
+            ["-n", "3", MPIRun.scenarios, "experiment-sweep", root, "interrupted", "400", "20"],
+            timeout: 90,
+            during: { pid, _, stdout in
+                var done = 0
+                let deadline = Date().addingTimeInterval(60)
+                while Date() < deadline && done < 30 {
+                    let text = (try? String(contentsOf: stdout, encoding: .utf8)) ?? ""
+                    done = text.split(separator: "\n").filter({ $0.hasPrefix("done=") }).count
+                    usleep(2_000)
+                }
+                doneAtSignal.withLock { $0 = done }
+                kill(pid, SIGTERM)
+            }
+        )
+        #expect(interrupted.status == 143, "\(interrupted)")
+        #expect(interrupted.value("ran") == nil, "the sweep finished before the signal: \(interrupted)")
+        #expect(doneAtSignal.withLock { $0 } >= 30)
+        // Every job the collector saw finish was journaled, the last few milliseconds' included.
+        let reported = Set(interrupted.values("done").compactMap(Int.init))
+        let journaled = Set(try journalIndices(root, "interrupted"))
+        #expect(reported.count >= 30 && reported.isSubset(of: journaled), "\(reported.subtracting(journaled))")
+        let log = try String(contentsOfFile: "\(root)/interrupted/experiment.log", encoding: .utf8)
+        #expect(log.contains("run interrupted by SIGTERM; the journal is synced"), "\(log)")
+    }
+
+    @Test(.timeLimit(.minutes(2)))
     func jobsWithChangedArgumentsRunAgain() throws {
         let root = try makeRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -1,6 +1,10 @@
 import Foundation
 import ParallelVMCodec
 import ParallelVMExperiment
+import Synchronization
+
+/// Whether `VM.syncExperimentsOnInterrupt()` has registered its interrupt handler in this process.
+private let interruptSyncRegistered = Mutex(false)
 
 extension VM {
     /// `dispatch` with an experiment: reuses journaled results, journals every finished job, keeps the
@@ -35,6 +39,7 @@ extension VM {
         let farm = run.farm
         var journal: RunJournal
         do {
+            syncExperimentsOnInterrupt()
             try experiment.open()
             journal = try RunJournal(
                 experiment: experiment,
@@ -139,6 +144,18 @@ extension VM {
         }
         try experiment.close()
         return try run.finish()
+    }
+
+    /// Has an interrupt (which ends the process without closing anything) write and sync the journals and
+    /// logs of the experiments open then. Registered once per process.
+    func syncExperimentsOnInterrupt() {
+        guard interruptSyncRegistered.withLock({ registered in
+            defer { registered = true }
+            return !registered
+        }) else { return }
+        spawner.onInterrupt { interrupt in
+            Experiment.syncOpenExperiments(logging: "run interrupted by \(interrupt); the journal is synced")
+        }
     }
 
     /// The key a job is journaled under: its function and encoded arguments (for a job that collects

@@ -39,6 +39,7 @@ extension VM {
         let farm = run.farm
         var journal: RunJournal
         do {
+            syncExperimentsOnInterrupt()
             try experiment.open()
             journal = try RunJournal(experiment: experiment, localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName)
             try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
