@@ -242,7 +242,7 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
         case "dispatch_chunked_journal":
-            let (journaled, plain) = try await journalRates(vm, 10 * n, repetitions: 5)
+            let (journaled, plain) = try await journalRates(vm, 10 * n, repetitions: 7)
             emit("tasks_dispatch_chunked_journal_\(suffix)", journaled)
             emit("tasks_dispatch_chunked_nojournal_\(suffix)", plain)
         default:
