@@ -96,7 +96,12 @@ final class BatchedLineFile: @unchecked Sendable {
         let written = buffer.withUnsafeBytes { SystemCall.writeAll(fd, $0) }
         buffer.removeAll(keepingCapacity: true)
         if let error = written.failure {
-            let experimentError = error.experimentError("appended to", experiment: experiment, path: path, subject: subject)
+            let experimentError = error.experimentError(
+                "appended to",
+                experiment: experiment,
+                path: path,
+                subject: subject
+            )
             failure = experimentError
             throw experimentError
         }

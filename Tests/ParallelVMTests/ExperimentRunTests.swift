@@ -66,7 +66,10 @@ struct ExperimentRunTests {
         let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
         let killed = try MPIRun.run(
             script,
-            ["-n", "3", "-x", "SWEEP_FORM=\(form)", MPIRun.scenarios, "experiment-sweep", root, "resumed", String(jobs), "150"],
+            [
+                "-n", "3", "-x", "SWEEP_FORM=\(form)", MPIRun.scenarios, "experiment-sweep", root, "resumed",
+                String(jobs), "150",
+            ],
             timeout: 90,
             during: { pid, marker, stdout in
                 // run() removes the output file as soon as the script ends: count before the kill.

@@ -9,7 +9,9 @@ import Testing
 @Suite(.serialized)
 struct ExperimentTaskRunTests {
     private func makeRoot() throws -> String {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-exptask-\(UUID().uuidString)")
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-exptask-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         return root.path
     }
@@ -68,10 +70,16 @@ struct ExperimentTaskRunTests {
             #expect(lines.first?.hasPrefix("[session] task \(task) logged by process") == true, "\(lines)")
             // Chunks of one: a task's log holds its own job's text and nothing of another job's.
             for other in 0..<5 where other != index {
-                #expect(!lines.contains { $0.hasSuffix("of job \(other)") || $0.contains("of job \(other) ") }, "\(lines)")
+                #expect(
+                    !lines.contains { $0.hasSuffix("of job \(other)") || $0.contains("of job \(other) ") },
+                    "\(lines)"
+                )
             }
             if index == 2 {
-                #expect(lines.contains { $0.hasPrefix("[stderr] ") && $0.contains("job 2 crashes on purpose") }, "\(lines)")
+                #expect(
+                    lines.contains { $0.hasPrefix("[stderr] ") && $0.contains("job 2 crashes on purpose") },
+                    "\(lines)"
+                )
                 #expect(
                     lines.last?.hasPrefix("[session] task \(task) running 'experiment.chatty'") == true,
                     "\(lines)"
@@ -86,14 +94,20 @@ struct ExperimentTaskRunTests {
     func aChunkTaskLogHoldsEveryJobOfItsChunk() throws {
         let root = try makeRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let output = try MPIRun.scenario("experiment-task-logs", ranks: 3, arguments: [root, "chunks", "6", "3"], timeout: 90)
+        let output = try MPIRun.scenario(
+            "experiment-task-logs",
+            ranks: 3,
+            arguments: [root, "chunks", "6", "3"],
+            timeout: 90
+        )
         #expect(output.status == 0 && !output.timedOut, "\(output)")
         let tasks = tasks(output)
         #expect(tasks.count == 6 && Set(tasks.values).count == 2, "\(output)")
         for (task, indices) in Dictionary(grouping: tasks.keys, by: { tasks[$0]! }) {
             let lines = try logLines(root, "chunks", task: task)
             for index in 0..<6 {
-                let present = lines.contains("[stderr] stderr of job \(index)")
+                let present =
+                    lines.contains("[stderr] stderr of job \(index)")
                     && lines.contains("[log] warning: log of job \(index) point=\(index)")
                     && lines.contains { $0.hasSuffix("stdout of job \(index) second") }
                 #expect(present == indices.contains(index), "task \(task), job \(index): \(lines)")
@@ -125,7 +139,12 @@ struct ExperimentTaskRunTests {
         #expect(!FileManager.default.fileExists(atPath: "\(outputs)/1"))
 
         // Run again: the failed job runs and is collected; opening the experiment removed the leftover.
-        let again = try MPIRun.scenario("experiment-outputs", ranks: 3, arguments: [root, "outputs", "4", bytes], timeout: 120)
+        let again = try MPIRun.scenario(
+            "experiment-outputs",
+            ranks: 3,
+            arguments: [root, "outputs", "4", bytes],
+            timeout: 120
+        )
         #expect(again.status == 0 && !again.timedOut, "\(again)")
         #expect(again.values("failure").isEmpty, "\(again)")
         #expect(again.values("collected") == ["0", "1", "2", "3"], "\(again)")
@@ -136,7 +155,12 @@ struct ExperimentTaskRunTests {
     func withoutMPIRunOutputsAreCollectedAndMisuseIsReported() throws {
         let root = try makeRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let local = try MPIRun.scenario("experiment-outputs", ranks: 1, arguments: [root, "local", "3", "1000"], timeout: 60)
+        let local = try MPIRun.scenario(
+            "experiment-outputs",
+            ranks: 1,
+            arguments: [root, "local", "3", "1000"],
+            timeout: 60
+        )
         #expect(local.status == 0 && !local.timedOut, "\(local)")
         #expect(local.values("collected") == ["0", "1", "2"], "\(local)")
         #expect(local.value("doneBeforeCollected") == "0", "\(local)")

@@ -173,7 +173,10 @@ let experimentTaskScenarios: [String: Scenario] = [
             let experiment = try Experiment(name: "misuse", in: root)
             let point = WriterPoint(index: 0, bytes: 10, workRoot: root, killWhileCollectingIn: nil)
             do {
-                try await vm.dispatch([Job(experimentWriter, args: point).collecting("../escape")], experiment: experiment)
+                try await vm.dispatch(
+                    [Job(experimentWriter, args: point).collecting("../escape")],
+                    experiment: experiment
+                )
                 report("patternError", "none")
             } catch let error as ExperimentError {
                 report("patternError", error.code.rawValue)

@@ -25,12 +25,14 @@ extension Job {
     /// - Parameter patterns: paths relative to the task folder; `*`, `?` and `[...]` match within one
     ///   path component. Calling `collecting` again adds patterns.
     public func collecting(_ patterns: [String]) -> Job<Value> {
-        let base = outputRequest ?? OutputRequest(
-            patterns: [],
-            function: function,
-            encodedArguments: encodedArguments,
-            local: local
-        )
+        let base =
+            outputRequest
+            ?? OutputRequest(
+                patterns: [],
+                function: function,
+                encodedArguments: encodedArguments,
+                local: local
+            )
         var request = base
         request.patterns += patterns
         return Job(wrapping: self, request: request, index: nil, experiment: nil, location: nil)

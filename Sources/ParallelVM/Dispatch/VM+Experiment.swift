@@ -149,10 +149,12 @@ extension VM {
     /// Has an interrupt (which ends the process without closing anything) write and sync the journals and
     /// logs of the experiments open then. Registered once per process.
     func syncExperimentsOnInterrupt() {
-        guard interruptSyncRegistered.withLock({ registered in
-            defer { registered = true }
-            return !registered
-        }) else { return }
+        guard
+            interruptSyncRegistered.withLock({ registered in
+                defer { registered = true }
+                return !registered
+            })
+        else { return }
         spawner.onInterrupt { interrupt in
             Experiment.syncOpenExperiments(logging: "run interrupted by \(interrupt); the journal is synced")
         }
@@ -228,7 +230,6 @@ struct RunJournal {
         self.localHost = localHost
     }
 
-
     /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
     mutating func logUnfinishedUnits() throws {
         let units = pendingUnits
@@ -238,7 +239,11 @@ struct RunJournal {
 
     private func logSuccesses(of unit: PendingUnit) throws {
         guard let last = unit.last else { return }
-        if unit.succeeded.count == 1 { try log.jobFinished(last) } else { try log.jobsFinished(unit.succeeded, like: last) }
+        if unit.succeeded.count == 1 {
+            try log.jobFinished(last)
+        } else {
+            try log.jobsFinished(unit.succeeded, like: last)
+        }
     }
 
     /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within

@@ -41,7 +41,10 @@ extension VM {
         do {
             syncExperimentsOnInterrupt()
             try experiment.open()
-            journal = try RunJournal(experiment: experiment, localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName)
+            journal = try RunJournal(
+                experiment: experiment,
+                localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName
+            )
             try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
             try journal.log.log(
                 "run started: jobs produced as it goes (an AsyncSequence), \(slots()) slots, "

@@ -278,7 +278,8 @@ final class TaskSupervisor: @unchecked Sendable {
         default:
             break
         }
-        let ends = (envelope.kind == .taskResult || envelope.kind == .taskExit) && envelope.sourceTask == running?.number
+        let ends =
+            (envelope.kind == .taskResult || envelope.kind == .taskExit) && envelope.sourceTask == running?.number
         if let log = running?.log, envelope.sourceTask == running?.number {
             if envelope.kind == .log, let record = try? LogRecord(envelope) { try? log.log(record.logLine) }
             // The log is complete before the spawner learns that the task ended.
