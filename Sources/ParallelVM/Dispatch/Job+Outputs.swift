@@ -38,11 +38,11 @@ extension Job {
         return Job(wrapping: self, request: request, index: nil, experiment: nil, location: nil)
     }
 
-    /// This job, with files of its task folder to collect into its experiment; see ``collecting(_:)-([String])``.
+    /// This job, with files of its task folder to collect into its experiment; see `collecting(_:)`.
     public func collecting(_ patterns: String...) -> Job<Value> { collecting(patterns) }
 
     /// The patterns of the files collected into the experiment when the job finishes (see
-    /// ``collecting(_:)-([String])``); empty for a job that collects nothing.
+    /// `collecting(_:)`); empty for a job that collects nothing.
     public var outputs: [String] { outputRequest?.patterns ?? [] }
 
     /// What a job that collects outputs was before it was wrapped, and what it collects.
@@ -60,11 +60,11 @@ extension Job {
         return Job(wrapping: self, request: outputRequest, index: index, experiment: experiment, location: location)
     }
 
-    /// The registered function a worker runs for this job: its own, or ``OutputJob`` for a job that
+    /// The registered function a worker runs for this job: its own, or `OutputJob` for a job that
     /// collects outputs (which runs its own on its behalf).
     var spawnedFunction: String { outputRequest == nil ? function : OutputJob.name }
 
-    /// The job that runs `request.function` through ``OutputJob``; without an index and an experiment it
+    /// The job that runs `request.function` through `OutputJob`; without an index and an experiment it
     /// fails, saying that only an experiment's dispatch collects outputs.
     private init(
         wrapping job: Job<Value>,
