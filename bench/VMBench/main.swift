@@ -189,8 +189,13 @@ func journaledFarm(_ vm: VM, _ n: Int, in root: String, run: Int) async throws {
 }
 
 /// The chunked dispatch with and without a journal, one repetition of each in turn so that drift on a
-/// shared machine hits both alike: (journaled, plain) in tasks/s, medians.
-func journalRates(_ vm: VM, _ n: Int, repetitions: Int) async throws -> (journaled: Double, plain: Double) {
+/// shared machine hits both alike: rates in tasks/s and the spawner's CPU time per task in µs (which a
+/// busy machine disturbs less than the rates), medians.
+func journalRates(
+    _ vm: VM,
+    _ n: Int,
+    repetitions: Int
+) async throws -> (journaled: Double, plain: Double, journaledCPU: Double, plainCPU: Double) {
     let base = ProcessInfo.processInfo.environment["BENCH_EXPERIMENTS"] ?? NSTemporaryDirectory()
     // A folder of this run's own, removed at the end with the experiments in it.
     let root = URL(fileURLWithPath: base).appendingPathComponent("parallelvm-bench-journal-\(getpid())").path
@@ -200,15 +205,21 @@ func journalRates(_ vm: VM, _ n: Int, repetitions: Int) async throws -> (journal
     try await dispatchFarm(vm, n, chunkSize: 100)
     var journaled: [Double] = []
     var plain: [Double] = []
+    var journaledCPU: [Double] = []
+    var plainCPU: [Double] = []
     for repetition in 1...repetitions {
         var start = seconds()
+        var cpu = cpuSecondsOfThisProcess()
         try await journaledFarm(vm, n, in: root, run: repetition)
         journaled.append(Double(n) / (seconds() - start))
+        journaledCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
         start = seconds()
+        cpu = cpuSecondsOfThisProcess()
         try await dispatchFarm(vm, n, chunkSize: 100)
         plain.append(Double(n) / (seconds() - start))
+        plainCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
     }
-    return (median(journaled), median(plain))
+    return (median(journaled), median(plain), median(journaledCPU), median(plainCPU))
 }
 
 func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async rethrows -> Double {
@@ -242,9 +253,11 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
         case "dispatch_chunked_journal":
-            let (journaled, plain) = try await journalRates(vm, 10 * n, repetitions: 7)
-            emit("tasks_dispatch_chunked_journal_\(suffix)", journaled)
-            emit("tasks_dispatch_chunked_nojournal_\(suffix)", plain)
+            let rates = try await journalRates(vm, 10 * n, repetitions: 7)
+            emit("tasks_dispatch_chunked_journal_\(suffix)", rates.journaled)
+            emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)
+            emit("spawner_cpu_us_per_task_chunked_journal_\(suffix)", rates.journaledCPU)
+            emit("spawner_cpu_us_per_task_chunked_nojournal_\(suffix)", rates.plainCPU)
         default:
             fatalError("unknown task kind '\(kind)': spawn, dispatch, dispatch_chunked or dispatch_chunked_journal")
         }

@@ -75,7 +75,8 @@ extension VM {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
                     var unit: [Job<Value>] = []
                     var indices: [Int] = []
-                    while unit.count < unitSize && !farm.isStopped {
+                    // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
+                    while unit.count < unitSize {
                         guard let job = iterator.next() else {
                             exhausted = true
                             break
@@ -87,12 +88,14 @@ extension VM {
                             try journal.log.jobReused(record)
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
-                        } else {
-                            if !job.outputs.isEmpty {
-                                if let error = job.outputPatternError(in: experiment) { throw error }
-                                originals[index] = job
-                            }
+                            if farm.isStopped { break }
+                        } else if job.outputRequest != nil {
+                            if let error = job.outputPatternError(in: experiment) { throw error }
+                            originals[index] = job
                             unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                            indices.append(index)
+                        } else {
+                            unit.append(job)
                             indices.append(index)
                         }
                     }
@@ -104,8 +107,12 @@ extension VM {
                     try journal.log.jobsQueued(indices)
                 }
                 guard let farmResult = try await farm.join() else { break }
-                var result = farmResult.renumbered(jobIndexOfFarmIndex[farmResult.index])
-                if let original = originals.removeValue(forKey: result.index) { result = result.reporting(original) }
+                // Generic code is not specialised here: spare a tiny job's result the copies it can do without.
+                let jobIndex = jobIndexOfFarmIndex[farmResult.index]
+                var result = jobIndex == farmResult.index ? farmResult : farmResult.renumbered(jobIndex)
+                if !originals.isEmpty, let original = originals.removeValue(forKey: jobIndex) {
+                    result = result.reporting(original)
+                }
                 try journal.append(
                     result,
                     key: journal.keys[result.index],
@@ -230,6 +237,18 @@ struct RunJournal {
         self.localHost = localHost
     }
 
+    /// The last task named in a record, and its name: the jobs of a chunk share one.
+    private var lastTask: (id: TaskID, name: String)?
+
+    /// A task as records name it (`1:5`, or `local` for this process).
+    private mutating func taskName(_ task: TaskID?) -> String {
+        guard let task else { return "local" }
+        if let lastTask, lastTask.id == task { return lastTask.name }
+        let name = task.description
+        lastTask = (task, name)
+        return name
+    }
+
     /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
     mutating func logUnfinishedUnits() throws {
         let units = pendingUnits
@@ -272,7 +291,7 @@ struct RunJournal {
             outcome: outcome,
             attempts: result.attempts,
             host: result.host?.name ?? localHost,
-            task: result.task?.description ?? "local",
+            task: taskName(result.task),
             started: started,
             ended: Date()
         )
