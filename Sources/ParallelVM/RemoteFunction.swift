@@ -99,7 +99,10 @@ public struct AnyRemoteFunction: Sendable, RemoteFunctionConvertible {
     public let argumentType: String
     /// The fully qualified name of the result type.
     public let resultType: String
-    let invoke: @Sendable ([UInt8], TaskContext) throws -> [UInt8]
+    /// Runs the function on encoded arguments; returns the type name of its result and the encoded result.
+    /// The type is `resultType`, except for internal functions that run another one on its behalf (a job
+    /// that collects outputs), which give that one's.
+    let call: @Sendable ([UInt8], TaskContext) throws -> (type: String, bytes: [UInt8])
 
     init(
         name: String,
@@ -110,7 +113,20 @@ public struct AnyRemoteFunction: Sendable, RemoteFunctionConvertible {
         self.name = name
         self.argumentType = argumentType
         self.resultType = resultType
-        self.invoke = invoke
+        self.call = { arguments, context in (resultType, try invoke(arguments, context)) }
+    }
+
+    /// A function whose result type is known only once it ran (see `call`).
+    init(
+        name: String,
+        argumentType: String,
+        resultType: String,
+        call: @escaping @Sendable ([UInt8], TaskContext) throws -> (type: String, bytes: [UInt8])
+    ) {
+        self.name = name
+        self.argumentType = argumentType
+        self.resultType = resultType
+        self.call = call
     }
 
     public var erased: AnyRemoteFunction { self }

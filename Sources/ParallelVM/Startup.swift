@@ -65,6 +65,7 @@ enum Startup {
     ) throws(VMError) -> Role {
         var table = FunctionTable()
         for function in functions { try table.register(function.erased) }
+        try table.register(OutputJob.function(over: table))
         try table.register(ChunkRunner.function(over: table))
         if let taskProcess = try taskProcess(functions: table, setup: setup) { return .worker(taskProcess) }
         let environment = ProcessInfo.processInfo.environment

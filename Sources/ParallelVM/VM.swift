@@ -102,6 +102,23 @@ public final class VM: Sendable {
         for warning in storageWarnings { spawner.logger.warning("\(warning)") }
     }
 
+    /// The VM object `vm` whose spawn requests also name `experiment`, for a dispatch with an experiment:
+    /// task processes then keep each task's log in the experiment's `tasks/` folder.
+    init(_ vm: VM, experiment: ExperimentLocation) throws(VMError) {
+        spawner = vm.spawner
+        debug = vm.debug
+        vmIndex = vm.vmIndex
+        persistentStorage = vm.persistentStorage
+        storageWarnings = vm.storageWarnings
+        storage = vm.storage
+        encodedSettings = try SpawnSettings(
+            debug: vm.debug,
+            vmIndex: vm.vmIndex,
+            storage: vm.storage,
+            experiment: experiment
+        ).encoded()
+    }
+
     private func requireLive(_ operation: String) throws(VMError) {
         if spawner.isFinalized {
             throw VMError(.finalized, "\(operation) was called after the VM was finalized")

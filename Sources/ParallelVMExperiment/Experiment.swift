@@ -3,6 +3,9 @@ import Glibc
 import ParallelVMStorage
 import Synchronization
 
+/// The experiments open in this process, for `Experiment.syncOpenExperiments(logging:)`.
+private let openExperiments = Mutex<[ObjectIdentifier: Experiment]>([:])
+
 /// A named folder that keeps what a parallel run did, so that a later run can resume it.
 ///
 /// The folder `<parent>/<name>/` holds:
@@ -127,6 +130,20 @@ public final class Experiment: Sendable {
             }
             session = try makeSession(journalPolicy)
         }
+        openExperiments.withLock { $0[ObjectIdentifier(self)] = self }
+    }
+
+    /// Writes and syncs the journal and the log of every experiment open in this process, after logging
+    /// `reason`: for a process about to end without closing them (an interrupt), so that not even the last
+    /// few milliseconds of results are lost.
+    package static func syncOpenExperiments(logging reason: String) {
+        for experiment in openExperiments.withLock({ Array($0.values) }) {
+            try? experiment.journal().sync()
+            if let log = try? experiment.log() {
+                try? log.log(reason)
+                try? log.flush()
+            }
+        }
     }
 
     private func makeSession(_ policy: JournalWriter.Policy) throws(ExperimentError) -> Session {
@@ -165,6 +182,7 @@ public final class Experiment: Sendable {
                 opened += "the journal holds \(recovered.records.count) records"
                 if let problem = recovered.problem { opened += "; \(problem), \(recovered.ignoredBytes) bytes cut off" }
                 try log.log(opened)
+                try log.flush()
             } catch {
                 try? journal.close()
                 log.close()
@@ -196,6 +214,7 @@ public final class Experiment: Sendable {
                 return session
             })
         else { return }
+        openExperiments.withLock { $0[ObjectIdentifier(self)] = nil }
         var firstError: ExperimentError?
         do { try closing.journal.close() } catch { firstError = error }
         for taskLog in closing.taskLogs {

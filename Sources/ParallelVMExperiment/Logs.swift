@@ -80,16 +80,16 @@ final class LineFile: Sendable {
 
 /// `experiment.log`: what the spawner distributed and when, one timestamped line per event.
 ///
-/// Lines read `2025-01-31T12:00:00.250Z message`. Each line is written when it is logged (line
-/// buffered), so the log of a run that crashed ends at its last event.
+/// Lines read `2025-01-31T12:00:00.250Z message`. Lines are written in batches, within 5 ms of being
+/// logged (see `BatchedLineFile`), so the log of a run that was killed ends at most 5 ms before its end.
 package final class ExperimentLog: Sendable {
-    private let file: LineFile
+    private let file: BatchedLineFile
 
     /// The log file.
     package var path: String { file.path }
 
     init(directory: Int32, name: String, path: String, experiment: String) throws(ExperimentError) {
-        file = try LineFile(
+        file = try BatchedLineFile(
             directory: directory,
             name: name,
             path: path,
@@ -100,8 +100,16 @@ package final class ExperimentLog: Sendable {
 
     /// Appends `message` with the current time.
     package func log(_ message: String) throws(ExperimentError) {
-        try file.write(LineFile.lines(message, prefix: Timestamp.now() + " "))
+        // Most messages are one line: no need to split them.
+        if !message.utf8.contains(UInt8(ascii: "\n")) {
+            try file.write(Timestamp.now() + " " + message + "\n")
+        } else {
+            try file.write(LineFile.lines(message, prefix: Timestamp.now() + " "))
+        }
     }
+
+    /// Writes the lines logged so far to the file now.
+    package func flush() throws(ExperimentError) { try file.flush() }
 
     /// "job 3 sent to task 1:5 on host h".
     package func jobSent(index: Int, task: String, host: String) throws(ExperimentError) {
@@ -115,7 +123,7 @@ package final class ExperimentLog: Sendable {
 
     /// "job 3 done in task 1:5 on host h after 0.012 s" or "job 3 failed ...: Type: message".
     package func jobFinished(_ record: JournalRecord) throws(ExperimentError) {
-        let seconds = String(format: "%.3f", record.ended.timeIntervalSince(record.started))
+        let seconds = Self.milliseconds(record.ended.timeIntervalSince(record.started))
         let place = "in task \(record.task) on host \(record.host) after \(seconds) s (attempt \(record.attempts))"
         switch record.outcome {
         case .success: try log("job \(record.index) done \(place)")
@@ -124,7 +132,42 @@ package final class ExperimentLog: Sendable {
         }
     }
 
+    /// "jobs 0-41, 43-99 done in task 1:5 on host h after 0.012 s (attempt 1)": the jobs of one chunk that
+    /// succeeded, with the task, host, time and attempt of `last`, one of them.
+    package func jobsFinished(_ indices: [Int], like last: JournalRecord) throws(ExperimentError) {
+        let seconds = Self.milliseconds(last.ended.timeIntervalSince(last.started))
+        try log(
+            "jobs \(Self.ranges(indices)) done in task \(last.task) on host \(last.host) after \(seconds) s "
+                + "(attempt \(last.attempts))"
+        )
+    }
+
+    /// "job 3 queued", or "jobs 0-99 queued as one chunk".
+    package func jobsQueued(_ indices: [Int]) throws(ExperimentError) {
+        try log(indices.count == 1 ? "job \(indices[0]) queued" : "jobs \(Self.ranges(indices)) queued as one chunk")
+    }
+
+    /// Job indices as ranges, in the order given: `0-41, 43, 45-99`.
+    package static func ranges(_ indices: [Int]) -> String {
+        var parts: [String] = []
+        var position = indices.startIndex
+        while position < indices.endIndex {
+            var end = position
+            while end + 1 < indices.endIndex && indices[end + 1] == indices[end] + 1 { end += 1 }
+            parts.append(end == position ? String(indices[position]) : "\(indices[position])-\(indices[end])")
+            position = end + 1
+        }
+        return parts.joined(separator: ", ")
+    }
+
     func close() { file.close() }
+
+    /// Seconds with three decimals, `0.012` (`String(format:)` costs more than a tiny job).
+    static func milliseconds(_ seconds: Double) -> String {
+        let total = Int((max(seconds, 0) * 1000).rounded())
+        let fraction = String(total % 1000)
+        return "\(total / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
+    }
 }
 
 /// `tasks/<task>.log`: one task session's log lines, standard output and standard error.
@@ -142,8 +185,8 @@ package final class TaskLog: Sendable {
     /// The task, as given.
     package let task: String
     private let file: LineFile
-    /// Text of each stream after its last newline.
-    private let partial: Mutex<[Stream: String]> = Mutex([:])
+    /// Bytes of each stream after its last newline.
+    private let partial: Mutex<[Stream: [UInt8]]> = Mutex([:])
 
     /// The log file.
     package var path: String { file.path }
@@ -161,32 +204,78 @@ package final class TaskLog: Sendable {
         try file.write(LineFile.lines(message, prefix: "\(Timestamp.now()) [log] "))
     }
 
+    /// A line about the task session itself (how it ended, for one).
+    package func session(_ message: String) throws(ExperimentError) {
+        try file.write(LineFile.lines(message, prefix: "\(Timestamp.now()) [session] "))
+    }
+
     /// Text the task wrote to `stream`; complete lines are written now, the rest when its line ends.
     package func write(_ text: String, to stream: Stream) throws(ExperimentError) {
-        let complete: String? = partial.withLock { partial in
-            let joined = (partial[stream] ?? "") + text
-            guard let lastNewline = joined.lastIndex(of: "\n") else {
+        try write(bytes: Array(text.utf8), to: stream)
+    }
+
+    /// Bytes the task wrote to `stream`, as they came (a character split between two calls stays whole);
+    /// complete lines are written now, the rest when its line ends.
+    package func write(bytes: some Collection<UInt8>, to stream: Stream) throws(ExperimentError) {
+        let complete: [UInt8]? = partial.withLock { partial in
+            var joined = partial[stream] ?? []
+            joined.append(contentsOf: bytes)
+            guard let lastNewline = joined.lastIndex(of: UInt8(ascii: "\n")) else {
                 partial[stream] = joined
                 return nil
             }
-            partial[stream] = String(joined[joined.index(after: lastNewline)...])
-            return String(joined[..<lastNewline])
+            partial[stream] = Array(joined[(lastNewline + 1)...])
+            return Array(joined[..<lastNewline])
         }
         if let complete {
-            try file.write(LineFile.lines(complete, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+            let text = String(decoding: complete, as: UTF8.self)
+            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        }
+    }
+
+    /// Writes the unfinished lines of every stream, as they are.
+    package func flush() throws(ExperimentError) {
+        let rest = partial.withLock { partial in
+            defer { partial.removeAll() }
+            return Stream.allCases.compactMap { stream in
+                partial[stream].flatMap { $0.isEmpty ? nil : (stream, String(decoding: $0, as: UTF8.self)) }
+            }
+        }
+        for (stream, text) in rest {
+            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
         }
     }
 
     /// Writes unfinished lines and closes the file.
     package func close() throws(ExperimentError) {
-        let rest = partial.withLock { partial in
-            defer { partial.removeAll() }
-            return Stream.allCases.compactMap { stream in partial[stream].flatMap { $0.isEmpty ? nil : (stream, $0) } }
-        }
         defer { file.close() }
-        for (stream, text) in rest {
-            try file.write(LineFile.lines(text, prefix: "\(Timestamp.now()) [\(stream.rawValue)] "))
+        try flush()
+    }
+
+    /// Opens `tasks/<task>.log` in the experiment folder `folder` as this host sees it, for a task that
+    /// runs away from the process that has the experiment open (a worker's task). The file is appended
+    /// to after a session header; `TaskLog.close()` closes it.
+    package static func open(task: String, experiment: String, folder: String) throws(ExperimentError) -> TaskLog {
+        let tasksFolder = Paths.join(folder, Experiment.tasksName)
+        guard let fileName = fileName(for: task) else {
+            throw ExperimentError(
+                .invalidTaskName,
+                experiment: experiment,
+                path: tasksFolder,
+                reason: "cannot hold the log of a task with an empty name",
+                subject: "tasks folder"
+            )
         }
+        let directory = try SystemCall.value("open") { Glibc.open(tasksFolder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            .get("opened", experiment: experiment, path: tasksFolder, subject: "tasks folder")
+        defer { SystemCall.close(directory) }
+        return try TaskLog(
+            task: task,
+            directory: directory,
+            name: fileName,
+            path: Paths.join(tasksFolder, fileName),
+            experiment: experiment
+        )
     }
 
     /// The file name of `task`'s log: letters, digits, `-` and `.` stay, `:` becomes `_`, and every other

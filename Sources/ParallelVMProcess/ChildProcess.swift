@@ -21,6 +21,14 @@ package final class ChildProcess: Sendable {
         case discard
         /// A pipe whose read end is `standardOutput`.
         case pipe
+        /// A pipe drained by a thread of this process, which copies it to this process's standard output
+        /// and hands it to the output observer (`observeOutput(_:)`).
+        case forward
+    }
+
+    /// Which of a child's outputs a chunk came from.
+    package enum Stream: Sendable, Hashable {
+        case standardOutput, standardError
     }
 
     /// The descriptor number the child finds its end of the socket pair at.
@@ -41,7 +49,9 @@ package final class ChildProcess: Sendable {
     package let channel: MessageChannel
     /// The read end of the child's standard output with `Output.pipe`, owned by this object.
     package let standardOutput: Int32?
-    private let drain: StandardErrorDrain
+    private let drain: OutputDrain
+    /// The drain of standard output with `Output.forward`.
+    private let outputDrain: OutputDrain?
     private let state = Mutex(State())
 
     private struct State {
@@ -55,11 +65,18 @@ package final class ChildProcess: Sendable {
     /// orphan.
     static let liveChildren = Mutex(Set<pid_t>())
 
-    private init(pid: pid_t, channel: MessageChannel, standardOutput: Int32?, drain: StandardErrorDrain) {
+    private init(
+        pid: pid_t,
+        channel: MessageChannel,
+        standardOutput: Int32?,
+        drain: OutputDrain,
+        outputDrain: OutputDrain?
+    ) {
         self.pid = pid
         self.channel = channel
         self.standardOutput = standardOutput
         self.drain = drain
+        self.outputDrain = outputDrain
     }
 
     deinit {
@@ -71,7 +88,29 @@ package final class ChildProcess: Sendable {
             _ = ChildProcess.liveChildren.withLock { $0.remove(pid) }
         }
         drain.stop()
+        outputDrain?.stop()
         if let standardOutput { closeDescriptor(standardOutput) }
+    }
+
+    /// Sets (or with nil removes) the function that gets what the child writes to its standard error, and
+    /// to its standard output with `Output.forward`, from now on, chunk by chunk as it arrives, on a drain
+    /// thread. Chunks of one stream arrive in order; the two streams are not ordered with each other.
+    package func observeOutput(_ observer: (@Sendable (Stream, ArraySlice<UInt8>) -> Void)?) {
+        guard let observer else {
+            drain.setObserver(nil)
+            outputDrain?.setObserver(nil)
+            return
+        }
+        drain.setObserver { bytes in observer(.standardError, bytes) }
+        outputDrain?.setObserver { bytes in observer(.standardOutput, bytes) }
+    }
+
+    /// Hands the observer everything the child has written so far: when this returns, every write the
+    /// child finished before the call has been observed. (Text a child keeps in its own buffers, such as
+    /// C's `stdout` buffer, is not written yet; the child flushes it first.)
+    package func deliverPendingOutput() {
+        drain.deliverPending()
+        outputDrain?.deliverPending()
     }
 
     /// Starts a child process.
@@ -128,7 +167,7 @@ package final class ChildProcess: Sendable {
         switch standardOutput {
         case .inherit: break
         case .discard: output = try openNull(O_WRONLY)
-        case .pipe: (outputRead, output) = try pipe(for: "standard output")
+        case .pipe, .forward: (outputRead, output) = try pipe(for: "standard output")
         }
         output.map { descriptors.add($0) }
         outputRead.map { descriptors.add($0) }
@@ -182,12 +221,28 @@ package final class ChildProcess: Sendable {
             )
         }
 
-        let drain: StandardErrorDrain
+        var drains: [OutputDrain] = []
         do {
-            drain = try StandardErrorDrain(readEnd: errorRead, forward: forwardStandardError, tail: standardErrorTail)
+            let drain = try OutputDrain(
+                readEnd: errorRead,
+                forwardTo: forwardStandardError ? STDERR_FILENO : nil,
+                tail: standardErrorTail
+            )
             descriptors.remove(errorRead)
             try drain.start()
+            drains.append(drain)
+            if standardOutput == .forward, let outputRead {
+                let outputDrain = try OutputDrain(
+                    readEnd: outputRead,
+                    forwardTo: STDOUT_FILENO,
+                    tail: StandardErrorTail()
+                )
+                descriptors.remove(outputRead)
+                try outputDrain.start()
+                drains.append(outputDrain)
+            }
         } catch {
+            for drain in drains { drain.stop() }
             // A child nobody drains could block on a full pipe for ever.
             _ = kill(-pid, SIGKILL)
             var status: Int32 = 0
@@ -200,8 +255,9 @@ package final class ChildProcess: Sendable {
         return ChildProcess(
             pid: pid,
             channel: MessageChannel(adopting: parentEnd),
-            standardOutput: outputRead,
-            drain: drain
+            standardOutput: standardOutput == .pipe ? outputRead : nil,
+            drain: drains[0],
+            outputDrain: drains.count > 1 ? drains[1] : nil
         )
     }
 
@@ -386,6 +442,10 @@ extension ChildProcess {
         _ = ChildProcess.liveChildren.withLock { $0.remove(pid) }
         _ = drain.waitForEndOfFile(timeout: ChildProcess.standardErrorLinger)
         drain.stop()
+        if let outputDrain {
+            _ = outputDrain.waitForEndOfFile(timeout: ChildProcess.standardErrorLinger)
+            outputDrain.stop()
+        }
         let tail = drain.tail
         // The wait status encoding of <sys/wait.h>: the low seven bits are the signal, zero for an exit.
         let signalNumber = status & 0x7f

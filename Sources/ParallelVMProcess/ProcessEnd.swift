@@ -39,6 +39,14 @@ package struct ProcessEnd: Sendable, Hashable, CustomStringConvertible {
         self.standardErrorTail = standardErrorTail
     }
 
+    /// The standard error tail, preceded by the out-of-memory and fatal error lines when they scrolled out
+    /// of it (a backtrace after a trap easily fills the tail), so that the reason is always in the report.
+    package var standardErrorWithReasons: [String] {
+        let reasons = [outOfMemoryLine, fatalErrorLine].compactMap { $0 }
+            .filter { !standardErrorTail.contains($0) }
+        return (reasons.count == 2 && reasons[0] == reasons[1] ? [reasons[0]] : reasons) + standardErrorTail
+    }
+
     /// Whether the process said it could not allocate memory.
     package var ranOutOfMemory: Bool { outOfMemoryLine != nil }
 

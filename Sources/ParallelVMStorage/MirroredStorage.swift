@@ -60,7 +60,7 @@ package struct MirroredStorage: Sendable, Hashable {
     /// symlinks); the glob pattern is kept verbatim so the worker can expand it against its own files.
     /// The first entry that contains the canonical path by whole components wins.
     /// - Throws: `StorageError.outsideMirroredStorage` naming the path and the list.
-    func abstractPath(for spawnerPath: String, subject: String = "path") throws -> AbstractPath {
+    package func abstractPath(for spawnerPath: String, subject: String = "path") throws -> AbstractPath {
         let expanded = PathUtil.expandTilde(spawnerPath, environment: environment)
         let (prefix, pattern) = PathUtil.splitGlob(expanded)
         if PathUtil.components(pattern).contains("..") {
@@ -90,7 +90,7 @@ package struct MirroredStorage: Sendable, Hashable {
     /// Translates an `AbstractPath` received from the spawner into a path on this host.
     /// - Throws: `.badMirroredIndex` naming the index and this host's list; `.invalidPath` when the
     ///   suffix is absolute or climbs out of its folder (it came over the network, so it is checked).
-    func localPath(for abstract: AbstractPath) throws -> String {
+    package func localPath(for abstract: AbstractPath) throws -> String {
         guard entries.indices.contains(abstract.index) else {
             throw StorageError(
                 .badMirroredIndex,

@@ -21,10 +21,17 @@ struct ExperimentRunTests {
         jobs: Int,
         milliseconds: Int,
         changedFrom: Int? = nil,
-        ranks: Int = 3
+        ranks: Int = 3,
+        form: String = "sequence"
     ) throws -> RunOutput {
         let arguments = [root, id, String(jobs), String(milliseconds)] + (changedFrom.map { [String($0)] } ?? [])
-        let output = try MPIRun.scenario("experiment-sweep", ranks: ranks, arguments: arguments, timeout: 90)
+        let output = try MPIRun.scenario(
+            "experiment-sweep",
+            ranks: ranks,
+            arguments: arguments,
+            environment: ["SWEEP_FORM": form],
+            timeout: 90
+        )
         #expect(output.status == 0, "\(output)")
         #expect(!output.timedOut, "\(output)")
         return output
@@ -42,12 +49,13 @@ struct ExperimentRunTests {
         return try JournalReader(path: path, experiment: id).read().records.map(\.index)
     }
 
-    @Test(.timeLimit(.minutes(3)))
-    func aSweepKilledWithMinusNineResumesWithoutLosingOrRepeatingJobs() throws {
+    /// `sequence`: the jobs as an array; `fed`: an AsyncSequence that the collector feeds, one job per result.
+    @Test(.timeLimit(.minutes(3)), arguments: ["sequence", "fed"])
+    func aSweepKilledWithMinusNineResumesWithoutLosingOrRepeatingJobs(form: String) throws {
         let root = try makeRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let jobs = 40
-        let clean = try sweep(root, "clean", jobs: jobs, milliseconds: 150)
+        let clean = try sweep(root, "clean", jobs: jobs, milliseconds: 150, form: form)
         #expect(clean.value("ran") == "\(jobs)" && clean.value("reused") == "0", "\(clean)")
 
         // The first run is killed with SIGKILL (mpirun's process group, and each rank's) once K jobs have finished.
@@ -58,7 +66,10 @@ struct ExperimentRunTests {
         let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
         let killed = try MPIRun.run(
             script,
-            ["-n", "3", MPIRun.scenarios, "experiment-sweep", root, "resumed", String(jobs), "150"],
+            [
+                "-n", "3", "-x", "SWEEP_FORM=\(form)", MPIRun.scenarios, "experiment-sweep", root, "resumed",
+                String(jobs), "150",
+            ],
             timeout: 90,
             during: { pid, marker, stdout in
                 // run() removes the output file as soon as the script ends: count before the kill.
@@ -103,7 +114,7 @@ struct ExperimentRunTests {
         #expect(journaledBeforeKill.count >= doneBeforeKill)
         #expect(journaledBeforeKill.count < jobs, "every job finished before the kill")
 
-        let resumed = try sweep(root, "resumed", jobs: jobs, milliseconds: 150)
+        let resumed = try sweep(root, "resumed", jobs: jobs, milliseconds: 150, form: form)
         let ran = Int(resumed.value("ran") ?? "") ?? -1
         let reused = Int(resumed.value("reused") ?? "") ?? -1
         // Nothing journaled is lost, nothing journaled runs again, nothing is left out.
@@ -116,6 +127,39 @@ struct ExperimentRunTests {
         let indices = try journalIndices(root, "resumed")
         #expect(indices.count == jobs && Set(indices) == Set(0..<jobs), "journal indices: \(indices)")
         #expect(csv(root, "resumed") != nil && csv(root, "resumed") == csv(root, "clean"))
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func anInterruptedSweepHasJournaledEveryJobItReportedDone() throws {
+        let root = try makeRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        let doneAtSignal = Mutex(-1)
+        let interrupted = try MPIRun.run(
+            script,
+            ["-n", "3", MPIRun.scenarios, "experiment-sweep", root, "interrupted", "400", "20"],
+            timeout: 90,
+            during: { pid, _, stdout in
+                var done = 0
+                let deadline = Date().addingTimeInterval(60)
+                while Date() < deadline && done < 30 {
+                    let text = (try? String(contentsOf: stdout, encoding: .utf8)) ?? ""
+                    done = text.split(separator: "\n").filter({ $0.hasPrefix("done=") }).count
+                    usleep(2_000)
+                }
+                doneAtSignal.withLock { $0 = done }
+                kill(pid, SIGTERM)
+            }
+        )
+        #expect(interrupted.status == 143, "\(interrupted)")
+        #expect(interrupted.value("ran") == nil, "the sweep finished before the signal: \(interrupted)")
+        #expect(doneAtSignal.withLock { $0 } >= 30)
+        // Every job the collector saw finish was journaled, the last few milliseconds' included.
+        let reported = Set(interrupted.values("done").compactMap(Int.init))
+        let journaled = Set(try journalIndices(root, "interrupted"))
+        #expect(reported.count >= 30 && reported.isSubset(of: journaled), "\(reported.subtracting(journaled))")
+        let log = try String(contentsOfFile: "\(root)/interrupted/experiment.log", encoding: .utf8)
+        #expect(log.contains("run interrupted by SIGTERM; the journal is synced"), "\(log)")
     }
 
     @Test(.timeLimit(.minutes(2)))
@@ -173,6 +217,13 @@ struct ExperimentRunTests {
         #expect(again.value("ordered") == "true")
         #expect(clean != nil && csv(root, "local") == clean)
         #expect(try journalIndices(root, "local").sorted() == Array(0..<10))
+        // The AsyncSequence form reads the same journal: two more jobs at the end, and only they run.
+        let fed = try sweep(root, "local", jobs: 12, milliseconds: 5, ranks: 1, form: "fed")
+        #expect(fed.value("ran") == "2" && fed.value("reused") == "10", "\(fed)")
+        #expect(fed.value("reusedSeen") == "10" && fed.value("ordered") == "true", "\(fed)")
+        #expect(try journalIndices(root, "local").sorted() == Array(0..<12))
+        let log = try String(contentsOfFile: "\(root)/local/experiment.log", encoding: .utf8)
+        #expect(log.contains("run started: jobs produced as it goes (an AsyncSequence)"), "\(log)")
     }
 
     @Test(.timeLimit(.minutes(2)))

@@ -35,6 +35,7 @@ let experimentScenarios: [String: Scenario] = [
     // then ran/reused/failed, whether the reused ones were flagged, and writes ROOT/ID.csv in job order.
     // An error opening the experiment is reported as `error=CODE` and `message=...`. SWEEP_RERUN_FAILED=0
     // passes `rerunFailed: false`; failed jobs are reported as `failure=INDEX CODE TYPE: MESSAGE`.
+    // SWEEP_FORM=fed dispatches the jobs from an AsyncSequence that the collector feeds.
     "experiment-sweep": { vm, arguments in
         guard arguments.count >= 4, let jobs = Int(arguments[2]), let milliseconds = Int(arguments[3]) else {
             throw ScenarioArgumentError(description: "experiment-sweep needs ROOT ID JOBS MILLISECONDS [CHANGED_FROM]")
@@ -54,9 +55,30 @@ let experimentScenarios: [String: Scenario] = [
             let results: [JobResult<Int>]
             do {
                 let rerunFailed = ProcessInfo.processInfo.environment["SWEEP_RERUN_FAILED"] != "0"
-                results = try await vm.dispatch(sweep, experiment: experiment, rerunFailed: rerunFailed) { result in
-                    if result.reused { reusedSeen += 1 } else { report("done", result.index) }
-                    return true
+                if ProcessInfo.processInfo.environment["SWEEP_FORM"] == "fed" {
+                    // An AsyncSequence fed by the collector: three jobs to start, then one more per result
+                    // (reused ones included), as in demo 08.
+                    let (feed, continuation) = AsyncStream.makeStream(of: Job<Int>.self)
+                    var fed = 0
+                    while fed < min(3, sweep.count) {
+                        continuation.yield(sweep[fed])
+                        fed += 1
+                    }
+                    if fed == sweep.count { continuation.finish() }
+                    results = try await vm.dispatch(feed, experiment: experiment, rerunFailed: rerunFailed) { result in
+                        if result.reused { reusedSeen += 1 } else { report("done", result.index) }
+                        if fed < sweep.count {
+                            continuation.yield(sweep[fed])
+                            fed += 1
+                            if fed == sweep.count { continuation.finish() }
+                        }
+                        return true
+                    }
+                } else {
+                    results = try await vm.dispatch(sweep, experiment: experiment, rerunFailed: rerunFailed) { result in
+                        if result.reused { reusedSeen += 1 } else { report("done", result.index) }
+                        return true
+                    }
                 }
             } catch let error as ExperimentError {
                 report("error", error.code.rawValue)

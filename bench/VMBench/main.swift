@@ -9,7 +9,10 @@
 //
 //   vm-bench latency [SIZE...]  one-way latency (µs) and bandwidth (MB/s), 2 ranks
 //   vm-bench tasks N [KIND...]  trivial-task throughput (tasks/s) of the kinds spawn (spawnFunction),
-//                             dispatch and dispatch_chunked (chunks of 100); default: all three
+//                             dispatch and dispatch_chunked (chunks of 100); default: all three;
+//                             dispatch_chunked_journal: chunks of 100 with an experiment journal, measured
+//                             alternately with dispatch_chunked (tasks_dispatch_chunked_nojournal_w<workers>)
+//                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder)
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
 //   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
 
@@ -177,6 +180,48 @@ func dispatchFarm(_ vm: VM, _ n: Int, chunkSize: Int) async throws {
     precondition(results.count == n && results[n - 1].value == 2 * (n - 1), "wrong dispatch results")
 }
 
+/// `dispatchFarm` with chunks of 100 and a new experiment (nothing to reuse): what journaling costs.
+func journaledFarm(_ vm: VM, _ n: Int, in root: String, run: Int) async throws {
+    let experiment = try Experiment(name: "bench-\(getpid())-\(run)", in: root)
+    let results = try await vm.dispatch((0..<n).map { Job(double, args: $0) }, chunkSize: 100, experiment: experiment)
+    precondition(results.count == n && results[n - 1].value == 2 * (n - 1), "wrong dispatch results")
+    precondition(experiment.lastRun?.ran == n, "journaled jobs were reused")
+}
+
+/// The chunked dispatch with and without a journal, one repetition of each in turn so that drift on a
+/// shared machine hits both alike: rates in tasks/s and the spawner's CPU time per task in µs (which a
+/// busy machine disturbs less than the rates), medians.
+func journalRates(
+    _ vm: VM,
+    _ n: Int,
+    repetitions: Int
+) async throws -> (journaled: Double, plain: Double, journaledCPU: Double, plainCPU: Double) {
+    let base = ProcessInfo.processInfo.environment["BENCH_EXPERIMENTS"] ?? NSTemporaryDirectory()
+    // A folder of this run's own, removed at the end with the experiments in it.
+    let root = URL(fileURLWithPath: base).appendingPathComponent("parallelvm-bench-journal-\(getpid())").path
+    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    try await journaledFarm(vm, n, in: root, run: 0)  // warm-up
+    try await dispatchFarm(vm, n, chunkSize: 100)
+    var journaled: [Double] = []
+    var plain: [Double] = []
+    var journaledCPU: [Double] = []
+    var plainCPU: [Double] = []
+    for repetition in 1...repetitions {
+        var start = seconds()
+        var cpu = cpuSecondsOfThisProcess()
+        try await journaledFarm(vm, n, in: root, run: repetition)
+        journaled.append(Double(n) / (seconds() - start))
+        journaledCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
+        start = seconds()
+        cpu = cpuSecondsOfThisProcess()
+        try await dispatchFarm(vm, n, chunkSize: 100)
+        plain.append(Double(n) / (seconds() - start))
+        plainCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
+    }
+    return (median(journaled), median(plain), median(journaledCPU), median(plainCPU))
+}
+
 func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async rethrows -> Double {
     try await body()  // warm-up
     var rates: [Double] = []
@@ -207,8 +252,14 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 "tasks_dispatch_chunked_\(suffix)",
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
+        case "dispatch_chunked_journal":
+            let rates = try await journalRates(vm, 10 * n, repetitions: 7)
+            emit("tasks_dispatch_chunked_journal_\(suffix)", rates.journaled)
+            emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)
+            emit("spawner_cpu_us_per_task_chunked_journal_\(suffix)", rates.journaledCPU)
+            emit("spawner_cpu_us_per_task_chunked_nojournal_\(suffix)", rates.plainCPU)
         default:
-            fatalError("unknown task kind '\(kind)': spawn, dispatch or dispatch_chunked")
+            fatalError("unknown task kind '\(kind)': spawn, dispatch, dispatch_chunked or dispatch_chunked_journal")
         }
     }
 }

@@ -26,6 +26,8 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     let encodedArguments: @Sendable () throws -> [UInt8]
     /// Runs the job in this process.
     let local: LocalBody<Value>
+    /// The outputs to collect and the job as it was before `collecting(_:)` wrapped it.
+    var outputRequest: OutputRequest? = nil
 
     /// A job that runs `function` with `args`.
     ///

@@ -81,7 +81,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
                     do {
                         items.append(
                             ChunkRunner.Item(
-                                function: element.item.function,
+                                function: element.item.spawnedFunction,
                                 arguments: try element.item.encodedArguments()
                             )
                         )

@@ -125,7 +125,10 @@ extension VM {
     /// from earlier results) works. With `chunkSize` above 1 it must produce a full chunk (or end) before
     /// the chunk is sent, so such a sequence should keep `chunkSize` 1. When the dispatch stops early, the
     /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
-    /// This form keeps no experiment journal: pass a `Sequence` to dispatch with an `Experiment`.
+    ///
+    /// With an `experiment`, a job's index is its position in the sequence: a later run resumes only when
+    /// the sequence produces the same jobs in the same order (a job whose function or arguments differ
+    /// from its record runs again). Reused results reach the collector as the sequence produces their jobs.
     @discardableResult
     public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
         _ jobs: sending Jobs,
@@ -136,8 +139,25 @@ extension VM {
         timeout: Double? = nil,
         retries: Int = 0,
         collectResults: Bool = true,
+        experiment: Experiment? = nil,
+        rerunFailed: Bool = true,
         collector: ((JobResult<Value>) async throws -> Bool)? = nil
     ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
+        if let experiment {
+            return try await dispatchJournaled(
+                asyncJobs: jobs,
+                experiment: experiment,
+                rerunFailed: rerunFailed,
+                remote: remote,
+                chunkSize: chunkSize,
+                failFast: failFast,
+                progress: progress,
+                timeout: timeout,
+                retries: retries,
+                collectResults: collectResults,
+                collector: collector
+            )
+        }
         var run = try DispatchRun(
             vm: self,
             remote: remote,

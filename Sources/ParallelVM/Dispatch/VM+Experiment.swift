@@ -1,6 +1,10 @@
 import Foundation
 import ParallelVMCodec
 import ParallelVMExperiment
+import Synchronization
+
+/// Whether `VM.syncExperimentsOnInterrupt()` has registered its interrupt handler in this process.
+private let interruptSyncRegistered = Mutex(false)
 
 extension VM {
     /// `dispatch` with an experiment: reuses journaled results, journals every finished job, keeps the
@@ -18,8 +22,10 @@ extension VM {
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?
     ) async throws -> [JobResult<Value>] {
+        let location = ExperimentLocation(experiment)
         var run = try DispatchRun(
-            vm: self,
+            // Its spawn requests name the experiment, so that task processes keep the tasks' logs there.
+            vm: try VM(self, experiment: location),
             remote: remote,
             chunkSize: chunkSize,
             inputOpen: false,
@@ -33,6 +39,7 @@ extension VM {
         let farm = run.farm
         var journal: RunJournal
         do {
+            syncExperimentsOnInterrupt()
             try experiment.open()
             journal = try RunJournal(
                 experiment: experiment,
@@ -52,16 +59,24 @@ extension VM {
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
             )
             let unitSize = farm.isRemote ? chunkSize : 1
+            // Read once: the table does not change while the dispatch runs.
+            let resume = try experiment.resumeTable()
             var iterator = jobs.makeIterator()
             var exhausted = false
             // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
             var jobIndexOfFarmIndex: [Int] = []
             var queuedAt: [Date] = []
+            // The farm index of the first job of each job's unit, and the unit's size: a unit's successes
+            // are logged together.
+            var unitOfFarmIndex: [(first: Int, size: Int)] = []
+            // Jobs that collect outputs run wrapped; their results name the jobs as given.
+            var originals: [Int: Job<Value>] = [:]
             while true {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
                     var unit: [Job<Value>] = []
                     var indices: [Int] = []
-                    while unit.count < unitSize && !farm.isStopped {
+                    // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
+                    while unit.count < unitSize {
                         guard let job = iterator.next() else {
                             exhausted = true
                             break
@@ -69,31 +84,46 @@ extension VM {
                         let index = journal.keys.count
                         let key = try knownKeys?[index] ?? Self.key(job)
                         journal.keys.append(key)
-                        if let record = try experiment.reusable(index: index, key: key, includeFailed: !rerunFailed) {
+                        if let record = resume.reusable(index: index, key: key, includeFailed: !rerunFailed) {
                             try journal.log.jobReused(record)
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
+                            if farm.isStopped { break }
+                        } else if job.outputRequest != nil {
+                            if let error = job.outputPatternError(in: experiment) { throw error }
+                            originals[index] = job
+                            unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                            indices.append(index)
                         } else {
                             unit.append(job)
                             indices.append(index)
                         }
                     }
                     guard !unit.isEmpty else { continue }
-                    guard farm.submit(unit) != nil else { break }
+                    guard let first = farm.submit(unit) else { break }
                     jobIndexOfFarmIndex += indices
                     queuedAt += repeatElement(Date(), count: indices.count)
-                    try journal.log.log(
-                        indices.count == 1
-                            ? "job \(indices[0]) queued"
-                            : "jobs \(indices.map(String.init).joined(separator: ", ")) queued as one chunk"
-                    )
+                    unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
+                    try journal.log.jobsQueued(indices)
                 }
                 guard let farmResult = try await farm.join() else { break }
-                let result = farmResult.renumbered(jobIndexOfFarmIndex[farmResult.index])
-                try journal.append(result, key: journal.keys[result.index], started: queuedAt[farmResult.index])
+                // Generic code is not specialised here: spare a tiny job's result the copies it can do without.
+                let jobIndex = jobIndexOfFarmIndex[farmResult.index]
+                var result = jobIndex == farmResult.index ? farmResult : farmResult.renumbered(jobIndex)
+                if !originals.isEmpty, let original = originals.removeValue(forKey: jobIndex) {
+                    result = result.reporting(original)
+                }
+                try journal.append(
+                    result,
+                    key: journal.keys[result.index],
+                    started: queuedAt[farmResult.index],
+                    unit: unitOfFarmIndex[farmResult.index].first,
+                    unitSize: unitOfFarmIndex[farmResult.index].size
+                )
                 try await run.take(result)
             }
         } catch {
+            try? journal.logUnfinishedUnits()
             if error is CancellationError { await farm.cancel() } else { await farm.close() }
             run.progress.finish()
             try? journal.log.log(
@@ -111,6 +141,7 @@ extension VM {
                     manifest.jobs = keys.count
                 }
             }
+            try journal.logUnfinishedUnits()
             try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
             let counts = journal.counts
             try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
@@ -122,13 +153,31 @@ extension VM {
         return try run.finish()
     }
 
-    /// The key a job is journaled under: its function and encoded arguments.
-    fileprivate static func key<Value>(_ job: Job<Value>) throws -> JobKey {
-        JobKey(function: job.function, encodedArguments: try job.encodedArguments())
+    /// Has an interrupt (which ends the process without closing anything) write and sync the journals and
+    /// logs of the experiments open then. Registered once per process.
+    func syncExperimentsOnInterrupt() {
+        guard
+            interruptSyncRegistered.withLock({ registered in
+                defer { registered = true }
+                return !registered
+            })
+        else { return }
+        spawner.onInterrupt { interrupt in
+            Experiment.syncOpenExperiments(logging: "run interrupted by \(interrupt); the journal is synced")
+        }
+    }
+
+    /// The key a job is journaled under: its function and encoded arguments (for a job that collects
+    /// outputs, those of the job it wraps: the patterns are not part of it).
+    static func key<Value>(_ job: Job<Value>) throws -> JobKey {
+        if let request = job.outputRequest {
+            return JobKey(function: request.function, encodedArguments: try request.encodedArguments())
+        }
+        return JobKey(function: job.function, encodedArguments: try job.encodedArguments())
     }
 
     /// A journaled record given back as the job's result.
-    fileprivate static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
+    static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
         let outcome: Result<Value, JobError>
         switch record.outcome {
         case .success:
@@ -160,7 +209,7 @@ extension VM {
 }
 
 /// What a journaled dispatch keeps: the keys of the jobs taken so far, the counts, the experiment's log.
-private struct RunJournal {
+struct RunJournal {
     let experiment: Experiment
     let log: ExperimentLog
     let writer: JournalWriter
@@ -168,6 +217,18 @@ private struct RunJournal {
     let localHost: String
     var keys: [JobKey] = []
     var counts = Manifest.Counts()
+    /// The result type's name, for the records of successful jobs.
+    private var valueTypeName: String?
+    /// Units (a job, or a chunk run as one task) with results still to come, by their number: their
+    /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
+    /// of tiny jobs more than the jobs did); failures are logged as they come.
+    private var pendingUnits: [Int: PendingUnit] = [:]
+
+    private struct PendingUnit {
+        var remaining: Int
+        var succeeded: [Int] = []
+        var last: JournalRecord?
+    }
 
     init(experiment: Experiment, localHost: String) throws {
         self.experiment = experiment
@@ -176,12 +237,50 @@ private struct RunJournal {
         self.localHost = localHost
     }
 
-    /// Journals a finished job (its record reaches the file within the writer's flush interval).
-    mutating func append<Value>(_ result: JobResult<Value>, key: JobKey, started: Date) throws {
+    /// The last task named in a record, and its name: the jobs of a chunk share one.
+    private var lastTask: (id: TaskID, name: String)?
+
+    /// A task as records name it (`1:5`, or `local` for this process).
+    private mutating func taskName(_ task: TaskID?) -> String {
+        guard let task else { return "local" }
+        if let lastTask, lastTask.id == task { return lastTask.name }
+        let name = task.description
+        lastTask = (task, name)
+        return name
+    }
+
+    /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
+    mutating func logUnfinishedUnits() throws {
+        let units = pendingUnits
+        pendingUnits = [:]
+        for (_, unit) in units.sorted(by: { $0.key < $1.key }) { try logSuccesses(of: unit) }
+    }
+
+    private func logSuccesses(of unit: PendingUnit) throws {
+        guard let last = unit.last else { return }
+        if unit.succeeded.count == 1 {
+            try log.jobFinished(last)
+        } else {
+            try log.jobsFinished(unit.succeeded, like: last)
+        }
+    }
+
+    /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within
+    /// the writer's flush interval), and logs it.
+    mutating func append<Value>(
+        _ result: JobResult<Value>,
+        key: JobKey,
+        started: Date,
+        unit: Int,
+        unitSize: Int
+    ) throws {
         let outcome: JournalRecord.Outcome
         switch result.outcome {
         case .success(let value):
-            outcome = .success(typeName: _typeName(Value.self, qualified: true), value: try BinaryEncoder.encode(value))
+            // Looked up once: a type name is built from the type's metadata on every call.
+            let typeName = valueTypeName ?? _typeName(Value.self, qualified: true)
+            valueTypeName = typeName
+            outcome = .success(typeName: typeName, value: try BinaryEncoder.encode(value))
         case .failure(let error):
             outcome = .failure(typeName: error.typeName, message: error.message)
             counts.failed += 1
@@ -192,12 +291,19 @@ private struct RunJournal {
             outcome: outcome,
             attempts: result.attempts,
             host: result.host?.name ?? localHost,
-            task: result.task?.description ?? "local",
+            task: taskName(result.task),
             started: started,
             ended: Date()
         )
         try writer.append(record)
-        try log.jobFinished(record)
         counts.ran += 1
+        if case .failure = outcome { try log.jobFinished(record) }
+        var pending = pendingUnits.removeValue(forKey: unit) ?? PendingUnit(remaining: unitSize)
+        pending.remaining -= 1
+        if case .success = outcome {
+            pending.succeeded.append(result.index)
+            pending.last = record
+        }
+        if pending.remaining > 0 { pendingUnits[unit] = pending } else { try logSuccesses(of: pending) }
     }
 }

@@ -45,3 +45,12 @@ struct LogRecord: Sendable {
         self.metadata = metadata
     }
 }
+
+extension LogRecord {
+    /// The record as one line of a task's log: `warning: text key=value ...`.
+    var logLine: String {
+        var line = "\(level): \(text)"
+        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) { line += " \(key)=\(value)" }
+        return line
+    }
+}

@@ -76,6 +76,9 @@ struct SpawnSettings: Codable, Sendable {
     var vmIndex: Int
     /// Local storage, mirroring and working folder; nil leaves the task where MPI started the worker.
     var storage: StorageRequest?
+    /// The experiment of the dispatch that spawned the task: its task process keeps `tasks/<task>.log`
+    /// there. Nil outside an experiment.
+    var experiment: ExperimentLocation?
 
     func encoded() throws(VMError) -> [UInt8] {
         do {
@@ -85,10 +88,11 @@ struct SpawnSettings: Codable, Sendable {
         }
     }
 
-    init(debug: Int, vmIndex: Int, storage: StorageRequest?) {
+    init(debug: Int, vmIndex: Int, storage: StorageRequest?, experiment: ExperimentLocation? = nil) {
         self.debug = debug
         self.vmIndex = vmIndex
         self.storage = storage
+        self.experiment = experiment
     }
 
     init(decoding bytes: [UInt8]) throws(VMError) {

@@ -37,12 +37,8 @@ enum ChunkRunner {
                     )
                 }
                 do {
-                    return Outcome(
-                        success: true,
-                        typeName: function.resultType,
-                        value: try function.invoke(item.arguments, task),
-                        message: ""
-                    )
+                    let (type, bytes) = try function.call(item.arguments, task)
+                    return Outcome(success: true, typeName: type, value: bytes, message: "")
                 } catch {
                     let failure = TaskFailure(error)
                     return Outcome(success: false, typeName: failure.typeName, value: [], message: failure.message)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import MPI
+import ParallelVMExperiment
 import ParallelVMProcess
 import ParallelVMStorage
 import Synchronization
@@ -38,6 +39,8 @@ final class TaskSupervisor: @unchecked Sendable {
         var folder: (path: String, persistent: Bool)?
         /// Why the rank is ending the task, when it is.
         var ending: TaskTermination.Reason?
+        /// `tasks/<task>.log` of the task's experiment, when it has one.
+        var log: TaskLog?
     }
 
     private var child: ChildProcess?
@@ -58,6 +61,8 @@ final class TaskSupervisor: @unchecked Sendable {
     private var failedStarts = 0
     /// A signal this rank received, for the loop to act on (set by the interrupt thread).
     private let signalled = Mutex<Interrupt?>(nil)
+    /// The experiment named by the last spawn settings seen, decoded once per settings.
+    private var experimentCache: (settings: [UInt8], experiment: ExperimentLocation?)?
 
     init(transport: Transport, host: HostID, doorbell: Doorbell?, memoryLimit: Int?) {
         self.transport = transport
@@ -198,6 +203,9 @@ final class TaskSupervisor: @unchecked Sendable {
             // The folder goes first, while mpirun's grace lasts; the task process is reaped after.
             _ = try? child.wait(timeout: .milliseconds(300))
         }
+        if let task = running {
+            closeLog(of: task, ending: "the run was interrupted by \(interrupt); the task was ended")
+        }
         if let folder = running?.folder, !folder.persistent {
             _ = PreparedStorage.removeAbandoned(folder: folder.path)
         }
@@ -226,6 +234,8 @@ final class TaskSupervisor: @unchecked Sendable {
                 arguments: CommandLine.arguments,
                 environment: environment,
                 channelVariable: TaskSupervisor.channelVariable,
+                // Through this rank, so that a task of an experiment has its output in its log.
+                standardOutput: .forward,
                 memoryLimit: memoryLimit
             )
             child = started
@@ -271,11 +281,16 @@ final class TaskSupervisor: @unchecked Sendable {
         default:
             break
         }
+        let ends =
+            (envelope.kind == .taskResult || envelope.kind == .taskExit) && envelope.sourceTask == running?.number
+        if let log = running?.log, envelope.sourceTask == running?.number {
+            if envelope.kind == .log, let record = try? LogRecord(envelope) { try? log.log(record.logLine) }
+            // The log is complete before the spawner learns that the task ended.
+            if ends, let task = running { closeLog(of: task, ending: "the task ended") }
+        }
         if peer == 0 { wakeSpawnerIfAsleep() }
         try transport.send(frame, payload: payload, to: peer)
-        if envelope.kind == .taskResult || envelope.kind == .taskExit, envelope.sourceTask == running?.number {
-            taskEnded(leftProcesses: envelope.flags & Wire.flagLeftProcesses != 0)
-        }
+        if ends { taskEnded(leftProcesses: envelope.flags & Wire.flagLeftProcesses != 0) }
     }
 
     /// The task reported its end: end whatever it left running, and serve the next one.
@@ -360,8 +375,10 @@ final class TaskSupervisor: @unchecked Sendable {
             function: task.function,
             host: host,
             detail: detail,
-            standardError: end.standardErrorTail
+            standardError: end.standardErrorWithReasons
         )
+        // Its standard error is in the log already.
+        closeLog(of: task, ending: "task \(termination.task) running '\(task.function)' on \(host) \(detail)")
         if let folder = task.folder, !folder.persistent {
             let report = PreparedStorage.removeAbandoned(folder: folder.path)
             for (path, reason) in report.failures.sorted(by: { $0.key < $1.key }) {
@@ -402,6 +419,7 @@ final class TaskSupervisor: @unchecked Sendable {
                 timeout: request.timeout
             )
             if child == nil { startChild() }
+            running?.log = openLog(for: request)
             guard child != nil else {
                 let task = running!
                 report(task, end: ProcessEnd(cause: .exited(status: 127)))
@@ -439,6 +457,48 @@ final class TaskSupervisor: @unchecked Sendable {
 
     private func send(toChild envelope: Envelope) {
         writer?.send(Relay.encode(peer: envelope.sourceRank, frame: envelope.frame, payload: envelope.payload))
+    }
+
+    // MARK: - The task's log in its experiment
+
+    /// Opens `tasks/<task>.log` when the request comes from an experiment's dispatch, and has the task
+    /// process's standard output and error copied into it from now on. A log that cannot be opened is
+    /// reported in the spawner's log; the task runs without it.
+    private func openLog(for request: SpawnRequest) -> TaskLog? {
+        if experimentCache?.settings != request.settings {
+            experimentCache = (request.settings, try? SpawnSettings(decoding: request.settings).experiment)
+        }
+        guard let experiment = experimentCache?.experiment, let child else { return nil }
+        let task = TaskID(slot: rank, number: request.task)
+        let log: TaskLog
+        do {
+            log = try TaskLog.open(
+                task: task.description,
+                experiment: experiment.name,
+                folder: try experiment.localFolder()
+            )
+            try log.session("runs '\(request.function)' in worker rank \(rank), task process \(child.pid)")
+        } catch {
+            self.log(.warning, "task \(task) runs without its log in experiment \(experiment.name): \(error)")
+            return nil
+        }
+        child.observeOutput { stream, bytes in
+            try? log.write(bytes: bytes, to: stream == .standardOutput ? .stdout : .stderr)
+        }
+        return log
+    }
+
+    /// Takes in what the task process wrote until now, notes how the task ended, and closes the task's log.
+    private func closeLog(of task: Running, ending: String) {
+        guard let log = task.log else { return }
+        if let child {
+            child.deliverPendingOutput()
+            child.observeOutput(nil)
+        }
+        running?.log = nil
+        try? log.flush()
+        try? log.session(ending)
+        try? log.close()
     }
 
     // MARK: - Talking to the spawner

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Logging
 import MPI
 import ParallelVMStorage
@@ -275,7 +276,8 @@ final class Worker: @unchecked Sendable {
                 }
             }
             defer { if let prepared { cleanupStorage(prepared, task: taskID) } }
-            outcome = .value(type: function.resultType, bytes: try function.invoke(request.arguments, context))
+            let (type, bytes) = try function.call(request.arguments, context)
+            outcome = .value(type: type, bytes: bytes)
         } catch {
             outcome = .failure(TaskFailure(error))
         }
@@ -283,6 +285,8 @@ final class Worker: @unchecked Sendable {
             .debug,
             "task \(taskID) finished '\(request.function)' in \(String(format: "%.6f", monotonicSeconds() - started)) s"
         )
+        // What the task printed reaches its worker rank (and the task's log) before its end does.
+        if inTaskProcess { fflush(nil) }
         // A task process tells its worker rank whether the task left processes behind, for it to end them.
         let leftProcesses = inTaskProcess && Worker.hasChildren()
         guard request.sendBack else {

@@ -1,0 +1,261 @@
+import Foundation
+import ParallelVMExperiment
+import Synchronization
+
+extension VM {
+    /// The `AsyncSequence` form of `dispatch` with an experiment: as the `Sequence` form (reuse from the
+    /// journal, journaling every finished job, log and manifest), with the sequence consumed by a task of
+    /// its own that takes the next job only when a slot is free.
+    ///
+    /// Three tasks meet here: the feeder takes jobs, hands a journaled job's result over at once and
+    /// submits the others; the joiner waits for the farm's results; the calling task journals and hands
+    /// out both, in the order they came, so a collector that feeds the sequence sees reused jobs too.
+    nonisolated(nonsending) func dispatchJournaled<Value, Jobs: AsyncSequence & SendableMetatype>(
+        asyncJobs jobs: sending Jobs,
+        experiment: Experiment,
+        rerunFailed: Bool,
+        remote: Bool,
+        chunkSize: Int,
+        failFast: Bool,
+        progress: Bool,
+        timeout: Double?,
+        retries: Int,
+        collectResults: Bool,
+        collector: ((JobResult<Value>) async throws -> Bool)?
+    ) async throws -> [JobResult<Value>] where Jobs.Element == Job<Value> {
+        let location = ExperimentLocation(experiment)
+        var run = try DispatchRun(
+            vm: try VM(self, experiment: location),
+            remote: remote,
+            chunkSize: chunkSize,
+            inputOpen: true,
+            failFast: failFast,
+            timeout: timeout,
+            retries: retries,
+            collectResults: collectResults,
+            collector: collector,
+            progress: ProgressLine(enabled: progress, total: nil)
+        )
+        let farm = run.farm
+        var journal: RunJournal
+        do {
+            syncExperimentsOnInterrupt()
+            try experiment.open()
+            journal = try RunJournal(
+                experiment: experiment,
+                localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName
+            )
+            try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
+            try journal.log.log(
+                "run started: jobs produced as it goes (an AsyncSequence), \(slots()) slots, "
+                    + (rerunFailed ? "failed jobs run again" : "failed jobs reused")
+            )
+        } catch {
+            try? experiment.close()
+            await farm.close()
+            throw error
+        }
+        let feed = JournaledFeed<Value>()
+        let unitSize = farm.isRemote ? chunkSize : 1
+        let handover = JobsHandover(value: jobs)
+        let log = journal.log
+        let (events, sink) = AsyncThrowingStream.makeStream(of: JournaledFeed<Value>.Event.self)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        try await feed.consume(
+                            handover.value,
+                            into: farm,
+                            unitSize: unitSize,
+                            experiment: experiment,
+                            location: location,
+                            rerunFailed: rerunFailed,
+                            log: log,
+                            events: sink
+                        )
+                        farm.finishInput()
+                    } catch {
+                        farm.finishInput()
+                        // Cancelled because the dispatch stopped: not an error of the sequence.
+                        if farm.isStopped { return }
+                        throw error
+                    }
+                }
+                group.addTask {
+                    do {
+                        while let result = try await farm.join() { sink.yield(.finished(result)) }
+                        sink.finish()
+                    } catch {
+                        sink.finish(throwing: error)
+                    }
+                }
+                do {
+                    for try await event in events {
+                        switch event {
+                        case .reused(let result):
+                            journal.counts.reused += 1
+                            try await run.take(result)
+                        case .finished(let farmResult):
+                            let (result, started, unit) = feed.jobResult(for: farmResult)
+                            try journal.append(
+                                result,
+                                key: feed.key(of: result.index),
+                                started: started,
+                                unit: unit.first,
+                                unitSize: unit.size
+                            )
+                            try await run.take(result)
+                        }
+                    }
+                } catch {
+                    farm.stopSpawning()
+                    group.cancelAll()
+                    if error is CancellationError { await farm.cancel() } else { await farm.close() }
+                    throw error
+                }
+                farm.stopSpawning()
+                group.cancelAll()
+                do {
+                    try await group.waitForAll()
+                } catch {
+                    await farm.close()
+                    throw error
+                }
+            }
+        } catch {
+            run.progress.finish()
+            try? journal.logUnfinishedUnits()
+            try? journal.log.log(
+                "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
+            )
+            try? experiment.close()
+            throw error
+        }
+        await farm.close()
+        do {
+            let keys = feed.keys
+            try experiment.updateManifest { manifest in
+                manifest.inputs = JobKey.inputsIdentity(of: keys)
+                manifest.jobs = keys.count
+            }
+            try journal.logUnfinishedUnits()
+            try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
+            let counts = journal.counts
+            try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
+        } catch {
+            try? experiment.close()
+            throw error
+        }
+        try experiment.close()
+        return try run.finish()
+    }
+}
+
+/// Moves the job sequence into the task that consumes it.
+///
+/// Invariant for @unchecked Sendable: the dispatch receives the sequence as a `sending` parameter, so its
+/// caller keeps no access, and the dispatch touches it only inside the consuming task.
+private struct JobsHandover<Jobs>: @unchecked Sendable {
+    let value: Jobs
+}
+
+/// What the feeder of a journaled `AsyncSequence` dispatch shares with the task that journals: the key of
+/// every job taken, and for every job submitted to the farm its index in the sequence and when it was
+/// queued (the farm numbers only the jobs it runs).
+private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
+    enum Event: Sendable {
+        /// A job's result read back from the journal.
+        case reused(JobResult<Value>)
+        /// A result of the farm, numbered by the farm.
+        case finished(JobResult<Value>)
+    }
+
+    private struct State {
+        var keys: [JobKey] = []
+        var jobIndexOfFarmIndex: [Int: Int] = [:]
+        var queuedAt: [Int: Date] = [:]
+        /// The farm index of the first job of each job's unit, and the unit's size.
+        var unitOfFarmIndex: [Int: (first: Int, size: Int)] = [:]
+        /// Jobs that collect outputs run bound to their index; results name the jobs as given.
+        var originals: [Int: Job<Value>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    var keys: [JobKey] { state.withLock { $0.keys } }
+
+    func key(of index: Int) -> JobKey { state.withLock { $0.keys[index] } }
+
+    /// The farm's result as the result of its job in the sequence, when that job was queued, and its unit.
+    func jobResult(for farmResult: JobResult<Value>) -> (JobResult<Value>, Date, (first: Int, size: Int)) {
+        state.withLock { state in
+            let index = state.jobIndexOfFarmIndex.removeValue(forKey: farmResult.index)!
+            let started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
+            let unit = state.unitOfFarmIndex.removeValue(forKey: farmResult.index) ?? (farmResult.index, 1)
+            var result = farmResult.renumbered(index)
+            if let original = state.originals.removeValue(forKey: index) { result = result.reporting(original) }
+            return (result, started, unit)
+        }
+    }
+
+    /// Takes jobs while the farm has room: a journaled one becomes a `.reused` event, the others go to the
+    /// farm `unitSize` at a time.
+    func consume<Jobs: AsyncSequence>(
+        _ jobs: Jobs,
+        into farm: Farm<Value>,
+        unitSize: Int,
+        experiment: Experiment,
+        location: ExperimentLocation,
+        rerunFailed: Bool,
+        log: ExperimentLog,
+        events: AsyncThrowingStream<Event, any Error>.Continuation
+    ) async throws where Jobs.Element == Job<Value> {
+        var iterator = jobs.makeAsyncIterator()
+        var ended = false
+        while !ended {
+            try await farm.waitForFreeSlot()
+            if farm.isStopped { return }
+            var unit: [Job<Value>] = []
+            var indices: [Int] = []
+            while unit.count < unitSize {
+                guard let job = try await iterator.next() else {
+                    ended = true
+                    break
+                }
+                if farm.isStopped { return }
+                let key = try VM.key(job)
+                let index = state.withLock { state in
+                    state.keys.append(key)
+                    return state.keys.count - 1
+                }
+                if let record = try experiment.reusable(index: index, key: key, includeFailed: !rerunFailed) {
+                    try log.jobReused(record)
+                    events.yield(.reused(try VM.result(from: record, job: job)))
+                    continue
+                }
+                if !job.outputs.isEmpty {
+                    if let error = job.outputPatternError(in: experiment) { throw error }
+                    state.withLock { $0.originals[index] = job }
+                }
+                unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                indices.append(index)
+            }
+            guard !unit.isEmpty else { continue }
+            // Recorded under the lock that the journaling task takes to look a result up, so that a result
+            // can never arrive before its job's numbers.
+            let submitted = state.withLock { state -> Bool in
+                guard let first = farm.submit(unit) else { return false }
+                let now = Date()
+                for (offset, index) in indices.enumerated() {
+                    state.jobIndexOfFarmIndex[first + offset] = index
+                    state.queuedAt[first + offset] = now
+                    state.unitOfFarmIndex[first + offset] = (first, indices.count)
+                }
+                return true
+            }
+            guard submitted else { return }
+            try log.jobsQueued(indices)
+        }
+    }
+}
