@@ -88,7 +88,7 @@ let dispatchScenarios: [String: Scenario] = [
             let results = try await vm.dispatch(
                 (0..<count).map { Job(dispatchDouble, args: $0, extra: "job \($0)") },
                 remote: remote,
-                chunkSize: chunk
+                chunkSize: .fixed(chunk)
             ) { result in
                 seen[result.index, default: 0] += 1
                 if let host = result.host { hosts.insert(host.name) }
@@ -221,7 +221,7 @@ let dispatchScenarios: [String: Scenario] = [
         let chunk = Int(arguments.dropFirst().first ?? "1") ?? 1
         try waitFor {
             let start = Date()
-            let results = try await vm.dispatch((0..<count).map { Job(dispatchDouble, args: $0) }, chunkSize: chunk)
+            let results = try await vm.dispatch((0..<count).map { Job(dispatchDouble, args: $0) }, chunkSize: .fixed(chunk))
             report("ordered", inOrderAndDoubled(results, count: count))
             report("seconds", String(format: "%.2f", Date().timeIntervalSince(start)))
             report("freeAtEnd", vm.freeSlots())
@@ -295,7 +295,7 @@ let dispatchScenarios: [String: Scenario] = [
             try waitFor {
                 let jobs = (0..<count).map { Job(dispatchDouble, args: $0) }
                 let start = Date()
-                let results = try await vm.dispatch(jobs, chunkSize: chunk)
+                let results = try await vm.dispatch(jobs, chunkSize: .fixed(chunk))
                 precondition(inOrderAndDoubled(results, count: count))
                 report("chunk\(chunk)", rate(Date().timeIntervalSince(start)))
             }

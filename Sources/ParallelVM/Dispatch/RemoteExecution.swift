@@ -7,8 +7,8 @@ struct RemoteExecution<Value: Codable & Sendable> {
 
     let engine: FarmEngine<Value>
     private var vm: VM { engine.vm }
-    /// The units running, by the task that runs them.
-    private var running: [TaskID: Unit] = [:]
+    /// The units running, by the task that runs them, with when each started (monotonic seconds).
+    private var running: [TaskID: (unit: Unit, started: Double)] = [:]
     /// Running tasks whose result has arrived (their exit has not).
     private var resulted: Set<TaskID> = []
     /// Starts so far of jobs that were started more than once, by index.
@@ -24,25 +24,36 @@ struct RemoteExecution<Value: Codable & Sendable> {
     mutating func serve() {
         guard let waitPolicy = vm.spawner.waitPolicy else { return }
         var backoff = Backoff(waitPolicy)
+        // The queue is looked at only when it may have changed: after a task event (a slot may be free),
+        // when a caller changed the farm (`attention`), and now and then while idle (a slot freed by
+        // another caller). Each look runs unspecialised generic code, too slow for every poll.
+        var lookAgain = true
+        var seenAttention = -1
+        var idlePolls = 0
         while true {
-            let free = vm.freeSlots()
-            guard let starting = engine.takeUnits(limit: free, busy: !running.isEmpty) else { return }
-            for (offset, unit) in starting.enumerated() where !start(unit) {
-                // Another caller took the slot: put the units back, in order, and try again later.
-                engine.putBack(Array(starting[offset...]))
-                break
-            }
-            var progressed = !starting.isEmpty
-            if engine.takeKillRequest() {
-                for task in running.keys { try? vm.kill(task) }
+            var progressed = false
+            let attention = engine.attention
+            if lookAgain || attention != seenAttention || running.isEmpty {
+                lookAgain = false
+                seenAttention = attention
+                guard let starting = engine.takeUnits(limit: vm.freeSlots(), busy: !running.isEmpty) else { return }
+                var offset = 0
+                while offset < starting.count {
+                    guard start(starting[offset]) else {
+                        // Another caller took the slot: put the units back, in order, and try again later.
+                        engine.putBack(Array(starting[offset...]))
+                        break
+                    }
+                    offset += 1
+                }
+                progressed = !starting.isEmpty
+                if engine.takeKillRequest() {
+                    for task in running.keys { try? vm.kill(task) }
+                }
             }
             if !running.isEmpty {
                 do {
-                    let mine = running
-                    let event = try vm.spawner.nextEvent(until: .now) { kind, task in
-                        kind != .user && mine[task] != nil
-                    }
-                    if let event {
+                    if let event = try nextEvent() {
                         handle(event)
                         progressed = true
                     }
@@ -51,10 +62,25 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 }
             }
             if progressed {
+                lookAgain = true
+                idlePolls = 0
                 backoff = Backoff(waitPolicy)
             } else {
+                idlePolls += 1
+                if idlePolls % 64 == 0 {
+                    lookAgain = true
+                    engine.handOverIfStale()
+                }
                 backoff.pause()
             }
+        }
+    }
+
+    /// The next event of a task this farm runs, if one is there now. The filter reads `running` in place:
+    /// a copy would be copied again by the first change to `running`, an allocation per event.
+    private func nextEvent() throws(VMError) -> TaskEvent? {
+        try vm.spawner.nextEvent(until: .now) { kind, task in
+            kind != .user && running[task] != nil
         }
     }
 
@@ -111,7 +137,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 failed = []
                 return false
             }
-            running[task] = sending
+            running[task] = (sending, monotonicSeconds())
         } catch let error as VMError where error.code == .encoding {
             failed += sending.map { engine.failure(.encoding, $0, error) }
             sending = []
@@ -131,7 +157,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
     private mutating func handle(_ event: TaskEvent) {
         switch event {
         case .result(let task, let result):
-            guard let unit = running[task] else { return }
+            guard let (unit, startedAt) = running[task] else { return }
             resulted.insert(task)
             var finished = results(of: unit, task: task, result: result)
             // A job whose task did not return may start again elsewhere, `retries` times.
@@ -149,9 +175,9 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 attempts[element.index] = nil
                 avoid[element.index] = nil
             }
-            engine.complete(finished, unitFinished: true)
+            engine.complete(finished, unitFinished: true, measured: monotonicSeconds() - startedAt)
         case .exit(let task):
-            guard let unit = running.removeValue(forKey: task) else { return }
+            guard let unit = running.removeValue(forKey: task)?.unit else { return }
             if resulted.remove(task) == nil {
                 let error = VMError(.taskLost, "task \(task) ended without sending a result")
                 engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
@@ -195,7 +221,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
     }
 
     private func decode(
-        _ element: (index: Int, item: Job<Value>),
+        _ element: FarmQueue<Job<Value>, JobResult<Value>>.Element,
         typeName: String,
         bytes: [UInt8],
         task: TaskID,
@@ -228,7 +254,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
         let done = resulted
         running = [:]
         resulted = []
-        for (task, unit) in units where !done.contains(task) {
+        for (task, (unit, _)) in units where !done.contains(task) {
             engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
         }
     }

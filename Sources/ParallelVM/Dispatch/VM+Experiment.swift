@@ -10,7 +10,7 @@ extension VM {
         experiment: Experiment,
         rerunFailed: Bool,
         remote: Bool,
-        chunkSize: Int,
+        chunkSize: ChunkSize,
         failFast: Bool,
         progress: Bool,
         timeout: Double?,
@@ -28,7 +28,8 @@ extension VM {
             retries: retries,
             collectResults: collectResults,
             collector: collector,
-            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
+            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count),
+            interactive: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -51,7 +52,7 @@ extension VM {
                 "run started: \(knownKeys.map { "\($0.count) jobs" } ?? "jobs produced as it goes"), "
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
             )
-            let unitSize = farm.isRemote ? chunkSize : 1
+            let unitSize = run.unitSize
             var iterator = jobs.makeIterator()
             var exhausted = false
             // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
