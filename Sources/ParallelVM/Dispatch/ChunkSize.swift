@@ -10,7 +10,10 @@
 /// millisecond or more one at a time. Once the job sequence has ended, chunks shrink to at most half of
 /// the jobs left per slot, so that no worker holds a large chunk while the others run out of work.
 /// A dispatch with a collector takes no more jobs ahead than with a chunk size of 1, so ``auto`` only
-/// joins jobs that already wait for a slot there.
+/// joins jobs that already wait for a slot there. With a dispatch `timeout`, ``auto`` sends one job at a
+/// time. When the task of a chunk that ``auto`` joined crashes or overruns a job's timeout, the chunk's
+/// jobs start again one by one, so that each gets an outcome of its own (and a start that is not counted
+/// as a retry); a job that ran before the crash in that chunk then runs twice.
 public struct ChunkSize: Sendable, Hashable, ExpressibleByIntegerLiteral, CustomStringConvertible {
     enum Kind: Hashable {
         case auto

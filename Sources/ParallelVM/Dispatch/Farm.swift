@@ -182,6 +182,8 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     let retries: Int
     /// Whether a waiting joiner is woken only once the queue runs low (see `handOverNowLocked`).
     let deferHandover: Bool
+    /// `Value`'s qualified name, which every result's type is checked against: made once, not per result.
+    let valueTypeName = _typeName(Value.self, qualified: true)
     private let condition = NSCondition()
     /// Counts the changes callers make that the farm's thread must look at (jobs queued, stop, kill), so
     /// that it takes the condition's lock only when something changed.
@@ -461,6 +463,18 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             var units: [Unit] = []
             while units.count < limit, let unit = queue.nextUnit() { units.append(unit) }
             return units
+        }
+    }
+
+    /// Whether the farm joins queued jobs into chunks by itself (``ChunkSize/auto``).
+    var chunksAutomatically: Bool { condition.withLock { queue.chunker != nil } }
+
+    /// The jobs of a joined chunk whose task ended without outcomes: back to the front, to start one by one.
+    func putBackAlone(_ unit: Unit) {
+        condition.withLock {
+            queue.putBackAlone(unit)
+            resumeJoinerIfDrainedLocked()
+            callAttention()
         }
     }
 

@@ -34,6 +34,8 @@ struct FarmQueue<Item, Finished> {
     private(set) var unitsInFlight = 0
     /// Jobs submitted and not yet joined (queued, running, or finished and waiting).
     private(set) var outstanding = 0
+    /// Indices of jobs that start alone whatever the chunker says (see ``putBackAlone(_:)``).
+    private var solo: Set<Int> = []
     private var finished: [Finished] = []
     private var finishedHead = 0
     private var nextIndex = 0
@@ -109,10 +111,14 @@ struct FarmQueue<Item, Finished> {
         guard queueHead < queue.count else { return nil }
         var unit = queue[queueHead]
         queueHead += 1
-        if let chunker {
+        if !solo.isEmpty, solo.remove(unit[0].index) != nil {
+            // Starts alone.
+        } else if let chunker {
             let size = chunker.size(queued: queuedJobs, inputEnded: !inputOpen, slots: slots)
             var joined = 0
-            while unit.count < size, queueHead < queue.count, unit.count + queue[queueHead].count <= size {
+            while unit.count < size, queueHead < queue.count, unit.count + queue[queueHead].count <= size,
+                solo.isEmpty || !solo.contains(queue[queueHead][0].index)
+            {
                 unit += queue[queueHead]
                 queueHead += 1
                 joined += 1
@@ -141,6 +147,21 @@ struct FarmQueue<Item, Finished> {
             unitsInFlight -= units.count
             outstanding -= units.reduce(0) { $0 + $1.count }
         }
+    }
+
+    /// Puts the jobs of a started unit back at the front, each as a unit of its own that starts alone: a
+    /// chunk the chunker joined whose task ended without outcomes (crashed, timed out), so that each job
+    /// gets an outcome of its own. When stopped they are dropped instead.
+    mutating func putBackAlone(_ unit: Unit) {
+        guard !stopped else {
+            unitsInFlight -= 1
+            outstanding -= unit.count
+            return
+        }
+        queue.replaceSubrange(queueHead..<queueHead, with: unit.map { [$0] })
+        for element in unit { solo.insert(element.index) }
+        queuedJobs += unit.count
+        unitsInFlight += unit.count - 1
     }
 
     /// Records finished jobs; `unitFinished` frees their unit's place.

@@ -8,7 +8,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
     let engine: FarmEngine<Value>
     private var vm: VM { engine.vm }
     /// The units running, by the task that runs them, with when each started (monotonic seconds).
-    private var running: [TaskID: (unit: Unit, started: Double)] = [:]
+    private var running: [TaskID: Started] = [:]
+    /// The keys of `running`, for the polling loop: a set of a concrete type costs no generic type
+    /// lookups at run time, which every touch of `running` does in code not specialised for `Value`.
+    private var runningTasks: Set<TaskID> = []
     /// Running tasks whose result has arrived (their exit has not).
     private var resulted: Set<TaskID> = []
     /// Starts so far of jobs that were started more than once, by index.
@@ -17,8 +20,19 @@ struct RemoteExecution<Value: Codable & Sendable> {
     /// goes elsewhere when it can.
     private var avoid: [Int: Int] = [:]
 
+    /// A running unit and when it started (monotonic seconds). A struct, not a tuple, for the reason
+    /// ``FarmQueue/Element`` gives.
+    private struct Started {
+        let unit: Unit
+        let at: Double
+    }
+
+    /// Whether the farm joins jobs into chunks by itself, read once.
+    private let chunksAutomatically: Bool
+
     init(engine: FarmEngine<Value>) {
         self.engine = engine
+        self.chunksAutomatically = engine.chunksAutomatically
     }
 
     mutating func serve() {
@@ -33,10 +47,12 @@ struct RemoteExecution<Value: Codable & Sendable> {
         while true {
             var progressed = false
             let attention = engine.attention
-            if lookAgain || attention != seenAttention || running.isEmpty {
+            if lookAgain || attention != seenAttention || runningTasks.isEmpty {
                 lookAgain = false
                 seenAttention = attention
-                guard let starting = engine.takeUnits(limit: vm.freeSlots(), busy: !running.isEmpty) else { return }
+                guard let starting = engine.takeUnits(limit: vm.freeSlots(), busy: !runningTasks.isEmpty) else {
+                    return
+                }
                 var offset = 0
                 while offset < starting.count {
                     guard start(starting[offset]) else {
@@ -48,10 +64,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 }
                 progressed = !starting.isEmpty
                 if engine.takeKillRequest() {
-                    for task in running.keys { try? vm.kill(task) }
+                    for task in runningTasks { try? vm.kill(task) }
                 }
             }
-            if !running.isEmpty {
+            if !runningTasks.isEmpty {
                 do {
                     if let event = try nextEvent() {
                         handle(event)
@@ -76,11 +92,11 @@ struct RemoteExecution<Value: Codable & Sendable> {
         }
     }
 
-    /// The next event of a task this farm runs, if one is there now. The filter reads `running` in place:
-    /// a copy would be copied again by the first change to `running`, an allocation per event.
+    /// The next event of a task this farm runs, if one is there now. The filter reads `runningTasks` in
+    /// place: a copy would be copied again by the first change, an allocation per event.
     private func nextEvent() throws(VMError) -> TaskEvent? {
         try vm.spawner.nextEvent(until: .now) { kind, task in
-            kind != .user && running[task] != nil
+            kind != .user && runningTasks.contains(task)
         }
     }
 
@@ -137,7 +153,8 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 failed = []
                 return false
             }
-            running[task] = (sending, monotonicSeconds())
+            running[task] = Started(unit: sending, at: monotonicSeconds())
+            runningTasks.insert(task)
         } catch let error as VMError where error.code == .encoding {
             failed += sending.map { engine.failure(.encoding, $0, error) }
             sending = []
@@ -157,11 +174,23 @@ struct RemoteExecution<Value: Codable & Sendable> {
     private mutating func handle(_ event: TaskEvent) {
         switch event {
         case .result(let task, let result):
-            guard let (unit, startedAt) = running[task] else { return }
+            guard let runningUnit = running[task] else { return }
+            let unit = runningUnit.unit
             resulted.insert(task)
             var finished = results(of: unit, task: task, result: result)
             // A job whose task did not return may start again elsewhere, `retries` times.
-            let retryable = finished.allSatisfy { [.crashed, .timedOut, .workerLost].contains($0.error?.code) }
+            let retryable = finished.allSatisfy { result in
+                switch result.error?.code {
+                case .crashed, .timedOut, .workerLost: true
+                default: false
+                }
+            }
+            if retryable, unit.count > 1, chunksAutomatically {
+                // A chunk the farm joined by itself: its jobs start again one by one, so that each gets an
+                // outcome of its own (a job that crashes crashes alone); that start is not a retry.
+                engine.putBackAlone(unit)
+                return
+            }
             let first = unit[0].index
             let started = attempts[first] ?? 1
             if retryable, started <= engine.retries {
@@ -175,9 +204,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 attempts[element.index] = nil
                 avoid[element.index] = nil
             }
-            engine.complete(finished, unitFinished: true, measured: monotonicSeconds() - startedAt)
+            engine.complete(finished, unitFinished: true, measured: monotonicSeconds() - runningUnit.at)
         case .exit(let task):
             guard let unit = running.removeValue(forKey: task)?.unit else { return }
+            runningTasks.remove(task)
             if resulted.remove(task) == nil {
                 let error = VMError(.taskLost, "task \(task) ended without sending a result")
                 engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
@@ -227,7 +257,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
         task: TaskID,
         host: HostID
     ) -> JobResult<Value> {
-        let expected = _typeName(Value.self, qualified: true)
+        let expected = engine.valueTypeName
         guard typeName == expected else {
             let error = VMError(
                 .typeMismatch,
@@ -253,8 +283,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
         let units = running
         let done = resulted
         running = [:]
+        runningTasks = []
         resulted = []
-        for (task, (unit, _)) in units where !done.contains(task) {
+        for (task, started) in units where !done.contains(task) {
+            let unit = started.unit
             engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
         }
     }

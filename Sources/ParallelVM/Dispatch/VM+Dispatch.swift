@@ -283,7 +283,9 @@ struct DispatchRun<Value: Codable & Sendable> {
             inputOpen: inputOpen,
             timeout: try VM.checkTimeout(timeout, for: "dispatch"),
             retries: try VM.checkRetries(retries),
-            chunker: fixed == nil ? AutoChunker() : nil,
+            // A dispatch timeout sends one job at a time: a chunk may only run as long as its jobs' limits
+            // together, which would let a job that hangs hold its chunk-mates that long.
+            chunker: fixed == nil && timeout == nil ? AutoChunker() : nil,
             lookaheadInChunks: batched,
             deferHandover: batched
         )
