@@ -163,7 +163,7 @@ for round in $(seq 1 "$rounds"); do
 done
 note="mirror rows: page cache warm for the VM and the references alike; the VM figures are spawn to exit of a task"
 
-touch "$out/peer"
+touch "$out/swift" "$out/ref" "$out/peer"
 python3 - "$out/swift" "$out/ref" "$json" "$low_idle" "$note" "$out/peer" <<'EOF'
 import json, statistics, sys
 

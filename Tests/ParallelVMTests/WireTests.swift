@@ -365,7 +365,7 @@ import Testing
         // 4000 jobs: mostly 50 µs, every 7th 1 ms, every 97th 20 ms, in a fixed pseudo-random order.
         var state: UInt64 = 42
         let durations = (0..<4000).map { _ -> Double in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             let draw = Int(state >> 33) % 679
             return draw % 97 == 0 ? 0.020 : draw % 7 == 0 ? 0.001 : 50e-6
         }

@@ -5,13 +5,13 @@
 /// try await vm.dispatch(jobs, chunkSize: 100)    // always 100 jobs per task (the last chunk may be smaller)
 /// ```
 ///
-/// With ``auto``, the dispatcher measures how long its tasks take and sends a worker as many jobs at once
+/// With ``ChunkSize/auto``, the dispatcher measures how long its tasks take and sends a worker as many jobs at once
 /// as run for about two milliseconds (at most 256): tiny jobs travel in large chunks, jobs of a
 /// millisecond or more one at a time. Once the job sequence has ended, chunks shrink to at most half of
 /// the jobs left per slot, so that no worker holds a large chunk while the others run out of work.
-/// A dispatch with a collector takes no more jobs ahead than with a chunk size of 1, so ``auto`` only
-/// joins jobs that already wait for a slot there. With a dispatch `timeout`, ``auto`` sends one job at a
-/// time. When the task of a chunk that ``auto`` joined crashes or overruns a job's timeout, the chunk's
+/// A dispatch with a collector takes no more jobs ahead than with a chunk size of 1, so ``ChunkSize/auto`` only
+/// joins jobs that already wait for a slot there. With a dispatch `timeout`, ``ChunkSize/auto`` sends one job at a
+/// time. When the task of a chunk that ``ChunkSize/auto`` joined crashes or overruns a job's timeout, the chunk's
 /// jobs start again one by one, so that each gets an outcome of its own (and a start that is not counted
 /// as a retry); a job that ran before the crash in that chunk then runs twice.
 public struct ChunkSize: Sendable, Hashable, ExpressibleByIntegerLiteral, CustomStringConvertible {

@@ -12,7 +12,8 @@ extension VM {
     /// lazily can therefore decide what to produce from the results the collector has seen so far.
     /// Without a collector nothing sees results before the dispatch returns, so it takes jobs further
     /// ahead (two chunks per slot, or 128 jobs per slot with a chunk size of 1) and hands results over
-    /// in batches, which keeps tiny jobs near the rate of plain ``spawnFunction(_:args:count:targets:sendBack:timeout:)``.
+    /// in batches, which keeps tiny jobs near the rate of plain
+    /// ``spawnFunction(_:args:count:targets:sendBack:timeout:)``.
     ///
     /// The dispatch owns the VM's task messages while it runs (see ``Farm``): do not call
     /// ``receiveMessage(timeout:)`` from another task meanwhile. Messages it does not expect (user
@@ -130,9 +131,10 @@ extension VM {
     /// while the results are handled by the calling task: a sequence fed by the collector (jobs decided
     /// from earlier results) works. With a fixed `chunkSize` above 1 it must produce a full chunk (or end)
     /// before the chunk is sent, so such a sequence should keep ``ChunkSize/auto`` or 1: with
-    /// ``ChunkSize/auto`` jobs are queued one by one, and only jobs already waiting are sent together. When the dispatch stops early, the
-    /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
-    /// This form keeps no experiment journal: pass a `Sequence` to dispatch with an `Experiment`.
+    /// ``ChunkSize/auto`` jobs are queued one by one, and only jobs already waiting are sent together.
+    /// When the dispatch stops early, the consuming task is cancelled; a sequence that ignores
+    /// cancellation keeps the dispatch waiting. This form keeps no experiment journal: pass a `Sequence`
+    /// to dispatch with an `Experiment`.
     @discardableResult
     public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
         _ jobs: sending Jobs,
@@ -257,7 +259,7 @@ struct DispatchRun<Value: Codable & Sendable> {
     /// Starts the farm a dispatch runs on. With a collector (or an experiment, `interactive`): one unit
     /// queued ahead per slot, and no more than two units per slot finished but not yet taken, so a fast
     /// feeder cannot run ahead of the results. Without one, a deeper queue and results handed over in
-    /// batches (see ``VM/dispatch(_:remote:chunkSize:failFast:progress:timeout:retries:collectResults:experiment:rerunFailed:collector:)``).
+    /// batches (see the `Sequence` form of `VM.dispatch`).
     init(
         vm: VM,
         remote: Bool,
