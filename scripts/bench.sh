@@ -19,8 +19,17 @@
 #     dispatch without one (tasks_dispatch_chunked_nojournal_w2), measured alternately, repetition by
 #     repetition, in the same vm-bench process. The target: at least 0.9 (journaling costs at most 10%).
 #
-# Usage: scripts/bench.sh [--json FILE] [--rounds N]
-#   BENCH_TASKS (default 5000): tasks per throughput run; the chunked dispatch runs 10 times as many.
+# Peers: the same trivial tasks and ping-pong with mpi4py (mpi4py.futures map, submit, map with
+# chunksize=100; Send/Recv of buffers and send/recv of pickled objects) and with PyOPUS 0.9's MPI VM
+# (spawnFunction, cOS.dispatch), programs in bench/peers/, run in the same rounds. The script installs both
+# into a virtual environment of its own ($scratch/peers: mpi4py built from source against the system's Open
+# MPI, PyOPUS 0.9 from its source package with setuptools<70, wheel, numpy<2 and greenlet, without its
+# other dependencies, which the VM does not use). A peer row's ratio is the Swift figure named in its
+# reference column over the peer's (for tasks/s above 1 means Swift is faster, for µs below 1).
+# --no-peers skips them; when they cannot be installed the script stops and says which step failed.
+#
+# Usage: scripts/bench.sh [--json FILE] [--rounds N] [--no-peers]
+#   BENCH_TASKS (default 5000): tasks per throughput run; the chunked and auto dispatches run 10 times as many.
 #   BENCH_IDLE (default 5): seconds an idle worker waits while its CPU time is measured.
 #   BENCH_LOW_IDLE (default 2000,1000): the PARALLELVM_WAIT value measured as the low-idle option.
 #   BENCH_DATA (default /tmp/parallelvm-bench): where the mirroring data is made (once) and copied to.
@@ -28,11 +37,13 @@ set -euo pipefail
 
 json=""
 rounds=3
+peers=1
 while [ $# -gt 0 ]; do
   case $1 in
     --json) json=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--json FILE] [--rounds N]" >&2; exit 2 ;;
+    --no-peers) peers=0; shift ;;
+    *) echo "usage: $0 [--json FILE] [--rounds N] [--no-peers]" >&2; exit 2 ;;
   esac
 done
 tasks=${BENCH_TASKS:-5000}
@@ -72,6 +83,38 @@ EOF2
 fi
 local_storage="$data/local"
 
+# The peers' virtual environment, made once and kept (marked complete only when every step worked).
+venv="$root/$scratch/peers"
+peer_step() {
+  local what=$1
+  shift
+  if ! "$@" >>"$venv.log" 2>&1; then
+    echo "bench.sh: could not install the peers: $what failed (see $venv.log)." >&2
+    echo "bench.sh: run with --no-peers to benchmark without mpi4py and PyOPUS." >&2
+    exit 1
+  fi
+}
+if [ "$peers" = 1 ] && [ ! -f "$venv/.complete" ]; then
+  echo "installing the peers (mpi4py, PyOPUS 0.9) into $venv..." >&2
+  rm -rf "$venv" "$venv.log"
+  peer_step "making the virtual environment (python3 -m venv; Debian: apt-get install python3-venv)" \
+    python3 -m venv "$venv"
+  peer_step "installing setuptools<70, wheel, numpy<2 and greenlet" \
+    "$venv/bin/pip" install "setuptools<70" wheel "numpy<2" greenlet
+  peer_step "building mpi4py against the system's Open MPI (needs mpicc: apt-get install libopenmpi-dev)" \
+    env MPICC="$(command -v mpicc)" "$venv/bin/pip" install --no-binary mpi4py mpi4py
+  peer_step "downloading PyOPUS 0.9" \
+    "$venv/bin/pip" download --no-deps --no-build-isolation -d "$venv/downloads" pyopus==0.9
+  # PyOPUS's C extensions include numpy's headers without asking numpy where they are.
+  numpy_include=$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())')
+  peer_step "building PyOPUS 0.9 (needs Python's headers: apt-get install python3-dev)" \
+    env CFLAGS="-I$numpy_include" "$venv/bin/pip" install --no-deps --no-build-isolation "$venv"/downloads/PyOPUS-0.9.tar.gz
+  peer_step "importing mpi4py.futures and pyopus.parallel.cooperative" \
+    "$venv/bin/python" -c "import mpi4py.futures, pyopus.parallel.cooperative"
+  touch "$venv/.complete"
+fi
+python_peer() { "$root/scripts/mpirun.sh" -x PYTHONPATH="$root/bench/peers" "$@"; }
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 mpi() { "$root/scripts/mpirun.sh" "$@"; }
@@ -88,12 +131,17 @@ for round in $(seq 1 "$rounds"); do
   echo "round $round of $rounds..." >&2
   record ref "" mpi -n 2 bench/c/bin/pingpong
   record swift "" mpi -n 2 -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" latency
+  if [ "$peers" = 1 ]; then record peer "" python_peer -n 2 "$venv/bin/python" bench/peers/mpi4py_pingpong.py; fi
   for ranks in 2 3; do
     record ref "" mpi -n "$ranks" bench/c/bin/taskfarm $((tasks * 20))
     record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" tasks "$tasks"
-    # With one worker only spawnFunction is measured isolated; with two, every kind.
-    if [ "$ranks" = 2 ]; then kinds=(spawn); else kinds=(spawn dispatch dispatch_chunked); fi
+    # With one worker spawnFunction and the dispatcher without chunks are measured isolated; with two, every kind.
+    if [ "$ranks" = 2 ]; then kinds=(spawn dispatch); else kinds=(spawn dispatch dispatch_auto dispatch_chunked); fi
     record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= -x BENCH_ISOLATION=process "$swift_bin" tasks "$tasks" "${kinds[@]}"
+    if [ "$peers" = 1 ]; then
+      record peer "" python_peer -n "$ranks" "$venv/bin/python" -m mpi4py.futures bench/peers/mpi4py_tasks.py "$tasks"
+      record peer "" python_peer -n "$ranks" "$venv/bin/python" bench/peers/pyopus_tasks.py "$tasks"
+    fi
   done
   record swift "" mpi -n 3 -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" tasks "$tasks" dispatch_chunked_journal
   record ref "" mpi -n 2 bench/c/bin/idle "$idle"
@@ -119,10 +167,11 @@ for round in $(seq 1 "$rounds"); do
 done
 note="mirror rows: page cache warm for the VM and the references alike; the VM figures are spawn to exit of a task"
 
-python3 - "$out/swift" "$out/ref" "$json" "$low_idle" "$note" <<'EOF'
+touch "$out/swift" "$out/ref" "$out/peer"
+python3 - "$out/swift" "$out/ref" "$json" "$low_idle" "$note" "$out/peer" <<'EOF'
 import json, statistics, sys
 
-swift_file, ref_file, json_file, low_idle, note = sys.argv[1:6]
+swift_file, ref_file, json_file, low_idle, note, peer_file = sys.argv[1:7]
 
 def medians(path):
     values = {}
@@ -132,7 +181,7 @@ def medians(path):
             values.setdefault(name, []).append(float(value))
     return {name: statistics.median(v) for name, v in values.items()}
 
-swift, ref = medians(swift_file), medians(ref_file)
+swift, ref, peer = medians(swift_file), medians(ref_file), medians(peer_file)
 sizes = [0, 8, 1000, 100000, 1000000, 10000000]
 # name, unit, Swift figure, reference figure, what the reference is[, in-process figure, target]
 rows = []
@@ -143,11 +192,11 @@ for size in (1000000, 10000000):
 for size in sizes:
     rows.append((f"latency_codable_{size}", "us", swift.get(f"latency_codable_{size}"), ref.get(f"latency_{size}"), "C ping-pong"))
 for workers in (1, 2):
-    for kind in ("spawn", "dispatch", "dispatch_chunked"):
+    for kind in ("spawn", "dispatch", "dispatch_auto", "dispatch_chunked"):
         rows.append((f"tasks_{kind}_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_w{workers}"), ref.get(f"tasks_w{workers}"), "C task farm"))
 # Process isolation, against the C task farm and against the in-process row of the same kind.
-for kind, workers in (("spawn", 1), ("spawn", 2), ("dispatch", 2), ("dispatch_chunked", 2)):
-    target = 0.9 if kind == "dispatch_chunked" else 0.5
+for kind, workers in (("spawn", 1), ("dispatch", 1), ("spawn", 2), ("dispatch", 2), ("dispatch_auto", 2), ("dispatch_chunked", 2)):
+    target = 0.9 if kind in ("dispatch_chunked", "dispatch_auto") else 0.5
     rows.append((f"tasks_{kind}_isolated_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_isolated_w{workers}"),
                  ref.get(f"tasks_w{workers}"), f"C task farm; in-process: tasks_{kind}_w{workers}, target >= {target}",
                  swift.get(f"tasks_{kind}_w{workers}"), target, "inprocess"))
@@ -155,6 +204,11 @@ for kind, workers in (("spawn", 1), ("spawn", 2), ("dispatch", 2), ("dispatch_ch
 rows.append(("tasks_dispatch_chunked_journal_w2", "tasks/s", swift.get("tasks_dispatch_chunked_journal_w2"),
              ref.get("tasks_w2"), "C task farm; no journal: tasks_dispatch_chunked_nojournal_w2, target >= 0.9",
              swift.get("tasks_dispatch_chunked_nojournal_w2"), 0.9, "nojournal"))
+# The dispatcher without chunks against raw spawnFunction of the same run (target: at least 0.8).
+for isolated in ("", "isolated_"):
+    for workers in (1, 2):
+        rows.append((f"dispatch_vs_spawn_{isolated}w{workers}", "ratio", swift.get(f"tasks_dispatch_{isolated}w{workers}"),
+                     swift.get(f"tasks_spawn_{isolated}w{workers}"), f"tasks_dispatch_{isolated}w{workers} / tasks_spawn_{isolated}w{workers}, target >= 0.8"))
 rows += [
     ("mirror_small_cold", "s", swift.get("mirror_small_cold"), ref.get("mirror_small"), "tar c | tar x"),
     ("mirror_small_warm", "s", swift.get("mirror_small_warm"), ref.get("mirror_small"), "tar c | tar x"),
@@ -172,6 +226,25 @@ rows += [
     ("idle_task_first_message_extra_us", "us", swift.get("idle_task_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; a task waiting in receiveMessage"),
     ("idle_task_first_message_extra_us_busy", "us", swift.get("busy_idle_task_first_message_extra_us"), ref.get("idle_first_message_extra_us"), "C; same, PARALLELVM_WAIT=busy"),
 ]
+
+# Peers: the peer's figure is the reference; the Swift figure is the row of the same kind.
+peer_rows = []
+for workers in (1, 2):
+    peer_rows += [
+        (f"peer_mpi4py_futures_map_w{workers}", "tasks/s", f"tasks_dispatch_w{workers}", "mpi4py.futures map"),
+        (f"peer_mpi4py_futures_submit_w{workers}", "tasks/s", f"tasks_spawn_w{workers}", "mpi4py.futures submit"),
+        (f"peer_mpi4py_futures_map_chunked_w{workers}", "tasks/s", f"tasks_dispatch_chunked_w{workers}", "mpi4py.futures map, chunksize=100"),
+        (f"peer_pyopus_spawn_w{workers}", "tasks/s", f"tasks_spawn_w{workers}", "PyOPUS 0.9 spawnFunction"),
+        (f"peer_pyopus_dispatch_w{workers}", "tasks/s", f"tasks_dispatch_w{workers}", "PyOPUS 0.9 cOS.dispatch"),
+    ]
+for size in sizes:
+    peer_rows += [
+        (f"peer_mpi4py_latency_{size}", "us", f"latency_{size}", "mpi4py Send/Recv, buffers"),
+        (f"peer_mpi4py_pickle_latency_{size}", "us", f"latency_codable_{size}", "mpi4py send/recv, pickle"),
+    ]
+for name, unit, swift_name, what in peer_rows:
+    if name in peer:
+        rows.append((name, unit, swift.get(swift_name), peer[name], f"{what}; Swift: {swift_name}"))
 
 def ratio(s, r):
     return None if s is None or r is None or r == 0 else s / r
@@ -192,7 +265,7 @@ def fmt(x, digits=3):
         return "-"
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
 
-print(f"{'row':38} {'unit':8} {'swift':>12} {'C':>12} {'ratio':>8} {'vs base':>10}  reference")
+print(f"{'row':38} {'unit':8} {'swift':>12} {'reference':>12} {'ratio':>8} {'vs base':>10}  reference")
 for row in table:
     print(f"{row['name']:38} {row['unit']:8} {fmt(row['swift'], 4):>12} {fmt(row['reference'], 4):>12} "
           f"{fmt(row['ratio'], 3):>8} {fmt(row.get('ratio_base'), 3):>10}  {row['reference_is']}")

@@ -47,7 +47,7 @@ public struct TaskResult: Sendable, CustomStringConvertible {
     /// ``VMError`` naming both types when `T` is not the type the function returned.
     public func value<T: Decodable>(as type: T.Type = T.self) throws -> T {
         if let error { throw error }
-        let expected = _typeName(T.self, qualified: true)
+        let expected = TypeNames.qualified(T.self)
         guard expected == valueType else {
             throw VMError(.typeMismatch, "the result of '\(function)' is a \(valueType), not a \(expected)")
         }
@@ -114,11 +114,12 @@ public struct UserMessage: Sendable, CustomStringConvertible {
 
     /// Decodes the value; throws a ``VMError`` naming both types when `T` is not the type that was sent.
     public func decode<T: Decodable>(as type: T.Type = T.self) throws -> T {
-        let expected = _typeName(T.self, qualified: true)
+        let expected = TypeNames.qualified(T.self)
         guard expected == typeName else {
             throw VMError(.typeMismatch, "the message holds a \(typeName), not a \(expected)")
         }
-        if raw, let bytes = bytes as? T { return bytes }
+        // A byte array travels as it is: no decoding, and no dynamic cast either.
+        if raw, T.self == [UInt8].self { return unsafeBitCast(bytes, to: T.self) }
         do {
             return try BinaryDecoder.decode(T.self, from: bytes)
         } catch {
@@ -127,7 +128,7 @@ public struct UserMessage: Sendable, CustomStringConvertible {
     }
 
     /// Whether the value is of type `T`.
-    public func holds<T>(_ type: T.Type) -> Bool { typeName == _typeName(T.self, qualified: true) }
+    public func holds<T>(_ type: T.Type) -> Bool { typeName == TypeNames.qualified(T.self) }
 
     public var description: String { "UserMessage(\(typeName), \(bytes.count) bytes)" }
 }

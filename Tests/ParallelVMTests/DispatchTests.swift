@@ -29,6 +29,30 @@ struct DispatchTests {
     }
 
     @Test(arguments: ranks)
+    func autoChunksKeepJobOrderAndTheCollectorSeesEachJobOnce(ranks: Int) throws {
+        let output = try run("dispatch-order", ranks: ranks, ["2000", "auto", "1"])
+        #expect(output.value("count") == "2000")
+        #expect(output.value("ordered") == "true")
+        #expect(output.value("extrasKept") == "true")
+        #expect(output.value("collectorSawEachOnce") == "true")
+        #expect(output.value("freeAtEnd") == "\(ranks - 1)")
+    }
+
+    @Test(arguments: ranks)
+    func autoChunksJoinTinyJobsWithoutACollector(ranks: Int) throws {
+        let output = try run("dispatch-many", ranks: ranks, ["5000", "auto"], timeout: 120)
+        #expect(output.value("ordered") == "true")
+        #expect(output.value("freeAtEnd") == "\(ranks - 1)")
+        if ranks > 1 {
+            // Tiny jobs travel in chunks: fewer tasks than jobs.
+            let tasks = Int(output.value("tasks") ?? "") ?? 0
+            #expect(tasks > 0 && tasks < 5000, "\(tasks) tasks")
+        }
+    }
+
+    /// `dispatch-stop` uses the default chunk size, `.auto`: with a collector it takes jobs no further ahead
+    /// than with chunks of 1, so the jobs after the stop stay few.
+    @Test(arguments: ranks)
     func theCollectorStopsAnEndlessGenerator(ranks: Int) throws {
         let output = try run("dispatch-stop", ranks: ranks)
         #expect(output.value("ordered") == "true")

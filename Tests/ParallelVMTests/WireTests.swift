@@ -288,4 +288,116 @@ import Testing
         #expect(queue.unitsInFlight == 1)
         #expect(!queue.hasQueuedUnits)
     }
+
+    // MARK: - Automatic chunks
+
+    private func autoQueue(slots: Int, inputOpen: Bool = true) -> Queue {
+        Queue(
+            slots: slots,
+            lookaheadPerSlot: 2,
+            unjoinedLimitPerSlot: nil,
+            inputOpen: inputOpen,
+            splitsUnits: false,
+            chunker: AutoChunker(targetSeconds: 0.002, maxJobs: 256),
+            lookaheadInChunks: true
+        )
+    }
+
+    @Test func autoChunksFollowTheMeasuredJobTimes() {
+        var queue = autoQueue(slots: 2)
+        for _ in 0..<2000 { _ = queue.submit(["x"]) }
+        // Nothing measured yet: one job.
+        #expect(queue.nextUnit()?.count == 1)
+        // 10 µs per job: 200 jobs run for the 2 ms target.
+        queue.recordUnit(jobs: 1, seconds: 10e-6)
+        #expect(queue.nextUnit()?.count == 200)
+        // Tinier still: the largest chunk.
+        for _ in 0..<4 { queue.recordUnit(jobs: 200, seconds: 200 * 1e-7) }
+        #expect(queue.nextUnit()?.count == 256)
+        // Long jobs: one at a time within a few units.
+        for _ in 0..<4 { queue.recordUnit(jobs: 1, seconds: 0.5) }
+        #expect(queue.nextUnit()?.count == 1)
+        // The indices stay in submission order across chunks.
+        #expect(queue.nextUnit()?.first?.index == 1 + 200 + 256 + 1)
+    }
+
+    @Test func theLookaheadGrowsWithTheChunks() {
+        var queue = autoQueue(slots: 2)
+        #expect(queue.capacity == 2 * (1 + 2))
+        queue.recordUnit(jobs: 1, seconds: 20e-6)
+        // 100 jobs per chunk: two chunks per slot may wait.
+        #expect(queue.capacity == 2 * (1 + 2 * 100))
+    }
+
+    @Test func tailChunksShrinkOnceTheInputHasEnded() {
+        var queue = autoQueue(slots: 2)
+        for _ in 0..<1000 { _ = queue.submit(["x"]) }
+        queue.recordUnit(jobs: 1, seconds: 1e-6)
+        queue.finishInput()
+        var sizes: [Int] = []
+        while let unit = queue.nextUnit() { sizes.append(unit.count) }
+        #expect(sizes.reduce(0, +) == 1000)
+        // Each chunk takes at most a quarter of what is left (half a slot's share), so sizes never grow
+        // and the last ones are single jobs.
+        var left = 1000
+        for size in sizes {
+            #expect(size <= max(1, (left + 3) / 4))
+            left -= size
+        }
+        #expect(zip(sizes, sizes.dropFirst()).allSatisfy { $0 >= $1 })
+        #expect(sizes.suffix(3) == [1, 1, 1])
+        #expect(sizes.count < 100)
+    }
+
+    @Test func jobsOfAFailedAutoChunkStartAlone() {
+        var queue = autoQueue(slots: 1)
+        for _ in 0..<10 { _ = queue.submit(["x"]) }
+        queue.recordUnit(jobs: 1, seconds: 1e-5)
+        let chunk = queue.nextUnit()!
+        #expect(chunk.count == 10)
+        queue.putBackAlone(chunk)
+        #expect(queue.unitsInFlight == 10)
+        #expect(queue.queuedJobs == 10)
+        var sizes: [Int] = []
+        while let unit = queue.nextUnit() { sizes.append(unit.count) }
+        #expect(sizes == Array(repeating: 1, count: 10))
+    }
+
+    /// Runs `durations` (seconds per job) through an auto-chunking queue on `slots` simulated slots, each
+    /// unit costing `overhead` on top of its jobs, and returns when each slot finished its last unit. The
+    /// clock is simulated: the test looks at the schedule the queue makes, not at real time.
+    private func simulate(_ durations: [Double], slots: Int, overhead: Double) -> (finish: [Double], units: Int) {
+        var queue = autoQueue(slots: slots, inputOpen: true)
+        for index in durations.indices { _ = queue.submit(["\(index)"]) }
+        queue.finishInput()
+        var freeAt = Array(repeating: 0.0, count: slots)
+        var units = 0
+        while true {
+            let slot = freeAt.indices.min { freeAt[$0] < freeAt[$1] }!
+            guard let unit = queue.nextUnit() else { break }
+            let seconds = overhead + unit.reduce(0) { $0 + durations[$1.index] }
+            queue.recordUnit(jobs: unit.count, seconds: seconds)
+            queue.complete(unit.map { _ in 0 }, unitFinished: true)
+            freeAt[slot] += seconds
+            units += 1
+        }
+        return (freeAt, units)
+    }
+
+    @Test func mixedJobsEndBalancedAcrossSlots() {
+        // 4000 jobs: mostly 50 µs, every 7th 1 ms, every 97th 20 ms, in a fixed pseudo-random order.
+        var state: UInt64 = 42
+        let durations = (0..<4000).map { _ -> Double in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let draw = Int(state >> 33) % 679
+            return draw % 97 == 0 ? 0.020 : draw % 7 == 0 ? 0.001 : 50e-6
+        }
+        let (finish, units) = simulate(durations, slots: 4, overhead: 20e-6)
+        let total = durations.reduce(0, +)
+        // No slot ends more than the longest job (plus the per-unit cost) after another one.
+        #expect(finish.max()! - finish.min()! <= 0.020 + 0.002, "\(finish)")
+        #expect(finish.max()! <= total / 4 + 0.025, "\(finish), total \(total)")
+        // And the jobs did travel in chunks.
+        #expect(units < durations.count / 4, "\(units) units")
+    }
 }

@@ -70,6 +70,11 @@ func inOrderAndDoubled(_ results: [JobResult<Int>], count: Int) -> Bool {
 }
 
 /// Where jobs ran: "remote" (on workers) or "local" (in this process).
+/// A chunk size given on the command line: a number, or `auto`.
+func chunkSize(_ argument: String) -> ChunkSize {
+    argument == "auto" ? .auto : .fixed(Int(argument) ?? 1)
+}
+
 func placement(_ results: [JobResult<Int>]) -> String {
     results.allSatisfy { $0.host != nil } ? "remote" : results.allSatisfy { $0.host == nil } ? "local" : "mixed"
 }
@@ -80,7 +85,7 @@ let dispatchScenarios: [String: Scenario] = [
     // COUNT CHUNK REMOTE: results in order, the collector sees every job once, in completion order.
     "dispatch-order": { vm, arguments in
         let count = Int(arguments.first ?? "100") ?? 100
-        let chunk = Int(arguments.dropFirst().first ?? "1") ?? 1
+        let chunk = chunkSize(arguments.dropFirst().first ?? "1")
         let remote = (arguments.dropFirst(2).first ?? "1") == "1"
         try waitFor {
             var seen: [Int: Int] = [:]
@@ -215,14 +220,15 @@ let dispatchScenarios: [String: Scenario] = [
         }
     },
 
-    // COUNT CHUNK: thousands of tiny jobs finish, in order, without a hang.
+    // COUNT CHUNK (a number or auto): thousands of tiny jobs finish, in order, without a hang.
     "dispatch-many": { vm, arguments in
         let count = Int(arguments.first ?? "5000") ?? 5000
-        let chunk = Int(arguments.dropFirst().first ?? "1") ?? 1
+        let chunk = chunkSize(arguments.dropFirst().first ?? "1")
         try waitFor {
             let start = Date()
             let results = try await vm.dispatch((0..<count).map { Job(dispatchDouble, args: $0) }, chunkSize: chunk)
             report("ordered", inOrderAndDoubled(results, count: count))
+            report("tasks", Set(results.compactMap(\.task)).count)
             report("seconds", String(format: "%.2f", Date().timeIntervalSince(start)))
             report("freeAtEnd", vm.freeSlots())
         }
@@ -295,7 +301,7 @@ let dispatchScenarios: [String: Scenario] = [
             try waitFor {
                 let jobs = (0..<count).map { Job(dispatchDouble, args: $0) }
                 let start = Date()
-                let results = try await vm.dispatch(jobs, chunkSize: chunk)
+                let results = try await vm.dispatch(jobs, chunkSize: .fixed(chunk))
                 precondition(inOrderAndDoubled(results, count: count))
                 report("chunk\(chunk)", rate(Date().timeIntervalSince(start)))
             }

@@ -86,7 +86,7 @@ let experimentTaskScenarios: [String: Scenario] = [
         try waitFor {
             let experiment = try Experiment(name: arguments[1], in: arguments[0])
             let points = (0..<jobs).map { Job(experimentChatty, args: ChattyPoint(index: $0, crash: $0 == crashIndex)) }
-            let results = try await vm.dispatch(points, chunkSize: chunk, experiment: experiment)
+            let results = try await vm.dispatch(points, chunkSize: .fixed(chunk), experiment: experiment)
             // The tasks' unfinished lines reach this terminal too: start the reports on a line of their own.
             print("")
             for result in results {

@@ -9,7 +9,8 @@
 //
 //   vm-bench latency [SIZE...]  one-way latency (µs) and bandwidth (MB/s), 2 ranks
 //   vm-bench tasks N [KIND...]  trivial-task throughput (tasks/s) of the kinds spawn (spawnFunction),
-//                             dispatch and dispatch_chunked (chunks of 100); default: all three;
+//                             dispatch (chunkSize 1), dispatch_auto (chunkSize .auto, 10 N jobs) and
+//                             dispatch_chunked (chunks of 100, 10 N jobs); default: all four;
 //                             dispatch_chunked_journal: chunks of 100 with an experiment journal, measured
 //                             alternately with dispatch_chunked (tasks_dispatch_chunked_nojournal_w<workers>)
 //                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder)
@@ -175,7 +176,7 @@ func spawnFarm(_ vm: VM, _ n: Int) throws {
     precondition(sum == (n - 1) * n, "wrong sum of doubles")
 }
 
-func dispatchFarm(_ vm: VM, _ n: Int, chunkSize: Int) async throws {
+func dispatchFarm(_ vm: VM, _ n: Int, chunkSize: ChunkSize) async throws {
     let results = try await vm.dispatch((0..<n).map { Job(double, args: $0) }, chunkSize: chunkSize)
     precondition(results.count == n && results[n - 1].value == 2 * (n - 1), "wrong dispatch results")
 }
@@ -246,6 +247,12 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 "tasks_dispatch_\(suffix)",
                 try await rate(repetitions: 5, n) { try await dispatchFarm(vm, n, chunkSize: 1) }
             )
+        case "dispatch_auto":
+            let many = 10 * n
+            emit(
+                "tasks_dispatch_auto_\(suffix)",
+                try await rate(repetitions: 5, many) { try await dispatchFarm(vm, many, chunkSize: .auto) }
+            )
         case "dispatch_chunked":
             let chunked = 10 * n
             emit(
@@ -259,7 +266,9 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
             emit("spawner_cpu_us_per_task_chunked_journal_\(suffix)", rates.journaledCPU)
             emit("spawner_cpu_us_per_task_chunked_nojournal_\(suffix)", rates.plainCPU)
         default:
-            fatalError("unknown task kind '\(kind)': spawn, dispatch, dispatch_chunked or dispatch_chunked_journal")
+            fatalError(
+                "unknown task kind '\(kind)': spawn, dispatch, dispatch_auto, dispatch_chunked or dispatch_chunked_journal"
+            )
         }
     }
 }
@@ -381,7 +390,8 @@ case "tasks":
     try await tasks(
         vm,
         arguments.count > 1 ? Int(arguments[1])! : 20_000,
-        kinds: arguments.count > 2 ? Array(arguments.dropFirst(2)) : ["spawn", "dispatch", "dispatch_chunked"],
+        kinds: arguments.count > 2
+            ? Array(arguments.dropFirst(2)) : ["spawn", "dispatch", "dispatch_auto", "dispatch_chunked"],
         isolated: isolated
     )
 case "idle":

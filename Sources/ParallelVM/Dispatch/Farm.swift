@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Runs jobs in the VM's worker slots, one job (or chunk of jobs) per slot, and hands their results back
 /// one at a time as they finish: PyOPUS's `Spawn` and `Join`, for writing an asynchronous loop by hand.
@@ -53,6 +54,10 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///   - inputOpen: whether ``join()`` should wait for more jobs when none is outstanding (until ``finishInput()``).
     ///   - unjoinedLimitPerSlot: when given, room for a new unit also needs fewer unjoined jobs than this
     ///     many per slot, so that a feeder cannot run ahead of the joiner when jobs finish as fast as they start.
+    ///   - chunker: joins queued jobs into chunks of the sizes it picks (``ChunkSize/auto``).
+    ///   - lookaheadInChunks: count `lookaheadPerSlot` in chunks of the chunker's size rather than in units.
+    ///   - deferHandover: wake a waiting joiner only once the queue runs low (or the farm drains), so that it
+    ///     takes many results at once; for a joiner that only collects them.
     init(
         _ vm: VM,
         remote: Bool,
@@ -60,7 +65,10 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         unjoinedLimitPerSlot: Int? = nil,
         inputOpen: Bool,
         timeout: Double = 0,
-        retries: Int = 0
+        retries: Int = 0,
+        chunker: AutoChunker? = nil,
+        lookaheadInChunks: Bool = false,
+        deferHandover: Bool = false
     ) throws {
         if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
@@ -72,7 +80,10 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             unjoinedLimitPerSlot: unjoinedLimitPerSlot,
             inputOpen: inputOpen,
             timeout: timeout,
-            retries: retries
+            retries: retries,
+            chunker: chunker,
+            lookaheadInChunks: lookaheadInChunks,
+            deferHandover: deferHandover
         )
         engine.start()
     }
@@ -113,7 +124,7 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///
     /// A job that throws gives a failed ``JobResult``; `join` itself only throws `CancellationError`.
     public func join() async throws -> JobResult<Value>? {
-        try await engine.join()
+        try await engine.join(upTo: 1)?.first
     }
 
     /// Starts no more jobs, waits for the running ones to end and drops their results, and stops the
@@ -135,6 +146,12 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     /// Queues a unit of jobs (a chunk when remote) for the next free slot; returns the first job's index,
     /// or nil when the farm is stopped.
     func submit(_ jobs: [Job<Value>]) -> Int? { engine.submit(jobs) }
+
+    /// The finished jobs waiting (at least one, waiting for one when none is), in completion order; nil
+    /// when no job is outstanding.
+    func joinBatch() async throws -> [JobResult<Value>]? {
+        try await engine.join(upTo: Int.max)
+    }
 
     /// Tells ``join()`` that no more jobs will come: it returns nil once every job is joined.
     func finishInput() { engine.finishInput() }
@@ -163,16 +180,26 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     let timeout: Double
     /// How many more times a job whose task crashed, timed out or lost its worker is started.
     let retries: Int
+    /// Whether a waiting joiner is woken only once the queue runs low (see `handOverNowLocked`).
+    let deferHandover: Bool
+    /// `Value`'s qualified name, which every result's type is checked against: made once, not per result.
+    let valueTypeName = _typeName(Value.self, qualified: true)
     private let condition = NSCondition()
+    /// Counts the changes callers make that the farm's thread must look at (jobs queued, stop, kill), so
+    /// that it takes the condition's lock only when something changed.
+    private let attentionCounter = Atomic<Int>(0)
     /// Whether the running jobs are to be killed (the dispatch was cancelled).
     private var killRequested = false
     private var queue: FarmQueue<Job<Value>, JobResult<Value>>
     private var threadDone = false
     /// Async jobs running in this process as tasks of their own.
     private var localTasks = 0
-    private var joinWaiter: CheckedContinuation<JobResult<Value>?, any Error>?
+    /// The task waiting in ``join(upTo:)``, and how many results it takes.
+    private var joinWaiter: (continuation: CheckedContinuation<[JobResult<Value>]?, any Error>, limit: Int)?
     private var slotWaiter: CheckedContinuation<Void, any Error>?
     private var doneWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Since when (monotonic seconds) finished jobs have waited for the joiner; nil when none waits.
+    private var unhandedSince: Double?
 
     init(
         vm: VM,
@@ -181,11 +208,15 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         unjoinedLimitPerSlot: Int?,
         inputOpen: Bool,
         timeout: Double,
-        retries: Int
+        retries: Int,
+        chunker: AutoChunker?,
+        lookaheadInChunks: Bool,
+        deferHandover: Bool
     ) {
         self.vm = vm
         self.timeout = timeout
         self.retries = retries
+        self.deferHandover = deferHandover
         let workers = vm.slots() - 1
         self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -195,7 +226,9 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             lookaheadPerSlot: lookaheadPerSlot,
             unjoinedLimitPerSlot: unjoinedLimitPerSlot,
             inputOpen: inputOpen,
-            splitsUnits: !isRemote
+            splitsUnits: !isRemote,
+            chunker: chunker,
+            lookaheadInChunks: lookaheadInChunks
         )
     }
 
@@ -219,6 +252,11 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     // MARK: - Callers' side
 
+    /// The number of changes callers made so far; the farm's thread looks at the queue when it moves.
+    var attention: Int { attentionCounter.load(ordering: .acquiring) }
+
+    private func callAttention() { attentionCounter.add(1, ordering: .releasing) }
+
     var hasFreeSlot: Bool { condition.withLock { queue.hasFreeSlot } }
     /// Whether a unit submitted now fits: free slots plus the lookahead.
     var hasRoom: Bool { condition.withLock { queue.hasRoom } }
@@ -237,13 +275,36 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     private func resumeJoinerIfDrainedLocked() {
         if queue.isDrained, let joinWaiter {
             self.joinWaiter = nil
-            joinWaiter.resume(returning: nil)
+            joinWaiter.continuation.resume(returning: nil)
         }
     }
+
+    /// Whether finished jobs go to a waiting joiner now. A deferred hand-over waits until no more than
+    /// half the lookahead is queued: the joiner, woken once for many results, then refills the queue in
+    /// one go while the slots still have work, instead of being woken (a thread hand-off) for every job.
+    private var handOverNowLocked: Bool {
+        !deferHandover || queue.stopped || 2 * queue.queuedUnits <= queue.capacity - queue.slots
+    }
+
+    /// Resumes the waiting joiner with finished jobs, when there are some and it is time to hand them over
+    /// (`force`: whatever the queue holds).
+    private func resumeJoinerIfReadyLocked(force: Bool = false) {
+        guard let joinWaiter, queue.hasFinished, force || handOverNowLocked else { return }
+        self.joinWaiter = nil
+        let ready = queue.popFinished(upTo: joinWaiter.limit)
+        if !queue.hasFinished { unhandedSince = nil }
+        resumeSlotWaiterIfRoomLocked()
+        joinWaiter.continuation.resume(returning: ready)
+    }
+
+    /// How long a deferred hand-over keeps finished jobs from a waiting joiner at most, in seconds: long
+    /// jobs still reach a progress line promptly.
+    static var deferredHandoverLimit: Double { 0.02 }
 
     func submit(_ jobs: [Job<Value>]) -> Int? {
         condition.withLock {
             guard let first = queue.submit(jobs) else { return nil }
+            callAttention()
             condition.signal()
             return first
         }
@@ -264,9 +325,11 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             slotWaiter = nil
             if closing, let joinWaiter {
                 self.joinWaiter = nil
-                joinWaiter.resume(returning: nil)
+                joinWaiter.continuation.resume(returning: nil)
             }
+            resumeJoinerIfReadyLocked()
             resumeJoinerIfDrainedLocked()
+            callAttention()
             condition.broadcast()
         }
     }
@@ -296,29 +359,31 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    func join() async throws -> JobResult<Value>? {
-        // Fast path: a result is waiting, no suspension needed.
-        if let ready = condition.withLock({ popFinishedLocked() }) { return ready }
+    /// Up to `limit` finished jobs (at least one, waiting for one when none is ready), oldest first; nil
+    /// when nothing is outstanding and no more jobs can come.
+    func join(upTo limit: Int) async throws -> [JobResult<Value>]? {
+        // Fast path: results are waiting, no suspension needed.
+        if let ready = condition.withLock({ popFinishedLocked(limit) }) { return ready }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation {
-                (continuation: CheckedContinuation<JobResult<Value>?, any Error>) in
+                (continuation: CheckedContinuation<[JobResult<Value>]?, any Error>) in
                 condition.withLock {
                     if Task.isCancelled {
                         continuation.resume(throwing: CancellationError())
-                    } else if let ready = popFinishedLocked() {
+                    } else if let ready = popFinishedLocked(limit) {
                         continuation.resume(returning: ready)
                     } else if queue.isDrained {
                         continuation.resume(returning: nil)
                     } else if joinWaiter != nil {
                         continuation.resume(throwing: VMError(.invalidSpawn, "two tasks join the same farm at once"))
                     } else {
-                        joinWaiter = continuation
+                        joinWaiter = (continuation, limit)
                     }
                 }
             }
         } onCancel: {
             condition.withLock {
-                joinWaiter?.resume(throwing: CancellationError())
+                joinWaiter?.continuation.resume(throwing: CancellationError())
                 joinWaiter = nil
             }
         }
@@ -332,16 +397,19 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    private func popFinishedLocked() -> JobResult<Value>? {
-        guard let result = queue.popFinished() else { return nil }
+    private func popFinishedLocked(_ limit: Int) -> [JobResult<Value>]? {
+        let results = queue.popFinished(upTo: limit)
+        guard !results.isEmpty else { return nil }
+        if !queue.hasFinished { unhandedSince = nil }
         resumeSlotWaiterIfRoomLocked()
-        return result
+        return results
     }
 
     /// Kills the running jobs instead of waiting for them (a cancelled dispatch); their results are failures.
     func killRunning() {
         condition.withLock {
             killRequested = true
+            callAttention()
             condition.broadcast()
         }
     }
@@ -356,18 +424,32 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     // MARK: - Executors' side (the farm's thread, and local async jobs)
 
-    /// Hands finished jobs to the joiner; `unitFinished` frees the unit's place in the farm.
-    func complete(_ results: [JobResult<Value>], unitFinished: Bool, localTaskEnded: Bool = false) {
+    /// Hands finished jobs to the joiner; `unitFinished` frees the unit's place in the farm. `measured`
+    /// is how long the unit took from its start to its result, for the chunker.
+    func complete(
+        _ results: [JobResult<Value>],
+        unitFinished: Bool,
+        measured: Double? = nil,
+        localTaskEnded: Bool = false
+    ) {
         condition.withLock {
+            if let measured { queue.recordUnit(jobs: results.count, seconds: measured) }
             queue.complete(results, unitFinished: unitFinished)
-            if let joinWaiter, let ready = queue.popFinished() {
-                self.joinWaiter = nil
-                joinWaiter.resume(returning: ready)
-            }
+            resumeJoinerIfReadyLocked()
+            if queue.hasFinished, unhandedSince == nil { unhandedSince = monotonicSeconds() }
             resumeSlotWaiterIfRoomLocked()
             if localTaskEnded {
                 localTasks -= 1
                 condition.broadcast()
+            }
+        }
+    }
+
+    /// Hands finished jobs over to a waiting joiner that a deferred hand-over has kept them from for too long.
+    func handOverIfStale() {
+        condition.withLock {
+            if let unhandedSince, monotonicSeconds() - unhandedSince > Self.deferredHandoverLimit {
+                resumeJoinerIfReadyLocked(force: true)
             }
         }
     }
@@ -381,6 +463,18 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
             var units: [Unit] = []
             while units.count < limit, let unit = queue.nextUnit() { units.append(unit) }
             return units
+        }
+    }
+
+    /// Whether the farm joins queued jobs into chunks by itself (``ChunkSize/auto``).
+    var chunksAutomatically: Bool { condition.withLock { queue.chunker != nil } }
+
+    /// The jobs of a joined chunk whose task ended without outcomes: back to the front, to start one by one.
+    func putBackAlone(_ unit: Unit) {
+        condition.withLock {
+            queue.putBackAlone(unit)
+            resumeJoinerIfDrainedLocked()
+            callAttention()
         }
     }
 
@@ -411,7 +505,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     /// A failed result for one job of a unit.
     func failure(
         _ code: JobError.Code,
-        _ element: (index: Int, item: Job<Value>),
+        _ element: FarmQueue<Job<Value>, JobResult<Value>>.Element,
         _ error: any Error,
         task: TaskID? = nil
     ) -> JobResult<Value> {

@@ -85,7 +85,8 @@ extension Job {
             )
         }
         function = request.function
-        self.name = name
+        explicitName = name
+        arguments = ()
         extra = job.extra
         timeout = job.timeout
         encodedArguments = { try BinaryEncoder.encode(wrapped(try request.encodedArguments())) }

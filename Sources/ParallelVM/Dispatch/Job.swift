@@ -15,7 +15,12 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
     /// The registered name of the function the job runs.
     public let function: String
     /// How results and errors name the job: by default the function and its arguments, e.g. `double(21)`.
-    public let name: String
+    public var name: String { explicitName ?? Job.defaultName(function, arguments) }
+    /// The name given to the initialiser; nil: the default name, made only when asked for (a string
+    /// made for every job would cost tiny jobs more than running them).
+    let explicitName: String?
+    /// The arguments, for the default name.
+    let arguments: any Sendable
     /// Data kept with the job on the spawner and handed back with its ``JobResult``; never sent to a worker.
     public let extra: (any Sendable)?
     /// Seconds the job may run on a worker; nil: the dispatch's timeout.
@@ -105,7 +110,8 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
         local: LocalBody<Value>
     ) {
         self.function = function
-        self.name = name ?? Job.defaultName(function, args)
+        self.explicitName = name
+        self.arguments = args
         self.extra = extra
         self.timeout = timeout
         self.spawn = { vm, timeout, avoiding in

@@ -10,8 +10,11 @@ struct RemoteExecution<Value: Codable & Sendable> {
 
     let engine: FarmEngine<Value>
     private var vm: VM { engine.vm }
-    /// The units running, by the task that runs them.
-    private var running: [TaskID: Unit] = [:]
+    /// The units running, by the task that runs them, with when each started (monotonic seconds).
+    private var running: [TaskID: Started] = [:]
+    /// The keys of `running`, for the polling loop: a set of a concrete type costs no generic type
+    /// lookups at run time, which every touch of `running` does in code not specialised for `Value`.
+    private var runningTasks: Set<TaskID> = []
     /// Running tasks whose result has arrived (their exit has not).
     private var resulted: Set<TaskID> = []
     /// Starts so far of jobs that were started more than once, by index.
@@ -20,32 +23,56 @@ struct RemoteExecution<Value: Codable & Sendable> {
     /// goes elsewhere when it can.
     private var avoid: [Int: Int] = [:]
 
+    /// A running unit and when it started (monotonic seconds). A struct, not a tuple, for the reason
+    /// ``FarmQueue/Element`` gives.
+    private struct Started {
+        let unit: Unit
+        let at: Double
+    }
+
+    /// Whether the farm joins jobs into chunks by itself, read once.
+    private let chunksAutomatically: Bool
+
     init(engine: FarmEngine<Value>) {
         self.engine = engine
+        self.chunksAutomatically = engine.chunksAutomatically
     }
 
     mutating func serve() {
         guard let waitPolicy = vm.spawner.waitPolicy else { return }
         var backoff = Backoff(waitPolicy)
+        // The queue is looked at only when it may have changed: after a task event (a slot may be free),
+        // when a caller changed the farm (`attention`), and now and then while idle (a slot freed by
+        // another caller). Each look runs unspecialised generic code, too slow for every poll.
+        var lookAgain = true
+        var seenAttention = -1
+        var idlePolls = 0
         while true {
-            let free = vm.freeSlots()
-            guard let starting = engine.takeUnits(limit: free, busy: !running.isEmpty) else { return }
-            for (offset, unit) in starting.enumerated() where !start(unit) {
-                // Another caller took the slot: put the units back, in order, and try again later.
-                engine.putBack(Array(starting[offset...]))
-                break
-            }
-            var progressed = !starting.isEmpty
-            if engine.takeKillRequest() {
-                for task in running.keys { try? vm.kill(task) }
-            }
-            if !running.isEmpty {
-                do {
-                    let mine = running
-                    let event = try vm.spawner.nextEvent(until: .now) { kind, task in
-                        kind != .user && mine[task] != nil
+            var progressed = false
+            let attention = engine.attention
+            if lookAgain || attention != seenAttention || runningTasks.isEmpty {
+                lookAgain = false
+                seenAttention = attention
+                guard let starting = engine.takeUnits(limit: vm.freeSlots(), busy: !runningTasks.isEmpty) else {
+                    return
+                }
+                var offset = 0
+                while offset < starting.count {
+                    guard start(starting[offset]) else {
+                        // Another caller took the slot: put the units back, in order, and try again later.
+                        engine.putBack(Array(starting[offset...]))
+                        break
                     }
-                    if let event {
+                    offset += 1
+                }
+                progressed = !starting.isEmpty
+                if engine.takeKillRequest() {
+                    for task in runningTasks { try? vm.kill(task) }
+                }
+            }
+            if !runningTasks.isEmpty {
+                do {
+                    if let event = try nextEvent() {
                         handle(event)
                         progressed = true
                     }
@@ -54,10 +81,25 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 }
             }
             if progressed {
+                lookAgain = true
+                idlePolls = 0
                 backoff = Backoff(waitPolicy)
             } else {
+                idlePolls += 1
+                if idlePolls % 64 == 0 {
+                    lookAgain = true
+                    engine.handOverIfStale()
+                }
                 backoff.pause()
             }
+        }
+    }
+
+    /// The next event of a task this farm runs, if one is there now. The filter reads `runningTasks` in
+    /// place: a copy would be copied again by the first change, an allocation per event.
+    private func nextEvent() throws(VMError) -> TaskEvent? {
+        try vm.spawner.nextEvent(until: .now) { kind, task in
+            kind != .user && runningTasks.contains(task)
         }
     }
 
@@ -114,7 +156,8 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 failed = []
                 return false
             }
-            running[task] = sending
+            running[task] = Started(unit: sending, at: monotonicSeconds())
+            runningTasks.insert(task)
         } catch let error as VMError where error.code == .encoding {
             failed += sending.map { engine.failure(.encoding, $0, error) }
             sending = []
@@ -134,11 +177,23 @@ struct RemoteExecution<Value: Codable & Sendable> {
     private mutating func handle(_ event: TaskEvent) {
         switch event {
         case .result(let task, let result):
-            guard let unit = running[task] else { return }
+            guard let runningUnit = running[task] else { return }
+            let unit = runningUnit.unit
             resulted.insert(task)
             var finished = results(of: unit, task: task, result: result)
             // A job whose task did not return may start again elsewhere, `retries` times.
-            let retryable = finished.allSatisfy { [.crashed, .timedOut, .workerLost].contains($0.error?.code) }
+            let retryable = finished.allSatisfy { result in
+                switch result.error?.code {
+                case .crashed, .timedOut, .workerLost: true
+                default: false
+                }
+            }
+            if retryable, unit.count > 1, chunksAutomatically {
+                // A chunk the farm joined by itself: its jobs start again one by one, so that each gets an
+                // outcome of its own (a job that crashes crashes alone); that start is not a retry.
+                engine.putBackAlone(unit)
+                return
+            }
             let first = unit[0].index
             let started = attempts[first] ?? 1
             // A lost worker is no fault of the job's: it starts again elsewhere even without retries.
@@ -155,9 +210,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 attempts[element.index] = nil
                 avoid[element.index] = nil
             }
-            engine.complete(finished, unitFinished: true)
+            engine.complete(finished, unitFinished: true, measured: monotonicSeconds() - runningUnit.at)
         case .exit(let task):
-            guard let unit = running.removeValue(forKey: task) else { return }
+            guard let unit = running.removeValue(forKey: task)?.unit else { return }
+            runningTasks.remove(task)
             if resulted.remove(task) == nil {
                 let error = VMError(.taskLost, "task \(task) ended without sending a result")
                 engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
@@ -201,13 +257,13 @@ struct RemoteExecution<Value: Codable & Sendable> {
     }
 
     private func decode(
-        _ element: (index: Int, item: Job<Value>),
+        _ element: FarmQueue<Job<Value>, JobResult<Value>>.Element,
         typeName: String,
         bytes: [UInt8],
         task: TaskID,
         host: HostID
     ) -> JobResult<Value> {
-        let expected = _typeName(Value.self, qualified: true)
+        let expected = engine.valueTypeName
         guard typeName == expected else {
             let error = VMError(
                 .typeMismatch,
@@ -233,8 +289,10 @@ struct RemoteExecution<Value: Codable & Sendable> {
         let units = running
         let done = resulted
         running = [:]
+        runningTasks = []
         resulted = []
-        for (task, unit) in units where !done.contains(task) {
+        for (task, started) in units where !done.contains(task) {
+            let unit = started.unit
             engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
         }
     }

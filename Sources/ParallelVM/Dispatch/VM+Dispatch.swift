@@ -7,9 +7,13 @@ extension VM {
     /// print(results.map { $0.value! })
     /// ```
     ///
-    /// The next job is taken from `jobs` only when a slot is free (plus one job per slot waiting, so that
-    /// a slot that frees starts its next job at once); a sequence that produces jobs lazily can therefore
-    /// decide what to produce from the results it has seen so far.
+    /// With a collector, the next job is taken from `jobs` only when a slot is free (plus one unit per slot
+    /// waiting, so that a slot that frees starts its next job at once); a sequence that produces jobs
+    /// lazily can therefore decide what to produce from the results the collector has seen so far.
+    /// Without a collector nothing sees results before the dispatch returns, so it takes jobs further
+    /// ahead (two chunks per slot, or 128 jobs per slot with a chunk size of 1) and hands results over
+    /// in batches, which keeps tiny jobs near the rate of plain
+    /// ``spawnFunction(_:args:count:targets:sendBack:timeout:)``.
     ///
     /// The dispatch owns the VM's task messages while it runs (see ``Farm``): do not call
     /// ``receiveMessage(timeout:)`` from another task meanwhile. Messages it does not expect (user
@@ -19,8 +23,11 @@ extension VM {
     ///   - jobs: the jobs; their positions are the ``JobResult/index`` values.
     ///   - remote: false runs the jobs in this process even when workers are available. Without workers
     ///     (no mpirun, or one rank) they run in this process anyway.
-    ///   - chunkSize: how many jobs a worker gets at once; more than 1 amortises the per-job messages for
-    ///     tiny jobs. A chunk is sent when it is full or `jobs` ends. Ignored when jobs run in this process.
+    ///   - chunkSize: how many jobs a worker gets at once. ``ChunkSize/auto`` (the default) picks sizes from
+    ///     the measured job times: large chunks for tiny jobs, one job at a time for long ones, and shrinking
+    ///     chunks at the end so that no worker idles while another holds a large chunk. A fixed size
+    ///     amortises the per-job messages by that factor; such a chunk is sent when it is full or `jobs`
+    ///     ends. Ignored when jobs run in this process.
     ///   - failFast: on the first failed job, start no more jobs, wait for the running ones (dropping their
     ///     results) and throw its ``JobError``. When false, failed jobs are failed results and the rest go on.
     ///   - progress: show `done/total, jobs per second, time left` on standard error, rewritten in place,
@@ -51,7 +58,7 @@ extension VM {
     public nonisolated(nonsending) func dispatch<Value>(
         _ jobs: some Sequence<Job<Value>>,
         remote: Bool = true,
-        chunkSize: Int = 1,
+        chunkSize: ChunkSize = .auto,
         failFast: Bool = false,
         progress: Bool = false,
         timeout: Double? = nil,
@@ -80,7 +87,7 @@ extension VM {
             vm: self,
             remote: remote,
             chunkSize: chunkSize,
-            inputOpen: false,
+            inputOpen: true,
             failFast: failFast,
             timeout: timeout,
             retries: retries,
@@ -89,7 +96,7 @@ extension VM {
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
         )
         let farm = run.farm
-        let unitSize = farm.isRemote ? chunkSize : 1
+        let unitSize = run.unitSize
         var iterator = jobs.makeIterator()
         var exhausted = false
         do {
@@ -99,9 +106,11 @@ extension VM {
                     while unit.count < unitSize, let job = iterator.next() { unit.append(job) }
                     exhausted = unit.count < unitSize
                     _ = farm.submit(unit)
+                    // The chunker shrinks the last chunks once it knows that no more jobs come.
+                    if exhausted { farm.finishInput() }
                 }
-                guard let result = try await farm.join() else { break }
-                try await run.take(result)
+                guard let results = try await farm.joinBatch() else { break }
+                for result in results { try await run.take(result) }
             }
         } catch is CancellationError {
             // A cancelled dispatch does not wait for its running jobs: they are killed.
@@ -122,9 +131,11 @@ extension VM {
     ///
     /// The sequence is consumed by a task of its own, which takes the next job only when a slot is free,
     /// while the results are handled by the calling task: a sequence fed by the collector (jobs decided
-    /// from earlier results) works. With `chunkSize` above 1 it must produce a full chunk (or end) before
-    /// the chunk is sent, so such a sequence should keep `chunkSize` 1. When the dispatch stops early, the
-    /// consuming task is cancelled; a sequence that ignores cancellation keeps the dispatch waiting.
+    /// from earlier results) works. With a fixed `chunkSize` above 1 it must produce a full chunk (or end)
+    /// before the chunk is sent, so such a sequence should keep ``ChunkSize/auto`` or 1: with
+    /// ``ChunkSize/auto`` jobs are queued one by one, and only jobs already waiting are sent together.
+    /// When the dispatch stops early, the consuming task is cancelled; a sequence that ignores
+    /// cancellation keeps the dispatch waiting.
     ///
     /// With an `experiment`, a job's index is its position in the sequence: a later run resumes only when
     /// the sequence produces the same jobs in the same order (a job whose function or arguments differ
@@ -133,7 +144,7 @@ extension VM {
     public nonisolated(nonsending) func dispatch<Value, Jobs: AsyncSequence & SendableMetatype>(
         _ jobs: sending Jobs,
         remote: Bool = true,
-        chunkSize: Int = 1,
+        chunkSize: ChunkSize = .auto,
         failFast: Bool = false,
         progress: Bool = false,
         timeout: Double? = nil,
@@ -171,7 +182,7 @@ extension VM {
             progress: ProgressLine(enabled: progress, total: nil)
         )
         let farm = run.farm
-        let unitSize = farm.isRemote ? chunkSize : 1
+        let unitSize = run.unitSize
         let handover = Handover(value: jobs)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -194,8 +205,8 @@ extension VM {
                 }
             }
             do {
-                while let result = try await farm.join() {
-                    try await run.take(result)
+                while let results = try await farm.joinBatch() {
+                    for result in results { try await run.take(result) }
                 }
             } catch {
                 farm.stopSpawning()
@@ -237,9 +248,9 @@ extension VM {
         return retries
     }
 
-    fileprivate static func checkChunkSize(_ chunkSize: Int) throws(VMError) {
-        guard chunkSize >= 1 else {
-            throw VMError(.invalidSpawn, "dispatch: chunkSize must be at least 1, not \(chunkSize)")
+    fileprivate static func checkChunkSize(_ chunkSize: ChunkSize) throws(VMError) {
+        if let jobs = chunkSize.fixedJobs, jobs < 1 {
+            throw VMError(.invalidSpawn, "dispatch: chunkSize must be at least 1, not \(jobs)")
         }
     }
 }
@@ -263,30 +274,46 @@ struct DispatchRun<Value: Codable & Sendable> {
     var firstFailure: JobError?
     var done = 0
 
-    /// Starts the farm a dispatch runs on: one unit queued ahead per slot, and no more than two chunks per
-    /// slot finished but not yet taken, so a fast feeder cannot run far ahead of the results.
+    /// How many jobs the dispatch puts in one unit when it submits: a fixed chunk size, or 1 when the farm
+    /// joins queued jobs into chunks itself (``ChunkSize/auto``) or runs them in this process.
+    let unitSize: Int
+
+    /// Starts the farm a dispatch runs on. With a collector (or an experiment, `interactive`): one unit
+    /// queued ahead per slot, and no more than two units per slot finished but not yet taken, so a fast
+    /// feeder cannot run ahead of the results. Without one, a deeper queue and results handed over in
+    /// batches (see the `Sequence` form of `VM.dispatch`).
     init(
         vm: VM,
         remote: Bool,
-        chunkSize: Int,
+        chunkSize: ChunkSize,
         inputOpen: Bool,
         failFast: Bool,
         timeout: Double?,
         retries: Int,
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
-        progress: ProgressLine
+        progress: ProgressLine,
+        interactive: Bool = false
     ) throws {
         try VM.checkChunkSize(chunkSize)
+        let batched = collector == nil && !interactive
+        let fixed = chunkSize.fixedJobs
+        let lookahead = batched ? (fixed.map { max(2, 128 / $0) } ?? 2) : 1
         self.farm = try Farm<Value>(
             vm,
             remote: remote,
-            lookaheadPerSlot: 1,
-            unjoinedLimitPerSlot: 2 * chunkSize,
+            lookaheadPerSlot: lookahead,
+            unjoinedLimitPerSlot: batched ? nil : 2 * (fixed ?? 1),
             inputOpen: inputOpen,
             timeout: try VM.checkTimeout(timeout, for: "dispatch"),
-            retries: try VM.checkRetries(retries)
+            retries: try VM.checkRetries(retries),
+            // A dispatch timeout sends one job at a time: a chunk may only run as long as its jobs' limits
+            // together, which would let a job that hangs hold its chunk-mates that long.
+            chunker: fixed == nil && timeout == nil ? AutoChunker() : nil,
+            lookaheadInChunks: batched,
+            deferHandover: batched
         )
+        self.unitSize = farm.isRemote ? (fixed ?? 1) : 1
         self.failFast = failFast
         self.collectResults = collectResults
         self.collector = collector

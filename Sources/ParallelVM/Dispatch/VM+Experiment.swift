@@ -14,7 +14,7 @@ extension VM {
         experiment: Experiment,
         rerunFailed: Bool,
         remote: Bool,
-        chunkSize: Int,
+        chunkSize: ChunkSize,
         failFast: Bool,
         progress: Bool,
         timeout: Double?,
@@ -34,7 +34,8 @@ extension VM {
             retries: retries,
             collectResults: collectResults,
             collector: collector,
-            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
+            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count),
+            interactive: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -58,7 +59,7 @@ extension VM {
                 "run started: \(knownKeys.map { "\($0.count) jobs" } ?? "jobs produced as it goes"), "
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
             )
-            let unitSize = farm.isRemote ? chunkSize : 1
+            let unitSize = run.unitSize
             // Read once: the table does not change while the dispatch runs.
             let resume = try experiment.resumeTable()
             var iterator = jobs.makeIterator()

@@ -15,7 +15,7 @@ extension VM {
         experiment: Experiment,
         rerunFailed: Bool,
         remote: Bool,
-        chunkSize: Int,
+        chunkSize: ChunkSize,
         failFast: Bool,
         progress: Bool,
         timeout: Double?,
@@ -34,7 +34,8 @@ extension VM {
             retries: retries,
             collectResults: collectResults,
             collector: collector,
-            progress: ProgressLine(enabled: progress, total: nil)
+            progress: ProgressLine(enabled: progress, total: nil),
+            interactive: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -56,7 +57,7 @@ extension VM {
             throw error
         }
         let feed = JournaledFeed<Value>()
-        let unitSize = farm.isRemote ? chunkSize : 1
+        let unitSize = run.unitSize
         let handover = JobsHandover(value: jobs)
         let log = journal.log
         let (events, sink) = AsyncThrowingStream.makeStream(of: JournaledFeed<Value>.Event.self)

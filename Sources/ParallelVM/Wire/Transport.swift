@@ -96,7 +96,7 @@ final class Transport: FrameLink {
                 if !firstDone { firstDone = try first!.test() }
                 var done = firstDone
                 if done, second != nil { done = try second!.test() }
-                if !done { state.pending.append(contentsOf: try poll(&state)) }
+                if !done, let envelope = try poll(&state) { state.pending.append(envelope) }
                 return done
             }
             if done { return }
@@ -104,18 +104,19 @@ final class Transport: FrameLink {
         }
     }
 
-    /// Takes one frame off the wire if one is waiting. Caller holds the lock.
-    private func poll(_ state: inout State) throws(MPIError) -> [Envelope] {
-        guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return [] }
+    /// Takes one frame off the wire if one is waiting (nil also for a frame that cannot be parsed, which
+    /// is reported and dropped). Caller holds the lock.
+    private func poll(_ state: inout State) throws(MPIError) -> Envelope? {
+        guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return nil }
         let source = message.source
         let frame = try message.receive()
         if source.rawValue == 0, tracksSpawnerArrivals { state.lastHeardFromSpawner = monotonicSeconds() }
         let sourceRank = Int(source.rawValue)
         if sourceRank < state.lastHeard.count, state.lastHeard[sourceRank] != nil {
             state.lastHeard[sourceRank] = monotonicSeconds()
-            // A heartbeat has said all it has to say by arriving.
+            // A heartbeat has said all it has to say by arriving (dropped like a frame that cannot be parsed).
             if frame.first == MessageKind.heartbeat.rawValue, frame.count > 1, frame[1] & Wire.flagSeparatePayload == 0 {
-                return []
+                return nil
             }
         }
         var payload: [UInt8]? = nil
@@ -124,11 +125,11 @@ final class Transport: FrameLink {
             payload = try communicator.matchedProbe(from: source, tag: Wire.tag).receive()
         }
         do {
-            return [try Envelope(sourceRank: Int(source.rawValue), frame: frame, payload: payload)]
+            return try Envelope(sourceRank: Int(source.rawValue), frame: frame, payload: payload)
         } catch {
             // A frame we cannot parse is reported and dropped rather than stopping the process.
             FileHandle.standardError.write(Data("ParallelVM: \(error)\n".utf8))
-            return []
+            return nil
         }
     }
 
@@ -143,7 +144,7 @@ final class Transport: FrameLink {
         var backoff = Backoff(waitPolicy, idleWait: idleWait)
         var checked = 0
         while true {
-            // nil: nothing new; .some(nil): frames came in, none of them matching.
+            // nil: nothing new; .some(nil): a frame came in, not matching (or not parsed).
             let found = try state.withLock { (state) throws(VMError) -> Envelope?? in
                 if checked < state.pending.count {
                     if let index = state.pending[checked...].firstIndex(where: matching) {
@@ -151,23 +152,17 @@ final class Transport: FrameLink {
                     }
                     checked = state.pending.count
                 }
-                let polled: [Envelope]
+                let envelope: Envelope
                 do {
-                    polled = try poll(&state)
+                    guard let polled = try poll(&state) else { return nil }
+                    envelope = polled
                 } catch {
                     throw VMError(.mpi, "receiving failed: \(error)", underlying: error)
                 }
-                guard !polled.isEmpty else { return nil }
-                var found: Envelope? = nil
-                for envelope in polled {
-                    if found == nil, matching(envelope) {
-                        found = envelope
-                    } else {
-                        state.pending.append(envelope)
-                    }
-                }
+                if matching(envelope) { return .some(envelope) }
+                state.pending.append(envelope)
                 checked = state.pending.count
-                return .some(found)
+                return .some(nil)
             }
             switch found {
             case .some(.some(let envelope)): return envelope
@@ -183,7 +178,7 @@ final class Transport: FrameLink {
     func hasIncoming(matching: (Envelope) -> Bool) throws(VMError) -> Bool {
         try state.withLock { (state) throws(VMError) -> Bool in
             do {
-                while case let polled = try poll(&state), !polled.isEmpty { state.pending.append(contentsOf: polled) }
+                while let envelope = try poll(&state) { state.pending.append(envelope) }
             } catch {
                 throw VMError(.mpi, "probing for messages failed: \(error)", underlying: error)
             }

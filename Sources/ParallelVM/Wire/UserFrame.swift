@@ -49,7 +49,7 @@ enum UserFrame {
             destinationTask: destination.number,
             capacity: 64 + payload.count
         )
-        frame.append(_typeName(T.self, qualified: true))
+        frame.append(TypeNames.qualified(T.self))
         frame.append(raw)
         frame.append(Int64(knownTasks))
         return (frame, payload)
