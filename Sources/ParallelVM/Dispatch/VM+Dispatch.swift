@@ -289,6 +289,8 @@ struct DispatchRun<Value: Codable & Sendable> {
             results[result.index] = result
         }
         if let collector {
+            // What the collector prints goes above the progress line, which the next update redraws.
+            progress.clearForOutput()
             let goOn: Bool
             do {
                 goOn = try await collector(result)
