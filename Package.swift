@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
         // The monitor's HTTP server; only ParallelVMMonitor depends on it.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // Hummingbird's own service runner, used directly to stop the monitor gracefully.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.
@@ -44,7 +46,11 @@ let package = Package(
         // The web monitor: cluster, host and task pages, kill, live updates, a JSON API and Prometheus metrics.
         .target(
             name: "ParallelVMMonitor",
-            dependencies: ["ParallelVM", .product(name: "Hummingbird", package: "hummingbird")]
+            dependencies: [
+                "ParallelVM",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         // The multi-rank scenarios the tests launch under mpirun.
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
