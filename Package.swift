@@ -65,7 +65,8 @@ let package = Package(
         // The monitor under mpirun (the demo-11-monitor program), with a headless browser when one is installed.
         .testTarget(
             name: "ParallelVMMonitorTests",
-            dependencies: ["ParallelVMMonitor", "ParallelVM", "demo-11-monitor"]
+            dependencies: ["ParallelVMMonitor", "ParallelVM", "demo-11-monitor"],
+            exclude: ["browser.py"]
         ),
         .testTarget(name: "ParallelVMProcessTests", dependencies: ["ParallelVMProcess", "vm-process-probe"]),
         // The child the experiment tests spawn: opens an experiment and holds its lock until killed.

@@ -22,6 +22,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(faultScenarios) { first, _ in first }
     .merging(clusterScenarios) { first, _ in first }
     .merging(experimentScenarios) { first, _ in first }
+    .merging(eventScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -40,7 +41,7 @@ let isolation: Isolation =
     ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-        + faultFunctions + clusterFunctions + experimentFunctions,
+        + faultFunctions + clusterFunctions + experimentFunctions + eventFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }
