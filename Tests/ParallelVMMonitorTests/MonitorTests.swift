@@ -104,7 +104,8 @@ struct MonitorTests {
     )
     func aBrowserSeesATaskKillsItAndSeesItKilled() throws {
         let chromium = try #require(MonitorTests.chromium, "chromium is not installed (apt-get install chromium)")
-        let run = try DemoRun(["--port", "0", "--jobs", "2", "--job-seconds", "60", "--print-every", "1"])
+        // The monitor stays up a while after the dispatch, so that the page can show it finished.
+        let run = try DemoRun(["--port", "0", "--jobs", "2", "--job-seconds", "60", "--print-every", "1", "--linger", "10"])
         let base = try run.monitorURL()
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("browser.py")
         let browser = try DemoRun(
@@ -128,7 +129,7 @@ struct MonitorTests {
 /// The progress line of a dispatch under mpirun.
 @Suite(.serialized)
 struct ProgressLineTests {
-    static let arguments = ["--port", "0", "--jobs", "20", "--job-seconds", "0.1", "--print-every", "1"]
+    static let arguments = ["--port", "0", "--jobs", "20", "--job-seconds", "0.2", "--print-every", "4"]
 
     /// `script` gives mpirun a pseudo-terminal as its controlling terminal, as when run from a shell.
     @Test(.timeLimit(.minutes(2)))
@@ -144,7 +145,7 @@ struct ProgressLineTests {
         let screen = TerminalScreen.render(raw)
         // Every line the collector printed stands alone on the screen: no progress text runs into it.
         let collected = screen.filter { $0.contains("job ") && $0.contains(" gave ") }
-        #expect(collected.count == 20, "\(screen)")
+        #expect(collected.count == 5, "\(screen)")
         for line in collected {
             #expect(line.range(of: #"^job \d+ gave \d+ on \S+$"#, options: .regularExpression) != nil, "\(line)")
         }

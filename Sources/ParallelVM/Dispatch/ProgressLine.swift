@@ -29,9 +29,14 @@ struct ProgressLine {
         drawn = true
     }
 
-    /// Clears the line before the collector prints; the next update draws it again.
+    /// Clears the line before the collector prints; ``redraw()`` draws it again.
     func clearForOutput() {
         if enabled && drawn { StatusLine.shared.clearForOutput() }
+    }
+
+    /// Draws the line again after the collector.
+    func redraw() {
+        if enabled && drawn { StatusLine.shared.redraw() }
     }
 
     /// Draws the final state and ends the line.

@@ -21,22 +21,20 @@ final class StatusLine: Sendable {
     /// Where the line goes.
     enum Target: Equatable {
         case standardError
-        /// The controlling terminal, which output of the launcher's pipes reaches later than this process
-        /// writes it: a redraw waits ``StatusLine/settleSeconds`` after a print.
+        /// The controlling terminal, which output through the launcher's pipes reaches later than this
+        /// process writes it: a draw first waits (briefly) until the launcher has taken that output.
         case terminal(Int32)
     }
 
-    /// How long a redraw on the controlling terminal waits after output was printed above the line, so that
-    /// the launcher has forwarded that output first.
-    static let settleSeconds = 0.25
+    /// The longest a draw waits for the launcher to take this process's pending output.
+    static let drainSeconds = 0.2
 
     let target: Target?
 
     private struct State {
-        /// The text shown, nil when no line is drawn.
+        /// The text shown or to show again, nil when no line is drawn.
         var text: String?
-        /// The line is drawn again only after this time (monotonic seconds).
-        var settledAt = 0.0
+        /// Whether the line was cleared for output and is still to be drawn again.
         var cleared = false
     }
     private let state = Mutex(State())
@@ -69,19 +67,12 @@ final class StatusLine: Sendable {
 
     var isEnabled: Bool { target != nil }
 
-    /// Shows `text` as the line, unless output printed above it is still settling; `force` draws anyway
-    /// (after waiting for it to settle).
-    func draw(_ text: String, force: Bool = false) {
+    /// Shows `text` as the line.
+    func draw(_ text: String) {
         guard let target else { return }
         state.withLock { state in
             state.text = text
-            let now = monotonicSeconds()
-            if now < state.settledAt {
-                guard force else { return }
-                Thread.sleep(forTimeInterval: state.settledAt - now)
-            }
-            fflush(nil)
-            write("\r" + text + "\u{1B}[K", to: target)
+            show(text, on: target)
             state.cleared = false
         }
     }
@@ -89,33 +80,66 @@ final class StatusLine: Sendable {
     /// Ends the line: draws `text` a last time and moves to a new line.
     func finish(_ text: String) {
         guard let target else { return }
-        draw(text, force: true)
         state.withLock { state in
+            show(text, on: target)
             write("\n", to: target)
             state.text = nil
+            state.cleared = false
         }
     }
 
-    /// Runs `body`, which prints, with the line cleared; the line comes back with the next draw.
+    /// Runs `body`, which prints, with the line cleared, and draws the line again after it.
     func printAbove(_ body: () -> Void) {
-        guard let target else { return body() }
-        let shown = state.withLock { state -> Bool in
-            guard state.text != nil else { return false }
-            if !state.cleared { write("\r\u{1B}[K", to: target) }
-            state.cleared = true
-            return true
-        }
+        clearForOutput()
         body()
-        guard shown else { return }
-        fflush(nil)
+        redraw()
+    }
+
+    /// Clears the line before output that this process prints, until ``redraw()``.
+    func clearForOutput() {
+        guard let target else { return }
         state.withLock { state in
-            if case .terminal = target { state.settledAt = monotonicSeconds() + StatusLine.settleSeconds }
+            guard state.text != nil, !state.cleared else { return }
+            write("\r\u{1B}[K", to: target)
+            state.cleared = true
         }
     }
 
-    /// Clears the line before output that this process prints itself (a collector's), until the next draw.
-    func clearForOutput() {
-        printAbove {}
+    /// Draws the line again after ``clearForOutput()``.
+    func redraw() {
+        guard let target else { return }
+        state.withLock { state in
+            guard let text = state.text, state.cleared else { return }
+            show(text, on: target)
+            state.cleared = false
+        }
+    }
+
+    private func show(_ text: String, on target: Target) {
+        fflush(nil)
+        if case .terminal = target { StatusLine.waitUntilLauncherTookOutput() }
+        write("\r" + text + "\u{1B}[K", to: target)
+    }
+
+    /// Waits, at most ``drainSeconds``, until the launcher has read what this process wrote to its
+    /// standard output and error (pipes or pseudo-terminals that it forwards to the terminal), so that a
+    /// line printed just before lands above the progress line instead of running into it.
+    static func waitUntilLauncherTookOutput() {
+        let deadline = monotonicSeconds() + drainSeconds
+        for fd in [STDOUT_FILENO, STDERR_FILENO] {
+            while pendingBytes(fd) > 0 && monotonicSeconds() < deadline { usleep(500) }
+        }
+    }
+
+    /// Bytes written to `fd` that its reader has not taken yet: 0 for anything but a pipe or a terminal.
+    static func pendingBytes(_ fd: Int32) -> Int32 {
+        var pending: Int32 = 0
+        if isatty(fd) == 1 {
+            return ioctl(fd, UInt(TIOCOUTQ), &pending) == 0 ? pending : 0
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFIFO else { return 0 }
+        return ioctl(fd, UInt(FIONREAD), &pending) == 0 ? pending : 0
     }
 
     private func write(_ text: String, to target: Target) {

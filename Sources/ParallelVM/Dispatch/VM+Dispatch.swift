@@ -289,7 +289,7 @@ struct DispatchRun<Value: Codable & Sendable> {
             results[result.index] = result
         }
         if let collector {
-            // What the collector prints goes above the progress line, which the next update redraws.
+            // What the collector prints goes above the progress line, drawn again after it.
             progress.clearForOutput()
             let goOn: Bool
             do {
@@ -298,6 +298,7 @@ struct DispatchRun<Value: Codable & Sendable> {
                 farm.stopSpawning()
                 throw error
             }
+            progress.redraw()
             if !goOn { farm.stopSpawning() }
         }
     }

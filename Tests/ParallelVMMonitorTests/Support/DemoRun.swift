@@ -8,7 +8,7 @@ import FoundationNetworking
 /// A run of the monitor demo (`demo-11-monitor`), started in the background with its output in files, so
 /// that a test can talk to its monitor while it runs. Every run has a time limit: `finish` ends one that
 /// overruns, and everything it started, so a hang fails the test instead of blocking it.
-final class DemoRun: @unchecked Sendable {
+final class DemoRun: @unchecked Sendable, CustomStringConvertible {
     // Invariant for @unchecked Sendable: the stored properties are set in init and never changed; the
     // process is only waited for and signalled.
     static let packageRoot: URL = {
