@@ -7,9 +7,10 @@ import Synchronization
 ///
 /// Where it draws is decided once per process:
 /// - `PARALLELVM_PROGRESS=0`: nowhere.
-/// - standard error, when it is a terminal (a program run on its own from a shell);
-/// - otherwise the controlling terminal (`/dev/tty`), when the process runs under an MPI launcher, which
-///   makes standard error a pipe even when `mpirun` was started from a terminal;
+/// - Standard error, when it is a terminal (a program run on its own from a shell).
+/// - Under an MPI launcher started from a terminal (standard error is then a pipe): standard output, when
+///   the launcher's standard output is that terminal, so that the line travels with the program's output
+///   in order; otherwise (output redirected) the controlling terminal, `/dev/tty`.
 /// - `PARALLELVM_PROGRESS=1` draws even without a terminal: on `/dev/tty` when it opens, else on standard
 ///   error.
 ///
@@ -21,6 +22,8 @@ final class StatusLine: Sendable {
     /// Where the line goes.
     enum Target: Equatable {
         case standardError
+        /// Standard output, forwarded by the launcher to the terminal it runs in.
+        case standardOutput
         /// The controlling terminal, which output through the launcher's pipes reaches later than this
         /// process writes it: a draw first waits (briefly) until the launcher has taken that output.
         case terminal(Int32)
@@ -46,7 +49,8 @@ final class StatusLine: Sendable {
             openTerminal: {
                 let fd = open("/dev/tty", O_WRONLY | O_NOCTTY | O_CLOEXEC)
                 return fd >= 0 ? fd : nil
-            }
+            },
+            launcherWritesToTerminal: { isatty(STDOUT_FILENO) == 1 && StatusLine.parentOutputIsControllingTerminal() }
         )
     }
 
@@ -54,15 +58,37 @@ final class StatusLine: Sendable {
     static func chooseTarget(
         environment: [String: String],
         standardErrorIsTerminal: Bool,
-        openTerminal: () -> Int32?
+        openTerminal: () -> Int32?,
+        launcherWritesToTerminal: () -> Bool
     ) -> Target? {
         let forced = environment["PARALLELVM_PROGRESS"]
         if forced == "0" { return nil }
         if standardErrorIsTerminal { return .standardError }
-        if forced == "1" || Startup.launchedByMPI(environment) {
-            if let fd = openTerminal() { return .terminal(fd) }
+        if Startup.launchedByMPI(environment), let fd = openTerminal() {
+            guard launcherWritesToTerminal() else { return .terminal(fd) }
+            close(fd)
+            return .standardOutput
         }
-        return forced == "1" ? .standardError : nil
+        if forced == "1" { return openTerminal().map { .terminal($0) } ?? .standardError }
+        return nil
+    }
+
+    /// Whether the parent process (the launcher) writes its standard output to this process's controlling
+    /// terminal: the terminal device of `/proc/self/stat` against the device of the parent's descriptor 1.
+    static func parentOutputIsControllingTerminal() -> Bool {
+        guard let line = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
+            let fields = line.split(separator: ")").last?.split(separator: " "), fields.count > 4,
+            let terminal = UInt64(fields[4]), terminal != 0
+        else { return false }
+        var info = stat()
+        guard stat("/proc/\(getppid())/fd/1", &info) == 0, info.st_mode & S_IFMT == S_IFCHR else { return false }
+        let device = UInt64(info.st_rdev)
+        // tty_nr packs major and minor as the kernel's old_encode_dev does; st_rdev as glibc's makedev.
+        let terminalMajor = (terminal >> 8) & 0xfff
+        let terminalMinor = (terminal & 0xff) | ((terminal >> 12) & 0xfff00)
+        let deviceMajor = ((device >> 8) & 0xfff) | ((device >> 32) & ~0xfff)
+        let deviceMinor = (device & 0xff) | ((device >> 12) & ~0xff)
+        return terminalMajor == deviceMajor && terminalMinor == deviceMinor
     }
 
     var isEnabled: Bool { target != nil }
@@ -117,7 +143,7 @@ final class StatusLine: Sendable {
 
     private func show(_ text: String, on target: Target) {
         fflush(nil)
-        if case .terminal = target { StatusLine.waitUntilLauncherTookOutput() }
+        if target != .standardError { StatusLine.waitUntilLauncherTookOutput() }
         write("\r" + text + "\u{1B}[K", to: target)
     }
 
@@ -146,6 +172,7 @@ final class StatusLine: Sendable {
         let fd: Int32
         switch target {
         case .standardError: fd = STDERR_FILENO
+        case .standardOutput: fd = STDOUT_FILENO
         case .terminal(let terminal): fd = terminal
         }
         var bytes = Array(text.utf8)
