@@ -85,7 +85,11 @@ let package = Package(
 
 // Demos: executable targets under demo/, one folder each.
 package.targets.append(
-    .executableTarget(name: "demo-11-monitor", dependencies: ["ParallelVM", "ParallelVMMonitor"], path: "demo/11-monitor")
+    .executableTarget(
+        name: "demo-11-monitor",
+        dependencies: ["ParallelVM", "ParallelVMMonitor"],
+        path: "demo/11-monitor"
+    )
 )
 for demo in [
     "01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch",

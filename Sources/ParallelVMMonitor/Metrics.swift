@@ -11,9 +11,19 @@ enum Metrics {
             for sample in samples { text += "\(name)\(sample.labels) \(sample.value)\n" }
         }
         let counters = snapshot.counters
-        family("parallelvm_tasks_submitted_total", "counter", "Tasks spawned since the monitor started.", [("", "\(counters.submitted)")])
+        family(
+            "parallelvm_tasks_submitted_total",
+            "counter",
+            "Tasks spawned since the monitor started.",
+            [("", "\(counters.submitted)")]
+        )
         family("parallelvm_tasks_running", "gauge", "Tasks running now.", [("", "\(snapshot.running)")])
-        family("parallelvm_tasks_done_total", "counter", "Tasks that ended since the monitor started.", [("", "\(counters.done)")])
+        family(
+            "parallelvm_tasks_done_total",
+            "counter",
+            "Tasks that ended since the monitor started.",
+            [("", "\(counters.done)")]
+        )
         let outcomes = ["succeeded", "failed", "crashed", "timedOut", "killed", "exited"]
         family(
             "parallelvm_tasks_ended_total",
@@ -45,8 +55,18 @@ enum Metrics {
             "1 while a host has worker ranks alive.",
             snapshot.hosts.map { (labels(["host": $0.name]), $0.up ? "1" : "0") }
         )
-        family("parallelvm_storage_files_total", "counter", "Files mirrored into task storage.", [("", "\(counters.storageFiles)")])
-        family("parallelvm_storage_bytes_total", "counter", "Bytes mirrored into task storage.", [("", "\(counters.storageBytes)")])
+        family(
+            "parallelvm_storage_files_total",
+            "counter",
+            "Files mirrored into task storage.",
+            [("", "\(counters.storageFiles)")]
+        )
+        family(
+            "parallelvm_storage_bytes_total",
+            "counter",
+            "Bytes mirrored into task storage.",
+            [("", "\(counters.storageBytes)")]
+        )
         family(
             "parallelvm_storage_seconds_total",
             "counter",
@@ -54,7 +74,12 @@ enum Metrics {
             [("", number(counters.storageSeconds))]
         )
         if let progress = snapshot.progress {
-            family("parallelvm_dispatch_jobs_done", "gauge", "Jobs the current dispatch has finished.", [("", "\(progress.done)")])
+            family(
+                "parallelvm_dispatch_jobs_done",
+                "gauge",
+                "Jobs the current dispatch has finished.",
+                [("", "\(progress.done)")]
+            )
             if let total = progress.total {
                 family("parallelvm_dispatch_jobs", "gauge", "Jobs of the current dispatch.", [("", "\(total)")])
             }

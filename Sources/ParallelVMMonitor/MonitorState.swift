@@ -191,7 +191,10 @@ final class MonitorState: Sendable {
     /// The counters and per-host figures `/metrics` shows.
     func metricsSnapshot() -> (counters: Counters, running: Int, hosts: [Host], progress: Progress?, dropped: Int) {
         state.withLock { state in
-            (state.counters, state.running.count, state.hostOrder.compactMap { state.hosts[$0] }, state.progress, state.dropped)
+            (
+                state.counters, state.running.count, state.hostOrder.compactMap { state.hosts[$0] }, state.progress,
+                state.dropped
+            )
         }
     }
 }

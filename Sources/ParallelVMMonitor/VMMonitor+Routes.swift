@@ -79,7 +79,11 @@ extension VMMonitor {
     static var gone: Response { error(.serviceUnavailable, "the monitor has stopped") }
 
     static func response(_ status: HTTPResponse.Status, type: String, _ text: String) -> Response {
-        Response(status: status, headers: [.contentType: type], body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+        Response(
+            status: status,
+            headers: [.contentType: type],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: text))
+        )
     }
 
     static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {

@@ -67,7 +67,13 @@ public final class VMMonitor: Sendable {
     ///     warning level and above.
     /// - Throws: ``MonitorError`` when `host` is not loopback and there is no token, or the token or port is
     ///   invalid. An address that cannot be listened on is reported by ``listening()``.
-    public init(_ vm: VM, host: String = "127.0.0.1", port: Int = 8181, token: String? = nil, logger: Logger? = nil)
+    public init(
+        _ vm: VM,
+        host: String = "127.0.0.1",
+        port: Int = 8181,
+        token: String? = nil,
+        logger: Logger? = nil
+    )
         throws
     {
         guard (0...65535).contains(port) else {
@@ -131,7 +137,9 @@ public final class VMMonitor: Sendable {
                 try await group.run()
             } catch is CancellationError {
             } catch {
-                self?.failed(MonitorError(.cannotListen, "cannot serve on \(host):\(port): \(error)", underlying: error))
+                self?.failed(
+                    MonitorError(.cannotListen, "cannot serve on \(host):\(port): \(error)", underlying: error)
+                )
             }
             self?.failed(MonitorError(.cannotListen, "the monitor on \(host):\(port) has stopped"))
         }
@@ -197,7 +205,7 @@ public final class VMMonitor: Sendable {
         }
         // Open streams end first, so that the graceful shutdown has no response to wait for.
         broadcaster.finish()
-        tasks.dropLast().forEach { $0.cancel() }
+        for task in tasks.dropLast() { task.cancel() }
         await group?.triggerGracefulShutdown()
         for task in tasks { await task.value }
     }

@@ -72,7 +72,10 @@ struct MonitorTests {
     func withATokenTheAPIAndKillNeedIt() async throws {
         let run = try DemoRun(
             ranks: 1,
-            ["--host", "0.0.0.0", "--port", "0", "--token", "s3cret", "--jobs", "1", "--job-seconds", "0", "--linger", "20"]
+            [
+                "--host", "0.0.0.0", "--port", "0", "--token", "s3cret", "--jobs", "1", "--job-seconds", "0",
+                "--linger", "20",
+            ]
         )
         let base = try run.monitorURL()
         let status = base.appendingPathComponent("api/status")
@@ -105,7 +108,9 @@ struct MonitorTests {
     func aBrowserSeesATaskKillsItAndSeesItKilled() throws {
         let chromium = try #require(MonitorTests.chromium, "chromium is not installed (apt-get install chromium)")
         // The monitor stays up a while after the dispatch, so that the page can show it finished.
-        let run = try DemoRun(["--port", "0", "--jobs", "2", "--job-seconds", "60", "--print-every", "1", "--linger", "10"])
+        let run = try DemoRun([
+            "--port", "0", "--jobs", "2", "--job-seconds", "60", "--print-every", "1", "--linger", "10",
+        ])
         let base = try run.monitorURL()
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("browser.py")
         let browser = try DemoRun(
@@ -156,7 +161,10 @@ struct ProgressLineTests {
     /// Without a terminal (no controlling terminal, output in files) nothing is drawn unless asked.
     @Test(.timeLimit(.minutes(2)))
     func staysOffWithoutATerminalUnlessForced() throws {
-        let plain = try DemoRun(["--wait", DemoRun.mpirun, "-n", "3", DemoRun.demo] + ProgressLineTests.arguments, program: "/usr/bin/setsid")
+        let plain = try DemoRun(
+            ["--wait", DemoRun.mpirun, "-n", "3", DemoRun.demo] + ProgressLineTests.arguments,
+            program: "/usr/bin/setsid"
+        )
         let plainEnd = plain.finish(timeout: 90)
         #expect(plainEnd.status == 0 && !plainEnd.timedOut, "\(plain)")
         #expect(!plain.stderr.contains(" jobs ("), "\(plain)")
@@ -231,11 +239,13 @@ enum PrometheusText {
             if line.isEmpty { continue }
             if line.hasPrefix("#") {
                 let fields = line.split(separator: " ", maxSplits: 3).map(String.init)
-                guard fields.count >= 3, fields[0] == "#", fields[2].range(of: name, options: .regularExpression) != nil else {
+                guard fields.count >= 3, fields[0] == "#", fields[2].range(of: name, options: .regularExpression) != nil
+                else {
                     throw Malformed(description: "line \(number + 1): bad comment '\(line)'")
                 }
                 if fields[1] == "TYPE" {
-                    guard fields.count == 4, ["counter", "gauge", "histogram", "summary", "untyped"].contains(fields[3]),
+                    guard fields.count == 4,
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(fields[3]),
                         typed[fields[2]] == nil
                     else { throw Malformed(description: "line \(number + 1): bad TYPE '\(line)'") }
                     typed[fields[2]] = fields[3]

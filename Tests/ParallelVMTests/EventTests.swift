@@ -44,7 +44,9 @@ struct EventTests {
 
         // The task that returned, and the one that trapped (the second task of the run).
         #expect(events.types(of: "1:1") == ["slotBusy", "taskSpawned", "taskResult", "taskExit"], "\(output)")
-        let crashed = events.lines.filter { $0.rest.first?.hasSuffix(":2") == true || ($0.type == "slotBusy" && $0.rest.last?.hasSuffix(":2") == true) }
+        let crashed = events.lines.filter {
+            $0.rest.first?.hasSuffix(":2") == true || ($0.type == "slotBusy" && $0.rest.last?.hasSuffix(":2") == true)
+        }
         #expect(crashed.map(\.type) == ["slotBusy", "taskSpawned", "taskCrashed", "taskExit"], "\(output)")
         let crash = try #require(events.lines.first { $0.type == "taskCrashed" })
         #expect(crash.rest.joined(separator: " ").contains("SIGILL"), "\(output)")

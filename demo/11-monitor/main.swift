@@ -48,7 +48,9 @@ func parseOptions(_ arguments: [String]) -> Options {
     while let name = rest.popFirst() {
         guard let value = rest.popFirst() else { fail("\(name) needs a value") }
         func number<T: LosslessStringConvertible & Comparable>(_: T.Type, atLeast low: T) -> T {
-            guard let parsed = T(value), parsed >= low else { fail("\(name) must be a number of at least \(low), not '\(value)'") }
+            guard let parsed = T(value), parsed >= low else {
+                fail("\(name) must be a number of at least \(low), not '\(value)'")
+            }
             return parsed
         }
         switch name {
@@ -84,7 +86,9 @@ var finished = 0
 let results = try await vm.dispatch(jobs, progress: true) { result in
     finished += 1
     if options.printEvery > 0, finished % options.printEvery == 0 {
-        print("job \(result.index) \(result.value.map { "gave \($0)" } ?? "failed") on \(result.host?.name ?? "this process")")
+        print(
+            "job \(result.index) \(result.value.map { "gave \($0)" } ?? "failed") on \(result.host?.name ?? "this process")"
+        )
     }
     return true
 }

@@ -355,7 +355,9 @@ final class Spawner: Sendable {
     private func workerLost(rank: Int, pid: Int32) {
         let running = withBook { $0.markLost(rank) }
         let slotHost = withBook { $0.host(of: rank) } ?? host
-        let hostLost = withBook { book in book.slots.indices.allSatisfy { book.slots[$0].host != slotHost || book.slots[$0].lost } }
+        let hostLost = withBook { book in
+            book.slots.indices.allSatisfy { book.slots[$0].host != slotHost || book.slots[$0].lost }
+        }
         if hostLost { EventHub.shared.emit(.hostDown(host: slotHost)) }
         logger.warning("worker rank \(rank) (pid \(pid)) on \(slotHost) was lost; its slot gets no more tasks")
         guard let task = running else { return }

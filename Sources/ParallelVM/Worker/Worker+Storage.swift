@@ -52,7 +52,10 @@ extension Worker {
             }
         }
         if prepared.folder != nil, !prepared.reused {
-            log(StorageNote(files: prepared.files, bytes: Int(prepared.bytes), seconds: prepared.seconds).record, from: task)
+            log(
+                StorageNote(files: prepared.files, bytes: Int(prepared.bytes), seconds: prepared.seconds).record,
+                from: task
+            )
         }
         if prepared.folder != nil {
             log(

@@ -19,7 +19,8 @@ final class DemoRun: @unchecked Sendable, CustomStringConvertible {
 
     /// The folder holding the built products (the test bundle sits next to them).
     static let productsDirectory: URL = {
-        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent()
         while directory.path != "/" {
             if FileManager.default.fileExists(atPath: directory.appendingPathComponent("demo-11-monitor").path) {
                 return directory
@@ -41,7 +42,9 @@ final class DemoRun: @unchecked Sendable, CustomStringConvertible {
     /// Starts `program arguments`: the demo under mpirun with `ranks` ranks (1: the demo alone), or any
     /// program given with `program`.
     init(ranks: Int = 3, _ arguments: [String], program: String? = nil, environment: [String: String] = [:]) throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("parallelvm-monitor-\(UUID().uuidString)")
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-monitor-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
         _ = FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
@@ -154,7 +157,10 @@ func request(_ url: URL, method: String = "GET", headers: [String: String] = [:]
     request.httpMethod = method
     for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
     let (data, response) = try await URLSession.shared.data(for: request)
-    return HTTPAnswer(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: String(decoding: data, as: UTF8.self))
+    return HTTPAnswer(
+        status: (response as? HTTPURLResponse)?.statusCode ?? 0,
+        body: String(decoding: data, as: UTF8.self)
+    )
 }
 
 /// Runs `body` every 100 ms until it returns a value, for at most `timeout` seconds.
