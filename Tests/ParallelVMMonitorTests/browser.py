@@ -3,9 +3,11 @@
 needed) against the monitor's task list: waits for a running task, clicks its kill button, waits until the
 page shows it killed, then kills every other running task the same way until the dispatch has finished.
 
-Usage: browser.py CHROMIUM URL TIMEOUT_SECONDS
+Usage: browser.py CHROMIUM URL TIMEOUT_SECONDS [SCREENSHOT.png]
 Prints `seen=TASK`, `killed=TASK` and finally `finished=1`; exits 1 with a reason on stderr otherwise.
+With a PNG path it only waits for a running task and saves a picture of the page (the README's).
 """
+import base64
 import json
 import os
 import subprocess
@@ -28,7 +30,7 @@ class Browser:
         self.process = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--remote-debugging-pipe", "--user-data-dir=" + self.profile.name,
-             "--window-size=1200,800", "about:blank"],
+             "--window-size=1000,620", "--hide-scrollbars", "about:blank"],
             # 3 and 4 are listed too: descriptors not passed are closed after preexec_fn has run.
             pass_fds=(3, 4, to_browser_read, from_browser_write), preexec_fn=descriptors,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,6 +97,12 @@ def main():
         running = "(document.querySelector('tr.task[data-state=\"running\"]') || {dataset: {}}).dataset.task"
         task = wait_for(browser, running, deadline, "a running task")
         print(f"seen={task}", flush=True)
+        if len(sys.argv) > 4:
+            time.sleep(1)
+            picture = browser.send("Page.captureScreenshot", {"format": "png"})["data"]
+            with open(sys.argv[4], "wb") as file:
+                file.write(base64.b64decode(picture))
+            return
         browser.evaluate(f"document.querySelector('tr.task[data-task=\"{task}\"] button.kill').click()")
         wait_for(browser, f"(document.querySelector('tr.task[data-task=\"{task}\"]') || {{dataset: {{}}}})"
                  f".dataset.state === 'killed'", deadline, f"task {task} shown as killed")
