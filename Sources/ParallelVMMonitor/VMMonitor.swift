@@ -5,7 +5,7 @@ public import ParallelVM
 import ServiceLifecycle
 import Synchronization
 
-/// A web monitor of a running ``ParallelVM/VM``, in the manner of discoro's port-8181 page: the cluster
+/// A web monitor of a running `VM`, in the manner of discoro's port-8181 page: the cluster
 /// (tasks submitted, running and done; per host its slots, how many are busy and how many tasks it has
 /// done), each host's slots, and the task list with a button that kills a running task. The page updates
 /// live, from server-sent events.
@@ -25,14 +25,14 @@ import Synchronization
 ///   the `dispatch` progress and the `storage` totals;
 /// - `GET /api/events?after=N`: the VM events after number `N` (the last 1000 are kept);
 /// - `GET /api/stream`: the same events live, as server-sent events;
-/// - `POST /api/tasks/SLOT:NUMBER/kill`: ``ParallelVM/VM/kill(_:)`` for that task;
+/// - `POST /api/tasks/SLOT:NUMBER/kill`: `VM.kill(_:)` for that task;
 /// - `GET /metrics`: Prometheus text, every series named `parallelvm_…`.
 ///
 /// It listens on loopback unless told otherwise. On any other address it needs a token, and then every
 /// request must carry it, as `Authorization: Bearer TOKEN` or `?token=TOKEN` (the page passes on the one
 /// it was opened with); one without gets 401 and nothing is killed.
 ///
-/// Make it on the spawner (rank 0), after the ``ParallelVM/VM``; it reads the VM's ``ParallelVM/VM/events``, which flow while
+/// Make it on the spawner (rank 0), after the `VM`; it reads the VM's `VM.events`, which flow while
 /// the program or a dispatch receives messages.
 public final class VMMonitor: Sendable {
     /// The address it listens on.
