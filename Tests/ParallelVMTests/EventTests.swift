@@ -71,4 +71,29 @@ struct EventTests {
         #expect(small.count == 2, "\(output)")
         #expect(small.last?.hasSuffix("dispatchProgress 3 3 true") == true, "\(output)")
     }
+
+    @Test(.timeLimit(.minutes(2)))
+    func storagePreparedCarriesFilesAndBytes() throws {
+        let share = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-events-\(UUID().uuidString)"
+        )
+        let source = share.appendingPathComponent("inputs")
+        let local = share.appendingPathComponent("local")
+        try FileManager.default.createDirectory(at: source, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: local, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: share) }
+        try Data("abc".utf8).write(to: source.appendingPathComponent("a.txt"))
+        try Data("hello".utf8).write(to: source.appendingPathComponent("b.txt"))
+        let output = try MPIRun.scenario(
+            "events.storage",
+            ranks: 2,
+            arguments: [source.path],
+            environment: ["PARALLEL_MIRRORED_STORAGE": share.path, "PARALLEL_LOCAL_STORAGE": local.path],
+            timeout: 90
+        )
+        #expect(output.status == 0, "\(output)")
+        #expect(output.value("storage") == "2 8 true", "\(output)")
+        let types = Events(output.values("event")).types(of: "1:1")
+        #expect(types == ["slotBusy", "taskSpawned", "storagePrepared", "taskResult", "taskExit"], "\(output)")
+    }
 }

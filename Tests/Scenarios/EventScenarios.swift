@@ -30,6 +30,29 @@ func eventLine(_ event: VMEvent) -> String {
     return "\(event.sequence) \(body)"
 }
 
+/// Takes events up to the first that `last` accepts, waiting at most 30 s.
+func takeEvents(_ events: VMEvents, until last: @escaping @Sendable (VMEvent) -> Bool) throws -> [VMEvent] {
+    try waitForValue {
+        try await withThrowingTaskGroup(of: [VMEvent].self) { group in
+            group.addTask {
+                var taken: [VMEvent] = []
+                for await event in events {
+                    taken.append(event)
+                    if last(event) { break }
+                }
+                return taken
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(30))
+                return []
+            }
+            let first = try await group.next() ?? []
+            group.cancelAll()
+            return first
+        }
+    }
+}
+
 /// Takes the next `count` events, waiting at most 30 s for them all.
 func takeEvents(_ events: VMEvents, count: Int) throws -> [VMEvent] {
     try waitForValue {
@@ -75,5 +98,22 @@ let eventScenarios: [String: Scenario] = [
         for event in try takeEvents(events, count: expected) { report("event", eventLine(event)) }
         report("smallDropped", small.droppedCount)
         for event in try takeEvents(small, count: 2) { report("smallEvent", eventLine(event)) }
-    }
+    },
+    // A task whose VM mirrors the folder given (which must lie in PARALLEL_MIRRORED_STORAGE) into its
+    // storage: the worker's storage figures arrive as an event before the task's outcome.
+    "events.storage": { _, arguments in
+        let mirroring = try VM(mirrorMap: [arguments[0]: "."])
+        let events = mirroring.events
+        let task = try mirroring.spawnFunction(eventEcho, args: 1, count: 1)
+        while let (_, message) = try mirroring.receiveMessage(timeout: 30) {
+            if case .taskExit = message { break }
+        }
+        let exit = VMEvent.Kind.taskExit(task: task[0])
+        for event in try takeEvents(events, until: { $0.kind == exit }) {
+            report("event", eventLine(event))
+            if case .storagePrepared(_, _, let files, let bytes, let seconds) = event.kind {
+                report("storage", "\(files) \(bytes) \(seconds >= 0)")
+            }
+        }
+    },
 ]
