@@ -196,6 +196,14 @@ public final class VMMonitor: Sendable {
         return url
     }
 
+    /// A monitor dropped without ``stop()`` stops reading events and serving, without waiting.
+    deinit {
+        broadcaster.finish()
+        run.withLock { run in
+            for task in [run.reader, run.heartbeat, run.server] { task?.cancel() }
+        }
+    }
+
     /// Stops serving: open pages and streams are closed. Safe to call more than once.
     public func stop() async {
         let (group, tasks) = run.withLock { run -> (ServiceGroup?, [Task<Void, Never>]) in
