@@ -64,10 +64,9 @@ final class StatusLine: Sendable {
         let forced = environment["PARALLELVM_PROGRESS"]
         if forced == "0" { return nil }
         if standardErrorIsTerminal { return .standardError }
-        if Startup.launchedByMPI(environment), let fd = openTerminal() {
-            guard launcherWritesToTerminal() else { return .terminal(fd) }
-            close(fd)
-            return .standardOutput
+        if Startup.launchedByMPI(environment) {
+            if launcherWritesToTerminal() { return .standardOutput }
+            if let fd = openTerminal() { return .terminal(fd) }
         }
         if forced == "1" { return openTerminal().map { .terminal($0) } ?? .standardError }
         return nil
