@@ -6,11 +6,17 @@ let package = Package(
     products: [
         .library(name: "ParallelVM", targets: ["ParallelVM"]),
         .library(name: "MPI", targets: ["MPI"]),
+        // The web monitor, a product of its own so that the VM library does not pull in an HTTP server.
+        .library(name: "ParallelVMMonitor", targets: ["ParallelVMMonitor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // `swift package generate-documentation --target ParallelVM` builds the DocC catalog.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+        // The monitor's HTTP server; only ParallelVMMonitor depends on it.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // Hummingbird's own service runner, used directly to stop the monitor gracefully.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.
@@ -37,6 +43,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The web monitor: cluster, host and task pages, kill, live updates, a JSON API and Prometheus metrics.
+        .target(
+            name: "ParallelVMMonitor",
+            dependencies: [
+                "ParallelVM",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // The multi-rank scenarios the tests launch under mpirun.
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
         // The benchmarks scripts/bench.sh runs under mpirun next to the C references in bench/c/.
@@ -49,6 +64,12 @@ let package = Package(
         ),
         // The child the process tests spawn: echoes frames, lists its descriptors, crashes on request.
         .executableTarget(name: "vm-process-probe", dependencies: ["ParallelVMProcess"], path: "Tests/ProcessProbe"),
+        // The monitor under mpirun (the demo-11-monitor program), with a headless browser when one is installed.
+        .testTarget(
+            name: "ParallelVMMonitorTests",
+            dependencies: ["ParallelVMMonitor", "ParallelVM", "demo-11-monitor"],
+            exclude: ["browser.py"]
+        ),
         .testTarget(name: "ParallelVMProcessTests", dependencies: ["ParallelVMProcess", "vm-process-probe"]),
         // The child the experiment tests spawn: opens an experiment and holds its lock until killed.
         .executableTarget(
@@ -65,6 +86,13 @@ let package = Package(
 )
 
 // Demos: executable targets under demo/, one folder each.
+package.targets.append(
+    .executableTarget(
+        name: "demo-11-monitor",
+        dependencies: ["ParallelVM", "ParallelVMMonitor"],
+        path: "demo/11-monitor"
+    )
+)
 for demo in [
     "01-config", "02-spawn", "03-messaging", "04-mirror", "05-storage-cleanup", "06-spawn-result", "07-dispatch",
     "08-dyndispatch", "09-asyncloop", "10-experiment",

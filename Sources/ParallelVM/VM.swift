@@ -285,7 +285,8 @@ public final class VM: Sendable {
             targets: targetSet,
             sendBack: sendBack,
             timeout: limit,
-            avoiding: avoiding
+            avoiding: avoiding,
+            describeArguments: { VMEvent.describe(args) }
         )
         if debug > 0 {
             for task in placed {

@@ -23,6 +23,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(clusterScenarios) { first, _ in first }
     .merging(experimentScenarios) { first, _ in first }
     .merging(experimentTaskScenarios) { first, _ in first }
+    .merging(eventScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -41,7 +42,7 @@ let isolation: Isolation =
     ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-        + faultFunctions + clusterFunctions + experimentFunctions + experimentTaskFunctions,
+        + faultFunctions + clusterFunctions + experimentFunctions + experimentTaskFunctions + eventFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }

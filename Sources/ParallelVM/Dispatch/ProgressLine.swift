@@ -1,7 +1,9 @@
 import Foundation
 
-/// A one-line progress display on standard error (`done/total, rate, time left`), rewritten in place with
-/// `\r`. It stays quiet when standard error is not a terminal, so logs and pipes get no control characters.
+/// A dispatch's one-line progress display (`done/total, rate, time left`), rewritten in place on the
+/// process's ``StatusLine``: on standard error when it is a terminal, on the controlling terminal under
+/// mpirun, nowhere on a pipe unless `PARALLELVM_PROGRESS=1`. Every update is also a
+/// ``VMEvent/Kind-swift.enum/dispatchProgress(done:total:finished:)`` event.
 struct ProgressLine {
     private let enabled: Bool
     private let total: Int?
@@ -11,32 +13,44 @@ struct ProgressLine {
     private var drawn = false
 
     init(enabled: Bool, total: Int?) {
-        self.enabled = enabled && isatty(STDERR_FILENO) == 1
+        self.enabled = enabled && StatusLine.shared.isEnabled
         self.total = total
     }
 
     /// Records progress; redraws at most ten times a second.
     mutating func update(done: Int) {
         self.done = done
+        EventHub.shared.emit(.dispatchProgress(done: done, total: total, finished: false))
         guard enabled else { return }
         let now = monotonicSeconds()
         guard now - lastDrawn >= 0.1 || done == total else { return }
         lastDrawn = now
-        draw(now)
+        StatusLine.shared.draw(text(now))
+        drawn = true
+    }
+
+    /// Clears the line before the collector prints; ``redraw()`` draws it again.
+    func clearForOutput() {
+        if enabled && drawn { StatusLine.shared.clearForOutput() }
+    }
+
+    /// Draws the line again after the collector.
+    func redraw() {
+        if enabled && drawn { StatusLine.shared.redraw() }
     }
 
     /// Draws the final state and ends the line.
     mutating func finish() {
+        EventHub.shared.emit(.dispatchProgress(done: done, total: total, finished: true))
         guard enabled, done > 0 || drawn else { return }
-        draw(monotonicSeconds())
-        FileHandle.standardError.write(Data("\n".utf8))
+        StatusLine.shared.finish(text(monotonicSeconds()))
         drawn = false
     }
 
-    private mutating func draw(_ now: Double) {
+    private func text(_ now: Double) -> String {
         let elapsed = max(now - started, 1e-9)
         let rate = Double(done) / elapsed
-        var text = "\r"
+        var text = ""
         if let total, total > 0 {
             let percent = Int(100 * Double(min(done, total)) / Double(total))
             text += "\(done)/\(total) jobs (\(percent)%), \(ProgressLine.format(rate: rate))"
@@ -48,10 +62,7 @@ struct ProgressLine {
         } else {
             text += "\(done) jobs, \(ProgressLine.format(rate: rate)), \(ProgressLine.format(seconds: elapsed)) elapsed"
         }
-        // Clear what a longer previous line left behind.
-        text += "\u{1B}[K"
-        FileHandle.standardError.write(Data(text.utf8))
-        drawn = true
+        return text
     }
 
     static func format(rate: Double) -> String {

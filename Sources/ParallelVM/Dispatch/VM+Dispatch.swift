@@ -338,6 +338,8 @@ struct DispatchRun<Value: Codable & Sendable> {
             results[result.index] = result
         }
         if let collector {
+            // What the collector prints goes above the progress line, drawn again after it.
+            progress.clearForOutput()
             let goOn: Bool
             do {
                 goOn = try await collector(result)
@@ -345,6 +347,7 @@ struct DispatchRun<Value: Codable & Sendable> {
                 farm.stopSpawning()
                 throw error
             }
+            progress.redraw()
             if !goOn { farm.stopSpawning() }
         }
     }

@@ -195,11 +195,23 @@ final class Spawner: Sendable {
     private func printForwardedLog(_ envelope: Envelope) {
         guard let record = try? LogRecord(envelope) else { return }
         let host = withBook { $0.host(of: envelope.sourceRank) }?.name ?? "rank \(envelope.sourceRank)"
+        if let note = StorageNote(record) {
+            EventHub.shared.emit(
+                .storagePrepared(
+                    task: envelope.sourceID,
+                    host: HostID(host),
+                    files: note.files,
+                    bytes: note.bytes,
+                    seconds: note.seconds
+                )
+            )
+            return
+        }
         var metadata = Logger.Metadata()
         for (key, value) in record.metadata { metadata[key] = .string(value) }
         metadata["host"] = .string(host)
         metadata["task"] = .string(envelope.sourceID.description)
-        logger.log(level: record.level, "\(record.text)", metadata: metadata)
+        StatusLine.shared.printAbove { logger.log(level: record.level, "\(record.text)", metadata: metadata) }
     }
 
     // MARK: - Spawning
@@ -213,7 +225,8 @@ final class Spawner: Sendable {
         targets: Set<HostID>?,
         sendBack: Bool,
         timeout: Double = 0,
-        avoiding: Set<Int> = []
+        avoiding: Set<Int> = [],
+        describeArguments: () -> String = { "" }
     ) throws(VMError) -> [TaskID] {
         guard let transport else { return [] }
         let (placed, knownTasks) = withBook { book in
@@ -222,6 +235,7 @@ final class Spawner: Sendable {
             let tasks = preferred.prefix(count ?? Int.max).map { book.occupy($0) }
             return (tasks, book.nextTaskNumber)
         }
+        if EventHub.shared.hasListeners { emitSpawned(placed, function: function, arguments: describeArguments()) }
         for (index, task) in placed.enumerated() {
             let request = SpawnRequest(
                 task: task.number,
@@ -240,6 +254,7 @@ final class Spawner: Sendable {
                 withBook { book in
                     for unsent in placed[index...] { book.release(unsent) }
                 }
+                for unsent in placed[index...] { emitEnded(unsent) }
                 throw VMError(
                     .mpi,
                     "spawnFunction('\(function)'): sending the request for task \(task) failed: \(error)",
@@ -323,10 +338,12 @@ final class Spawner: Sendable {
                     let sentAt = TaskEnd.sentAt(envelope) ?? monotonicSeconds()
                     state.withLock { $0.endedTasks.append((source, sentAt)) }
                 }
+                EventHub.shared.emit(VMEvent.Kind(result: result, task: source))
                 return .result(source, result)
             case .taskExit:
                 let sentAt = TaskEnd.sentAt(envelope) ?? monotonicSeconds()
                 withBook { _ = $0.release(source, at: sentAt) }
+                emitEnded(source)
                 return .exit(source)
             case .user:
                 guard envelope.destinationTask == 0 else { continue }
@@ -379,6 +396,10 @@ final class Spawner: Sendable {
     private func workerLost(rank: Int, pid: Int32, why: String = "its process is gone") {
         let running = withBook { $0.markLost(rank) }
         let slotHost = withBook { $0.host(of: rank) } ?? host
+        let hostLost = withBook { book in
+            book.slots.indices.allSatisfy { book.slots[$0].host != slotHost || book.slots[$0].lost }
+        }
+        if hostLost { EventHub.shared.emit(.hostDown(host: slotHost)) }
         logger.warning("worker rank \(rank) (pid \(pid)) on \(slotHost) was lost (\(why)); its slot gets no more tasks")
         guard let task = running else { return }
         let termination = TaskTermination(
@@ -407,17 +428,40 @@ final class Spawner: Sendable {
         state.withLock { state in
             guard let index = state.lostResults.firstIndex(where: { accept(.result, $0.task) }) else { return nil }
             let lost = state.lostResults.remove(at: index)
+            EventHub.shared.emit(VMEvent.Kind(result: lost.result, task: lost.task))
             return .result(lost.task, lost.result)
         }
     }
 
     private func takeEndedTask(where accept: (TaskEvent.Kind, TaskID) -> Bool) -> TaskEvent? {
-        state.withLock { state in
+        let ended = state.withLock { state -> TaskID? in
             guard let index = state.endedTasks.firstIndex(where: { accept(.exit, $0.task) }) else { return nil }
             let ended = state.endedTasks.remove(at: index)
             _ = state.book.release(ended.task, at: ended.sentAt)
-            return .exit(ended.task)
+            return ended.task
         }
+        guard let ended else { return nil }
+        emitEnded(ended)
+        return .exit(ended)
+    }
+
+    // MARK: - Status events
+
+    private func emitSpawned(_ tasks: [TaskID], function: String, arguments: String) {
+        for task in tasks {
+            let host = withBook { $0.host(of: task.slot) } ?? host
+            EventHub.shared.emit(.slotBusy(slot: task.slot, host: host, task: task))
+            EventHub.shared.emit(
+                .taskSpawned(.init(task: task, function: function, host: host, arguments: arguments))
+            )
+        }
+    }
+
+    private func emitEnded(_ task: TaskID) {
+        guard EventHub.shared.hasListeners else { return }
+        let host = withBook { $0.host(of: task.slot) } ?? host
+        EventHub.shared.emit(.taskExit(task: task))
+        EventHub.shared.emit(.slotFree(slot: task.slot, host: host))
     }
 
     /// Whether a task event that `accept` takes is waiting (never blocks).
@@ -554,6 +598,7 @@ final class Spawner: Sendable {
             defer { state.finalized = true }
             return !state.finalized
         }
+        defer { EventHub.shared.finishAll() }
         guard first, let transport else { return [] }
         var failures: [String] = []
         for worker in withBook({ $0.liveWorkers }) {

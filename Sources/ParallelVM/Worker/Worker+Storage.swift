@@ -51,6 +51,12 @@ extension Worker {
                 )
             }
         }
+        if prepared.folder != nil, !prepared.reused {
+            log(
+                StorageNote(files: prepared.files, bytes: Int(prepared.bytes), seconds: prepared.seconds).record,
+                from: task
+            )
+        }
         if prepared.folder != nil {
             log(
                 .debug,
