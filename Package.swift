@@ -60,7 +60,9 @@ let package = Package(
         .executableTarget(name: "vm-global-probe", dependencies: ["ParallelVM"], path: "Tests/GlobalVMProbe"),
         .testTarget(
             name: "ParallelVMTests",
-            dependencies: ["ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios", "vm-global-probe"]
+            dependencies: [
+                "ParallelVM", "ParallelVMCodec", "ParallelVMStorage", "MPI", "vm-scenarios", "vm-global-probe",
+            ]
         ),
         // The child the process tests spawn: echoes frames, lists its descriptors, crashes on request.
         .executableTarget(name: "vm-process-probe", dependencies: ["ParallelVMProcess"], path: "Tests/ProcessProbe"),

@@ -148,7 +148,9 @@ import Testing
         )
         #expect(ringable.bell.port == 40123)
         #expect(ringable.bell.addresses == [0x0100_007F, 0x0A00_D50A])
-        let spawner = try Welcome(try received(Welcome(host: "node1", pid: 9, doorbell: 3, bell: bell).frame(), from: 0))
+        let spawner = try Welcome(
+            try received(Welcome(host: "node1", pid: 9, doorbell: 3, bell: bell).frame(), from: 0)
+        )
         #expect(spawner.bell.port == 40123)
         #expect(spawner.bell.addresses.count == 2)
     }

@@ -75,14 +75,20 @@ let clusterScenarios: [String: Scenario] = [
         report("dispatching", count)
         let started = Date()
         let results = try waitForValue {
-            try await vm.dispatch((0..<count).map { _ in Job(hostAfter, args: seconds) }, collector: { result in
-                report("done", "\(result.index) \(result.value ?? "failed") attempts=\(result.attempts)")
-                return true
-            })
+            try await vm.dispatch(
+                (0..<count).map { _ in Job(hostAfter, args: seconds) },
+                collector: { result in
+                    report("done", "\(result.index) \(result.value ?? "failed") attempts=\(result.attempts)")
+                    return true
+                }
+            )
         }
         report("dispatchSeconds", Int(Date().timeIntervalSince(started).rounded()))
         report("values", results.filter { $0.value != nil }.count)
-        report("failed", results.filter { $0.value == nil }.map { "\($0.index):\($0.error.map(String.init(describing:)) ?? "")" })
+        report(
+            "failed",
+            results.filter { $0.value == nil }.map { "\($0.index):\($0.error.map(String.init(describing:)) ?? "")" }
+        )
         report("retried", results.filter { $0.attempts > 1 }.count)
         let lostSlots = vm.formatSpawnerConfig().split(separator: "\n").filter { $0.hasSuffix("lost") }.count
         report("lostSlots", lostSlots)

@@ -381,7 +381,9 @@ final class Spawner: Sendable {
         }
         guard !silent.isEmpty else { return }
         var byHost: [HostID: [Int]] = [:]
-        for rank in silent { byHost[withBook { $0.host(of: rank) } ?? HostID("rank \(rank)"), default: []].append(rank) }
+        for rank in silent {
+            byHost[withBook { $0.host(of: rank) } ?? HostID("rank \(rank)"), default: []].append(rank)
+        }
         for (lostHost, ranks) in byHost.sorted(by: { $0.value[0] < $1.value[0] }) {
             logger.warning(
                 "host \(lostHost) was lost: no word from its worker rank(s) \(ranks.map(String.init).joined(separator: ", ")) for \(Int(Spawner.remoteSilence)) s"
@@ -648,8 +650,10 @@ final class Spawner: Sendable {
     /// non-zero status, which says the run lost a host.
     func endMpirunIfHostsLost() {
         let lost = withBook { book in
-            Set(book.slots.indices.filter { $0 > 0 && book.slots[$0].lost && book.slots[$0].host != host }
-                .compactMap { book.host(of: $0) })
+            Set(
+                book.slots.indices.filter { $0 > 0 && book.slots[$0].lost && book.slots[$0].host != host }
+                    .compactMap { book.host(of: $0) }
+            )
         }
         guard !lost.isEmpty else { return }
         let parent = getppid()
@@ -657,10 +661,14 @@ final class Spawner: Sendable {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let names = lost.map(\.name).sorted().joined(separator: ", ")
         guard let command, ["mpirun", "mpiexec", "orterun"].contains(command) else {
-            logger.warning("host(s) \(names) were lost: end mpirun by hand if it does not end (it waits for their ranks)")
+            logger.warning(
+                "host(s) \(names) were lost: end mpirun by hand if it does not end (it waits for their ranks)"
+            )
             return
         }
-        logger.warning("host(s) \(names) were lost: ending mpirun (pid \(parent)), which would wait for their ranks forever")
+        logger.warning(
+            "host(s) \(names) were lost: ending mpirun (pid \(parent)), which would wait for their ranks forever"
+        )
         fflush(nil)
         // mpirun passes its SIGTERM on to this process, which is exiting anyway.
         signal(SIGTERM, SIG_IGN)

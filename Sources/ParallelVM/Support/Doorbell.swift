@@ -198,7 +198,9 @@ extension Doorbell {
     /// What a worker rings to wake the spawner that `welcome` comes from, and whether it can be rung at
     /// all; nil when it cannot (the worker then polls MPI while idle, and the spawner sleeps between polls).
     func spawnerBell(from welcome: Welcome, workerHost: HostID) -> BellTarget? {
-        if welcome.host == workerHost { return welcome.doorbell != 0 ? .local(pid: welcome.pid, token: welcome.doorbell) : nil }
+        if welcome.host == workerHost {
+            return welcome.doorbell != 0 ? .local(pid: welcome.pid, token: welcome.doorbell) : nil
+        }
         guard networkPort != 0, let target = welcome.bell.target else { return nil }
         return .network(NetworkBellTarget(address: target.address, port: target.port))
     }

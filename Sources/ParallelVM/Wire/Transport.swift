@@ -115,7 +115,8 @@ final class Transport: FrameLink {
         if sourceRank < state.lastHeard.count, state.lastHeard[sourceRank] != nil {
             state.lastHeard[sourceRank] = monotonicSeconds()
             // A heartbeat has said all it has to say by arriving (dropped like a frame that cannot be parsed).
-            if frame.first == MessageKind.heartbeat.rawValue, frame.count > 1, frame[1] & Wire.flagSeparatePayload == 0 {
+            if frame.first == MessageKind.heartbeat.rawValue, frame.count > 1, frame[1] & Wire.flagSeparatePayload == 0
+            {
                 return nil
             }
         }
