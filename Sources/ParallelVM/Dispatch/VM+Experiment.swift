@@ -134,9 +134,16 @@ extension VM {
             throw error
         }
         await farm.close()
+        try endJournaledRun(experiment, journal: &journal, producedKeys: jobs is any Collection ? nil : journal.keys)
+        return try run.finish()
+    }
+
+    /// Ends a journaled run that went to its end: records the keys of jobs produced as the run went (not
+    /// known when it began) in the manifest, logs the units left unfinished and the run's end with its
+    /// counts, and closes the experiment, also when one of these throws.
+    func endJournaledRun(_ experiment: Experiment, journal: inout RunJournal, producedKeys keys: [JobKey]?) throws {
         do {
-            if !(jobs is any Collection) {
-                let keys = journal.keys
+            if let keys {
                 try experiment.updateManifest { manifest in
                     manifest.inputs = JobKey.inputsIdentity(of: keys)
                     manifest.jobs = keys.count
@@ -151,7 +158,6 @@ extension VM {
             throw error
         }
         try experiment.close()
-        return try run.finish()
     }
 
     /// Has an interrupt (which ends the process without closing anything) write and sync the journals and

@@ -134,21 +134,7 @@ extension VM {
             throw error
         }
         await farm.close()
-        do {
-            let keys = feed.keys
-            try experiment.updateManifest { manifest in
-                manifest.inputs = JobKey.inputsIdentity(of: keys)
-                manifest.jobs = keys.count
-            }
-            try journal.logUnfinishedUnits()
-            try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
-            let counts = journal.counts
-            try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
-        } catch {
-            try? experiment.close()
-            throw error
-        }
-        try experiment.close()
+        try endJournaledRun(experiment, journal: &journal, producedKeys: feed.keys)
         return try run.finish()
     }
 }
