@@ -10,6 +10,8 @@ With a PNG path it only waits for a running task and saves a picture of the page
 import base64
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ import time
 
 class Browser:
     def __init__(self, chromium):
-        self.profile = tempfile.TemporaryDirectory(prefix="parallelvm-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="parallelvm-chromium-")
         to_browser_read, self.to_browser = os.pipe()
         self.from_browser, from_browser_write = os.pipe()
 
@@ -29,11 +31,12 @@ class Browser:
 
         self.process = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--remote-debugging-pipe", "--user-data-dir=" + self.profile.name,
+             "--no-first-run", "--remote-debugging-pipe", "--user-data-dir=" + self.profile,
              "--window-size=1000,620", "--hide-scrollbars", "about:blank"],
             # 3 and 4 are listed too: descriptors not passed are closed after preexec_fn has run.
             pass_fds=(3, 4, to_browser_read, from_browser_write), preexec_fn=descriptors,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # A group of its own, so that close() ends its helper processes too.
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_read)
         os.close(from_browser_write)
         self.buffer = b""
@@ -73,9 +76,29 @@ class Browser:
         return result.get("result", {}).get("value")
 
     def close(self):
-        self.process.kill()
+        # Ask the browser to quit, then end whatever of its process group is left: its helpers may still be
+        # writing into the profile after the main process is gone.
+        try:
+            self.send("Browser.close", session=False)
+        except (OSError, RuntimeError):
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait()
-        self.profile.cleanup()
+        for _ in range(50):
+            try:
+                shutil.rmtree(self.profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 def wait_for(browser, expression, deadline, what):
