@@ -376,21 +376,27 @@ final class Spawner: Sendable {
             workerLost(rank: rank, pid: pid)
         }
         guard let quiet = transport?.quietSince(), !quiet.isEmpty else { return }
-        let silent = withBook { book in
-            book.liveWorkers.filter { quiet[$0].map { $0 > Spawner.remoteSilence } ?? false }
+        let limit = Spawner.remoteSilence
+        // A rank past the limit takes along the ranks of its host that have missed a few heartbeats too:
+        // their beats come from threads of their own, up to a second apart, and a host goes as a whole.
+        let lost = withBook { book -> [(host: HostID, ranks: [Int], whole: Bool)] in
+            let silentHosts = Set(book.liveWorkers.filter { (quiet[$0] ?? 0) > limit }.compactMap { book.host(of: $0) })
+            return silentHosts.sorted { $0.name < $1.name }.map { lostHost in
+                let live = book.liveWorkers.filter { book.host(of: $0) == lostHost }
+                let ranks = live.filter { (quiet[$0] ?? 0) > min(limit, 3 * Heartbeat.interval) }
+                return (lostHost, ranks, ranks.count == live.count)
+            }
         }
-        guard !silent.isEmpty else { return }
-        var byHost: [HostID: [Int]] = [:]
-        for rank in silent {
-            byHost[withBook { $0.host(of: rank) } ?? HostID("rank \(rank)"), default: []].append(rank)
-        }
-        for (lostHost, ranks) in byHost.sorted(by: { $0.value[0] < $1.value[0] }) {
+        for (lostHost, ranks, whole) in lost {
+            let list = ranks.map(String.init).joined(separator: ", ")
             logger.warning(
-                "host \(lostHost) was lost: no word from its worker rank(s) \(ranks.map(String.init).joined(separator: ", ")) for \(Int(Spawner.remoteSilence)) s"
+                whole
+                    ? "host \(lostHost) was lost: no word from its worker rank(s) \(list) for \(Int(limit)) s"
+                    : "worker rank(s) \(list) on \(lostHost) went silent for \(Int(limit)) s; the host's other ranks still talk"
             )
             for rank in ranks {
                 let pid = withBook { $0.slots[rank].pid }
-                workerLost(rank: rank, pid: pid, why: "no word from it for \(Int(Spawner.remoteSilence)) s")
+                workerLost(rank: rank, pid: pid, why: "no word from it for \(Int(limit)) s")
             }
         }
     }
