@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         // Hummingbird's own service runner, used directly to stop the monitor gracefully.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // SHA-256 names the contents sent to hosts that do not share the spawner's folders.
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // Open MPI, found through pkg-config; only module.modulemap and shim.h live here.
@@ -30,7 +32,10 @@ let package = Package(
         // The binary Codable codec every VM message and result travels in. No MPI.
         .target(name: "ParallelVMCodec"),
         // Local storage: path translation, mirroring, task folders, clearing. No MPI.
-        .target(name: "ParallelVMStorage", dependencies: ["ParallelVMCodec"]),
+        .target(
+            name: "ParallelVMStorage",
+            dependencies: ["ParallelVMCodec", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // Task processes: spawning, supervising and killing a child, and the framed socket between them. No MPI.
         .target(name: "ParallelVMProcess"),
         // Experiments: a named folder with a results journal, logs, a manifest and collected outputs. No MPI.

@@ -33,6 +33,8 @@ public final class VM: Sendable {
     /// Warnings from validating the mirror map (sources that matched nothing, with `.warn`).
     public let storageWarnings: [String]
     let storage: StorageRequest?
+    /// What the mirror map names in unshared folders, read when the VM object was made; nil when nothing.
+    let mirrorSnapshot: MirrorSnapshot?
     /// The settings every spawn request of this VM object carries, encoded once.
     let encodedSettings: [UInt8]
 
@@ -84,8 +86,9 @@ public final class VM: Sendable {
         if (mirrorMap ?? [:]).isEmpty && startupDir == nil {
             self.storage = nil
             self.storageWarnings = []
+            self.mirrorSnapshot = nil
         } else {
-            let (request, warnings) = try StorageRequest.make(
+            let (request, warnings, snapshot) = try StorageRequest.makeSending(
                 mirrorMap: mirrorMap,
                 startupDir: startupDir,
                 translateStartupDir: translateStartupDir,
@@ -96,6 +99,7 @@ public final class VM: Sendable {
             )
             self.storage = request
             self.storageWarnings = warnings
+            self.mirrorSnapshot = snapshot
         }
         self.encodedSettings = try SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage).encoded()
         spawner.raiseLogLevel(to: Logger.Level(debug: debug))
@@ -111,6 +115,7 @@ public final class VM: Sendable {
         persistentStorage = vm.persistentStorage
         storageWarnings = vm.storageWarnings
         storage = vm.storage
+        mirrorSnapshot = vm.mirrorSnapshot
         encodedSettings = try SpawnSettings(
             debug: vm.debug,
             vmIndex: vm.vmIndex,
@@ -286,6 +291,7 @@ public final class VM: Sendable {
             sendBack: sendBack,
             timeout: limit,
             avoiding: avoiding,
+            mirror: mirrorSnapshot,
             describeArguments: { VMEvent.describe(args) }
         )
         if debug > 0 {

@@ -31,6 +31,8 @@ public struct VMError: Error, CustomStringConvertible, Sendable {
         case configuration
         /// A wait ran out of time.
         case timeout
+        /// Files could not be mirrored to a host (its mirror cache could not take them, or they changed).
+        case storage
     }
 
     /// What kind of failure this is.

@@ -81,6 +81,12 @@ struct EventRecord: Codable, Sendable {
             self.files = files
             self.bytes = bytes
             self.seconds = seconds
+        case .mirrorSent(let host, let files, let bytes, _, let seconds):
+            type = "mirrorSent"
+            self.host = host.name
+            self.files = files
+            self.bytes = bytes
+            self.seconds = seconds
         case .dispatchProgress(let done, let total, let finished):
             type = "dispatchProgress"
             self.done = done

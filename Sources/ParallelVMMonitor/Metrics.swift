@@ -73,6 +73,12 @@ enum Metrics {
             "Seconds spent preparing task storage.",
             [("", number(counters.storageSeconds))]
         )
+        family(
+            "parallelvm_mirror_sent_bytes_total",
+            "counter",
+            "Bytes the spawner sent to hosts' mirror caches from its unshared folders.",
+            [("", "\(counters.mirrorSentBytes)")]
+        )
         if let progress = snapshot.progress {
             family(
                 "parallelvm_dispatch_jobs_done",

@@ -40,6 +40,7 @@ final class MonitorState: Sendable {
         var storageFiles = 0
         var storageBytes = 0
         var storageSeconds = 0.0
+        var mirrorSentBytes = 0
         var events = 0
     }
 
@@ -138,6 +139,8 @@ final class MonitorState: Sendable {
             state.counters.storageFiles += files
             state.counters.storageBytes += bytes
             state.counters.storageSeconds += seconds
+        case .mirrorSent(_, _, let bytes, _, _):
+            state.counters.mirrorSentBytes += bytes
         case .dispatchProgress(let done, let total, let finished):
             state.progress = Progress(done: done, total: total, finished: finished)
         }

@@ -27,8 +27,14 @@ package struct MirroredStorage: Sendable, Hashable {
     /// Name of the environment variable holding the colon-separated folder list.
     package static let variable = "PARALLEL_MIRRORED_STORAGE"
 
+    /// Name of the environment variable holding the folders, on the spawner's host, that workers cannot see.
+    package static let unsharedVariable = "PARALLEL_UNSHARED_STORAGE"
+
     /// Canonical folders, in the order of the variable (the order must agree on all hosts).
     let entries: [String]
+    /// Canonical folders of `PARALLEL_UNSHARED_STORAGE`: mirror sources in them are read on the spawner's
+    /// host and sent to each host (only the spawner reads this list; workers need no setting for it).
+    let unsharedEntries: [String]
     /// The environment the list was read from (for `~` in spawner paths).
     private let environment: [String: String]
 
@@ -41,6 +47,9 @@ package struct MirroredStorage: Sendable, Hashable {
         var list = raw.split(separator: ":", omittingEmptySubsequences: true).map(String.init)
         if list.isEmpty { list = [PathUtil.homeFolder(environment: environment)] }
         self.entries = list.map { PathUtil.canonicalize($0, environment: environment) }
+        self.unsharedEntries = (environment[Self.unsharedVariable] ?? "")
+            .split(separator: ":", omittingEmptySubsequences: true)
+            .map { PathUtil.canonicalize(String($0), environment: environment) }
         self.environment = environment
     }
 
@@ -53,6 +62,28 @@ package struct MirroredStorage: Sendable, Hashable {
 
     /// The list as the variable would show it, for error messages.
     var listDescription: String { "\(Self.variable)=\(entries.joined(separator: ":"))" }
+
+    /// The literal folder and glob pattern of a spawner path inside an unshared folder, or nil when it lies in
+    /// none (`..` after a glob is refused as in ``abstractPath(for:subject:)``).
+    func unsharedPattern(
+        for spawnerPath: String,
+        subject: String = "path"
+    ) throws -> (literal: String, pattern: String)? {
+        guard !unsharedEntries.isEmpty else { return nil }
+        let expanded = PathUtil.expandTilde(spawnerPath, environment: environment)
+        let (prefix, pattern) = PathUtil.splitGlob(expanded)
+        let canonical = PathUtil.canonicalize(prefix, environment: environment)
+        guard unsharedEntries.contains(where: { PathUtil.isComponentPrefix($0, of: canonical) }) else { return nil }
+        if PathUtil.components(pattern).contains("..") {
+            throw StorageError(
+                .invalidPath,
+                path: spawnerPath,
+                reason: "has `..` after a glob pattern, which is not supported",
+                subject: subject
+            )
+        }
+        return (canonical, pattern)
+    }
 
     /// Translates a spawner path (possibly containing glob characters) to an `AbstractPath`.
     ///

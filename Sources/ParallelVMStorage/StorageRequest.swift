@@ -92,6 +92,12 @@ package struct StorageRequest: Codable, Sendable, Hashable {
     var vmIndex: Int
     /// The spawner process that owns the storage.
     var spawner: SpawnerIdentity
+    /// What the mirror map names in unshared folders: a tree the spawner sends to each host's mirror cache,
+    /// linked into the task folder after the shared entries are copied. Nil when there is none.
+    var sentTree: SentTree? = nil
+
+    /// Whether the task gets a storage folder (something is mirrored).
+    var mirrors: Bool { !mirror.isEmpty || sentTree != nil }
 
     /// Key identifying the VM across workers: one spawner run and one VM index.
     var vmKey: String { "\(spawner.host)-\(spawner.pid)-\(spawner.startTime)-\(spawner.bootID)-\(vmIndex)" }
@@ -116,7 +122,36 @@ package struct StorageRequest: Codable, Sendable, Hashable {
         missing: MissingSourcePolicy = .error,
         spawner: SpawnerIdentity = .current()
     ) throws -> (request: StorageRequest, warnings: [String]) {
-        let (entries, warnings) = try validateMirrorMap(mirrorMap ?? [:], mirrored: mirrored, missing: missing)
+        let made = try makeSending(
+            mirrorMap: mirrorMap,
+            startupDir: startupDir,
+            translateStartupDir: translateStartupDir,
+            persistent: persistent,
+            vmIndex: vmIndex,
+            mirrored: mirrored,
+            missing: missing,
+            spawner: spawner
+        )
+        return (made.request, made.warnings)
+    }
+
+    /// Like ``make(mirrorMap:startupDir:translateStartupDir:persistent:vmIndex:mirrored:missing:spawner:)``,
+    /// and also reads what the map names in unshared folders into the snapshot the spawner sends.
+    package static func makeSending(
+        mirrorMap: [String: String]?,
+        startupDir: String? = nil,
+        translateStartupDir: Bool = true,
+        persistent: Bool = false,
+        vmIndex: Int = 0,
+        mirrored: MirroredStorage,
+        missing: MissingSourcePolicy = .error,
+        spawner: SpawnerIdentity = .current()
+    ) throws -> (request: StorageRequest, warnings: [String], snapshot: MirrorSnapshot?) {
+        let (entries, warnings, snapshot) = try validateMirrorMap(
+            mirrorMap ?? [:],
+            mirrored: mirrored,
+            missing: missing
+        )
         var request = StorageRequest(
             mirror: entries,
             startupDir: nil,
@@ -124,7 +159,8 @@ package struct StorageRequest: Codable, Sendable, Hashable {
             startupAbstract: nil,
             persistent: persistent,
             vmIndex: vmIndex,
-            spawner: spawner
+            spawner: spawner,
+            sentTree: snapshot?.reference
         )
         if let dir = startupDir {
             if !(mirrorMap ?? [:]).isEmpty {
@@ -136,19 +172,40 @@ package struct StorageRequest: Codable, Sendable, Hashable {
                 request.startupDir = dir
             }
         }
-        return (request, warnings)
+        return (request, warnings, snapshot)
     }
 
-    /// Validates every entry of a mirror map (sorted by source, so the copy order is reproducible).
+    /// Validates every entry of a mirror map (sorted by source, so the copy order is reproducible); sources in
+    /// unshared folders are read into a snapshot instead.
     static func validateMirrorMap(
         _ map: [String: String],
         mirrored: MirroredStorage,
         missing: MissingSourcePolicy
-    ) throws -> (entries: [MirrorEntry], warnings: [String]) {
+    ) throws -> (entries: [MirrorEntry], warnings: [String], snapshot: MirrorSnapshot?) {
         var entries: [MirrorEntry] = []
         var warnings: [String] = []
+        var builder: MirrorTreeBuilder?
         for (source, target) in map.sorted(by: { $0.key < $1.key }) {
             let normalizedTarget = try validateTarget(target, subject: "mirror target")
+            if let (literal, pattern) = try mirrored.unsharedPattern(for: source, subject: "mirror source") {
+                let matches = Glob.expand(literal: literal, pattern: pattern)
+                if matches.isEmpty {
+                    let error = StorageError(
+                        .missingSource,
+                        path: source,
+                        reason: PathUtil.hasGlob(pattern) ? "matches nothing" : "does not exist",
+                        subject: "mirror source"
+                    )
+                    if missing == .error { throw error }
+                    warnings.append(error.description + "; skipped")
+                    continue
+                }
+                if builder == nil { builder = MirrorTreeBuilder() }
+                for match in matches {
+                    try builder!.add(source: match, target: normalizedTarget, followLinks: pattern.isEmpty)
+                }
+                continue
+            }
             let abstract = try mirrored.abstractPath(for: source, subject: "mirror source")
             // The spawner sees the same shared files as the workers, so a source that matches nothing
             // here is almost certainly a typo; catch it before any task is spawned.
@@ -166,7 +223,7 @@ package struct StorageRequest: Codable, Sendable, Hashable {
             }
             entries.append(MirrorEntry(source: abstract, target: normalizedTarget))
         }
-        return (entries, warnings)
+        return (entries, warnings, try builder?.snapshot())
     }
 
     /// Checks a folder given relative to local storage: not absolute, not escaping with `..` after

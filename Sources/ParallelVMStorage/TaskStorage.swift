@@ -142,7 +142,7 @@ package enum TaskStorage {
             return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
         }
 
-        guard !request.mirror.isEmpty else {
+        guard request.mirrors else {
             var workingDirectory: String?
             if let abstract = request.startupAbstract {
                 workingDirectory = try mirrored.localPath(for: abstract)
@@ -245,6 +245,17 @@ package enum TaskStorage {
                     options: options
                 )
             }
+            var files = copier.files
+            var bytes = copier.bytes
+            if let sent = request.sentTree {
+                let linked = try MirrorCache(root: root).materialize(
+                    sent.digest,
+                    into: stagingFd,
+                    folderPath: stagingPath
+                )
+                files += linked.files
+                bytes += linked.bytes
+            }
             if let dir = request.startupDir {
                 try requireDirectory(
                     PathUtil.join(stagingPath, dir),
@@ -262,8 +273,8 @@ package enum TaskStorage {
             return PreparedStorage(
                 workingDirectory: try workingDirectory(folder: folder, request: request),
                 folder: folder,
-                files: copier.files,
-                bytes: copier.bytes,
+                files: files,
+                bytes: bytes,
                 seconds: seconds(),
                 reused: false,
                 persistent: request.persistent,

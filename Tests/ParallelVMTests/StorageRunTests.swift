@@ -76,6 +76,60 @@ struct StorageRunTests {
         #expect(run.value("globInside") == "true")
     }
 
+    /// A folder only the spawner sees (`PARALLEL_UNSHARED_STORAGE`): its files reach the workers through their
+    /// host's mirror cache, once per cache, as hard links; a file changed after the VM read it is refused.
+    @Test func filesFromAnUnsharedFolderAreSentOncePerCacheAndLinkedIntoTaskFolders() throws {
+        let fixture = try StorageFixture()
+        defer { fixture.remove() }
+        let manager = FileManager.default
+        let unshared = fixture.root.appendingPathComponent("private").path
+        try manager.copyItem(atPath: fixture.shareA, toPath: unshared)
+        try "P\n".write(toFile: unshared + "/data/which-mount", atomically: true, encoding: .utf8)
+        let scratch = unshared + "/scratch"
+        try manager.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        var environments = fixture.environments(ranks: 3, worker: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)])
+        environments[0]["PARALLEL_UNSHARED_STORAGE"] = unshared
+        let run = try MPIRun.scenario(
+            "storage-unshared",
+            rankEnvironments: environments,
+            arguments: [unshared + "/data", scratch]
+        )
+        #expect(run.status == 0, "\(run)")
+        #expect(run.value("tasks") == "4", "\(run)")
+        // Offered to each worker rank once; the contents (4 distinct) crossed once, as both ranks share a cache.
+        #expect(run.value("mirrorSentEvents") == "2", "\(run)")
+        #expect(run.value("contentsSent") == "4", "\(run)")
+        #expect(run.value("treeFiles") == "4", "\(run)")
+        for slot in 1...2 {
+            #expect(
+                run.value("entries\(slot)")
+                    == "d:data,f:data/a.txt,f:data/b.txt,l:data/link->a.txt,d:data/sub,f:data/sub/c.bin,f:data/which-mount",
+                "\(run)"
+            )
+            // From the spawner's private folder, not from the share the workers see.
+            #expect(run.value("mount\(slot)") == "P", "\(run)")
+            #expect(run.value("inside\(slot)") == "true")
+            #expect(run.value("removedAfter\(slot)") == "true")
+        }
+        #expect(run.value("linkContent") == "alpha")
+        #expect(Int(run.value("linkCount") ?? "") ?? 0 >= 2, "\(run)")
+        #expect(run.value("globEntries") == "f:a.txt,f:b.txt", "\(run)")
+        #expect(run.value("globStartsIn") == "true")
+        #expect(run.value("changedSpawn") == "storage", "\(run)")
+        let changed = run.value("changedMessage") ?? ""
+        #expect(changed.contains("changing.txt") && changed.contains("changed on the spawner's host"), "\(changed)")
+        #expect(run.value("afterwards") == "1")
+        // The cache stays for later runs: the four contents, read-only, and no half-received file.
+        let cache =
+            try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)]).userFolder
+            + "/mirror-cache"
+        let blobs = try manager.subpathsOfDirectory(atPath: cache + "/blobs").filter { $0.contains("/") }
+        #expect(blobs.count == 4, "\(blobs)")
+        #expect(try manager.contentsOfDirectory(atPath: cache + "/incoming").isEmpty)
+        // Nothing of the spawner's own is changed, and its local storage has no cache (no task ran there).
+        #expect(try String(contentsOfFile: unshared + "/data/a.txt", encoding: .utf8) == "alpha")
+    }
+
     @Test func persistentStorageIsReusedButNeverFromAnotherRunAndClearingRemovesExactlyIt() throws {
         let fixture = try StorageFixture()
         defer { fixture.remove() }

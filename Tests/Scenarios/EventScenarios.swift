@@ -24,6 +24,7 @@ func eventLine(_ event: VMEvent) -> String {
     case .taskKilled(let task, _): body = "taskKilled \(task)"
     case .taskExit(let task): body = "taskExit \(task)"
     case .storagePrepared(let task, _, let files, _, _): body = "storagePrepared \(task) \(files)"
+    case .mirrorSent(let host, let files, _, _, _): body = "mirrorSent \(host) \(files)"
     case .dispatchProgress(let done, let total, let finished):
         body = "dispatchProgress \(done) \(total.map(String.init) ?? "-") \(finished)"
     }

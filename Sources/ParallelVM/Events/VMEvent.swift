@@ -36,6 +36,10 @@ public struct VMEvent: Sendable, Hashable, CustomStringConvertible {
         case taskExit(task: TaskID)
         /// A worker mirrored files into a task's local storage.
         case storagePrepared(task: TaskID, host: HostID, files: Int, bytes: Int, seconds: Double)
+        /// The spawner sent files from its unshared folders (`PARALLEL_UNSHARED_STORAGE`) to a host's mirror
+        /// cache: `files` contents of `bytes` bytes that the host lacked (0 when it had them all), out of a tree
+        /// of `treeFiles` files. Once per worker rank and VM object, before its first task of that VM object.
+        case mirrorSent(host: HostID, files: Int, bytes: Int, treeFiles: Int, seconds: Double)
         /// A dispatch finished another job: `done` of `total` (nil when the job list has no known length).
         case dispatchProgress(done: Int, total: Int?, finished: Bool)
     }

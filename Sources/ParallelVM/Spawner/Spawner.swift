@@ -39,6 +39,9 @@ final class Spawner: Sendable {
         var lastLivenessCheck = 0.0
     }
     private let state: Mutex<State>
+    /// The worker slots each mirror tree (by digest) has been offered to; held while a tree is brought to a
+    /// slot, so that offers are made one at a time (see ``deliver(_:to:)``).
+    let mirroredSlots = Mutex<[String: Set<Int>]>([:])
 
     var size: Int { transport?.size ?? 1 }
     /// Whether there are worker ranks to spawn on.
@@ -226,6 +229,7 @@ final class Spawner: Sendable {
         sendBack: Bool,
         timeout: Double = 0,
         avoiding: Set<Int> = [],
+        mirror: MirrorSnapshot? = nil,
         describeArguments: () -> String = { "" }
     ) throws(VMError) -> [TaskID] {
         guard let transport else { return [] }
@@ -246,6 +250,17 @@ final class Spawner: Sendable {
                 settings: settings,
                 arguments: arguments
             )
+            if let mirror {
+                do {
+                    try deliver(mirror, to: task.slot)
+                } catch {
+                    withBook { book in
+                        for unsent in placed[index...] { book.release(unsent) }
+                    }
+                    for unsent in placed[index...] { emitEnded(unsent) }
+                    throw VMError(error.code, "spawnFunction('\(function)'): \(error.message)", underlying: error)
+                }
+            }
             do {
                 // Ring first: a request above MPI's eager limit completes only once the worker takes it.
                 ringDoorbell(of: task.slot)
@@ -317,7 +332,7 @@ final class Spawner: Sendable {
                     case .taskExit: accept(.exit, envelope.sourceID)
                     case .user: envelope.destinationTask != 0 || accept(.user, envelope.sourceID)
                     case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder,
-                        .interrupt, .interruptAck, .heartbeat:
+                        .interrupt, .interruptAck, .heartbeat, .mirrorOffer, .mirrorNeed, .mirrorData, .mirrorStored:
                         false
                     }
                 },
@@ -349,7 +364,7 @@ final class Spawner: Sendable {
                 guard envelope.destinationTask == 0 else { continue }
                 return .user(source, try UserFrame.message(from: envelope))
             case .hello, .spawn, .finalize, .clearStorage, .clearStorageReport, .welcome, .kill, .taskFolder,
-                .interrupt, .interruptAck, .heartbeat:
+                .interrupt, .interruptAck, .heartbeat, .mirrorOffer, .mirrorNeed, .mirrorData, .mirrorStored:
                 continue
             }
         }

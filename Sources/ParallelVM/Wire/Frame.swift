@@ -44,6 +44,14 @@ enum MessageKind: UInt8 {
     /// Between the spawner and its workers on other hosts, every few seconds each way: the sender still lives
     /// (the only way to know across hosts).
     case heartbeat = 15
+    /// Spawner to worker: a tree of unshared mirror sources for this host's mirror cache (``MirrorFrames``).
+    case mirrorOffer = 16
+    /// Worker to spawner: which of the tree's contents the host lacks.
+    case mirrorNeed = 17
+    /// Spawner to worker: the next bytes of those contents.
+    case mirrorData = 18
+    /// Worker to spawner: the contents are in the cache (or why not).
+    case mirrorStored = 19
 }
 
 enum Wire {

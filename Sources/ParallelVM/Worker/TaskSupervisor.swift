@@ -448,9 +448,12 @@ final class TaskSupervisor: @unchecked Sendable {
             spawnerDoorbell = bell
         case .heartbeat:
             break
+        case .mirrorOffer:
+            MirrorReceiver.receive(envelope, over: transport)
         case .user, .clearStorage:
             send(toChild: envelope)
-        case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder, .interruptAck:
+        case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder, .interruptAck, .mirrorNeed,
+            .mirrorData, .mirrorStored:
             log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
         }
     }

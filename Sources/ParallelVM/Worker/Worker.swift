@@ -133,10 +133,12 @@ final class Worker: @unchecked Sendable {
                 }
             case .heartbeat:
                 continue
+            case .mirrorOffer:
+                MirrorReceiver.receive(envelope, over: transport)
             case .user:
                 log(.debug, "dropped a message for task \(rank):\(envelope.destinationTask), which is not running")
             case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .kill, .taskFolder, .interrupt,
-                .interruptAck:
+                .interruptAck, .mirrorNeed, .mirrorData, .mirrorStored:
                 log(.warning, "dropped an unexpected \(envelope.kind) message from rank \(envelope.sourceRank)")
             }
         }
