@@ -140,6 +140,10 @@ package final class MirrorCache {
     /// The pins this process holds: they last until it exits.
     private static let heldPins = Mutex<[String: Pin]>([:])
 
+    /// Lets go of every tree this process pinned, before it clears its local storage (no task runs then, and
+    /// the spawner offers its trees again afterwards).
+    package static func releasePins() { heldPins.withLock { $0.removeAll() } }
+
     /// What a host has of a tree a spawner offers.
     package struct Offer {
         package let tree: MirrorTree
@@ -553,8 +557,11 @@ package final class MirrorCache {
         return result
     }
 
+    /// The names in an open folder, from its start (a duplicate descriptor shares the read position).
     private func listing(_ folder: Int32) throws -> [String] {
-        try DirectoryStream(taking: try SystemCall.value("dup") { dup(folder) }.get()).names()
+        let copy = try SystemCall.value("dup") { dup(folder) }.get()
+        _ = lseek(copy, 0, SEEK_SET)
+        return try DirectoryStream(taking: copy).names()
     }
 }
 

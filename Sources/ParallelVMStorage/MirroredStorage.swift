@@ -113,7 +113,9 @@ package struct MirroredStorage: Sendable, Hashable {
         throw StorageError(
             .outsideMirroredStorage,
             path: spawnerPath == canonical ? spawnerPath : "\(spawnerPath) (\(canonical))",
-            reason: "is outside every mirrored folder (\(listDescription))",
+            reason: "is outside every mirrored folder (\(listDescription)"
+                + (unsharedEntries.isEmpty
+                    ? ")" : "; \(Self.unsharedVariable)=\(unsharedEntries.joined(separator: ":")))"),
             subject: subject
         )
     }

@@ -536,6 +536,8 @@ final class Spawner: Sendable {
     func clearLocalStorage(until deadline: Deadline, timeoutText: String) throws(VMError) -> [ClearReport] {
         var reports = [Worker.clearLocalStorageHere()]
         guard let transport else { return reports }
+        // The workers' mirror caches go too: trees are offered again to the next task on each rank.
+        mirroredSlots.withLock { $0.removeAll() }
         let workers = withBook { $0.liveWorkers }
         for worker in workers {
             ringDoorbell(of: worker, always: true)

@@ -450,7 +450,11 @@ final class TaskSupervisor: @unchecked Sendable {
             break
         case .mirrorOffer:
             MirrorReceiver.receive(envelope, over: transport)
-        case .user, .clearStorage:
+        case .clearStorage:
+            // The task process clears; the mirror trees this rank pinned must not keep the cache.
+            MirrorCache.releasePins()
+            send(toChild: envelope)
+        case .user:
             send(toChild: envelope)
         case .hello, .taskResult, .taskExit, .log, .clearStorageReport, .taskFolder, .interruptAck, .mirrorNeed,
             .mirrorData, .mirrorStored:

@@ -82,6 +82,7 @@ extension Worker {
     func clearStorageOnWorker() {
         // No task runs now, so this process's persistent folders are not in use: let them go too.
         storage.persistentFolders.releaseAll()
+        MirrorCache.releasePins()
         let report = Worker.clearLocalStorageHere()
         do {
             wakeSpawnerIfAsleep()
