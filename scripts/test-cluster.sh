@@ -199,6 +199,27 @@ shared_local_storage() {
     expect_value foldersNamedByHost 7 && expect_value foreignEntries 0 && expect_value leftAfterTasks ""
 }
 
+# A folder on node1 only (its own /tmp), declared not shared: the spawner sends its 4 files (3 contents,
+# `a.txt` and `same.txt` are alike) to each host's mirror cache once, the 7 workers link their task folders
+# from it twice, and the second rank of a host receives only the tree.
+unshared_mirror() {
+  "$sim" exec node1 sh -c 'rm -rf /tmp/private && mkdir -p /tmp/private/data/sub && echo alpha >/tmp/private/data/a.txt &&
+    echo alpha >/tmp/private/data/same.txt && echo beta >/tmp/private/data/b.txt && echo gamma >/tmp/private/data/sub/c.txt' ||
+    { echo "  could not make the fixture on node1"; return 1; }
+  "$sim" exec node2 sh -c '[ ! -e /tmp/private ]' || { echo "  node2 sees node1's /tmp"; return 1; }
+  on_cluster "$sim" run -n $ranks sh -c 'PARALLEL_UNSHARED_STORAGE=/tmp/private exec "$0" "$@"' \
+    "$bin/vm-scenarios" cluster-unshared /tmp/private/data || { echo "  exit status $?"; return 1; }
+  expect_value round1Tasks 7 && expect_value round2Tasks 7 && expect_value hosts node1,node2,node3,node4 &&
+    expect_value entries "d:data,f:data/a.txt,f:data/b.txt,f:data/same.txt,d:data/sub,f:data/sub/c.txt" && expect_value mirrorSentEvents 7 && expect_value treeFiles 4 &&
+    expect_value contentsSent 12 || return 1
+  # Each host keeps the three contents in its cache, read-only; node1's source is untouched.
+  local k
+  for k in 2 3 4; do
+    [ "$("$sim" exec node$k sh -c 'find /tmp/parallelvm-*/mirror-cache/blobs -type f | wc -l')" = 3 ] ||
+      { echo "  node$k's mirror cache does not hold the 3 contents"; return 1; }
+  done
+}
+
 bench_idle_remote_worker() {
   on_cluster "$sim" run -n 2 --map-by node "$bin/vm-bench" idle 1 || { echo "  exit status $?"; return 1; }
   expect_re '^idle_cpu_percent [0-9.e+-]+$' && expect_re '^idle_first_message_extra_us -?[0-9.e+-]+$'
@@ -247,6 +268,7 @@ test_case "targets: spawns land on the host asked for" targets_by_host
 test_case "persistent storage, PIDs repeated across hosts" persistent_repeated_pids
 test_case "persistent storage in a shared local folder, PIDs repeated" persistent_repeated_pids_shared_local
 test_case "local storage in a folder all hosts share" shared_local_storage
+test_case "mirroring from a folder only the spawner's host has" unshared_mirror
 test_case "vm-bench idle with its worker on another host" bench_idle_remote_worker
 test_case "a host's network cut during a dispatch: the run goes on without it" lost_host_during_dispatch
 echo "cluster tests took $((SECONDS - began)) s"

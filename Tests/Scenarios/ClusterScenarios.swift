@@ -174,4 +174,26 @@ let clusterScenarios: [String: Scenario] = [
         let left = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
         report("leftAfterTasks", left.sorted().joined(separator: ","))
     },
+    // arguments: a folder only the spawner's host has, in PARALLEL_UNSHARED_STORAGE. Every worker runs two
+    // rounds of tasks in folders made from it; the contents cross the network once per host.
+    "cluster-unshared": { _, arguments in
+        let source = arguments[0]
+        let mirrored = try VM(mirrorMap: [source: "."])
+        let counter = MirrorSentCounter(mirrored)
+        let first = try whereaboutsOf(
+            mirrored,
+            try mirrored.spawnFunction(whereabouts, args: Probe(pause: 0.3, mark: false))
+        )
+        report("round1Tasks", first.count)
+        let hosts = first.map(\.1.host)
+        let second = try inspect(mirrored)
+        report("round2Tasks", second.count)
+        let seen = Set(second.map { $0.1.entries.joined(separator: ",") })
+        let counted = counter.read()
+        report("hosts", Set(hosts).sorted().joined(separator: ","))
+        report("entries", seen.sorted().joined(separator: " | "))
+        report("mirrorSentEvents", counted.events)
+        report("contentsSent", counted.files)
+        report("treeFiles", counted.treeFiles)
+    },
 ]
