@@ -259,6 +259,8 @@ package final class MirrorCache {
         private var temporary = ""
         private var remaining: UInt64 = 0
         private var hasher = SHA256()
+        /// The folders of `blobs/` made (or found) so far.
+        private var folders: Set<String> = []
         /// Bytes still expected.
         package private(set) var expected: UInt64
 
@@ -355,7 +357,7 @@ package final class MirrorCache {
             var times = [MirrorCache.stamp, MirrorCache.stamp]
             _ = futimens(descriptor, &times)
             let folder = String(blob.name.prefix(2))
-            _ = mkdirat(cache.blobsFd, folder, 0o700)
+            if folders.insert(folder).inserted { _ = mkdirat(cache.blobsFd, folder, 0o700) }
             try SystemCall.value("renameat") {
                 renameat(cache.incomingFd, temporary, cache.blobsFd, MirrorCache.blobPath(blob))
             }.get(

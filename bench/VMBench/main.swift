@@ -16,6 +16,8 @@
 //                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder)
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
 //   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
+//   vm-bench unshared NAME PATH   seconds to mirror PATH, in PARALLEL_UNSHARED_STORAGE, to a task on every other
+//                             host, cold (caches emptied) and warm (contents cached)
 
 import Foundation
 import ParallelVM
@@ -364,6 +366,32 @@ func mirror(_ source: String, name: String, warm: Bool) throws {
     if warm { emit("mirror_\(name)_warm", median(try (0..<5).map { _ in try timedTask(mirrored) })) }
 }
 
+/// Mirrors `source` (which must lie in PARALLEL_UNSHARED_STORAGE) into one task on each host other than the
+/// spawner's, which the spawner serves one after another: cold, with the hosts' mirror caches emptied first and
+/// the spawner's reading and hashing of the files included; then warm, the same VM object's next task on each
+/// host, made from the contents the caches hold.
+func unsharedMirror(_ source: String, name: String) throws {
+    _ = try vm.clearLocalStorage(timeout: 60)
+    let remote = vm.hosts().filter { $0 != vm.hostID() }
+    func round(_ mirrored: VM) throws -> Double {
+        let start = seconds()
+        var running = Set<TaskID>()
+        for host in remote { running.formUnion(try mirrored.spawnFunction(double, args: 1, count: 1, targets: [host])) }
+        while !running.isEmpty, let (source, message) = try mirrored.receiveMessage(timeout: 600) {
+            if case .taskResult(let result) = message, !result.success { fatalError("mirroring failed: \(result)") }
+            if case .taskExit = message { running.remove(source) }
+        }
+        guard running.isEmpty else { fatalError("the mirroring tasks did not end within 600 s") }
+        return seconds() - start
+    }
+    let start = seconds()
+    let mirrored = try VM(mirrorMap: [source: "data"])
+    let read = seconds() - start
+    emit("unshared_\(name)_read", read)
+    emit("unshared_\(name)_cold", read + (try round(mirrored)))
+    emit("unshared_\(name)_warm", median(try (0..<3).map { _ in try round(mirrored) }))
+}
+
 // Every rank reads the same setting before its first VM: all ranks must create it with the same isolation.
 let isolated: Bool
 switch ProcessInfo.processInfo.environment["BENCH_ISOLATION"] ?? "" {
@@ -399,9 +427,15 @@ case "idle":
 case "mirror":
     // vm-bench mirror NAME PATH [warm]: PATH must lie in PARALLEL_MIRRORED_STORAGE.
     try mirror(arguments[2], name: arguments[1], warm: arguments.count > 3)
+case "unshared":
+    // vm-bench unshared NAME PATH: PATH must lie in PARALLEL_UNSHARED_STORAGE (set on the spawner).
+    try unsharedMirror(arguments[2], name: arguments[1])
 default:
     FileHandle.standardError.write(
-        Data("usage: vm-bench latency [SIZE...] | tasks N [KIND...] | idle SECONDS | mirror NAME PATH [warm]\n".utf8)
+        Data(
+            "usage: vm-bench latency [SIZE...] | tasks N [KIND...] | idle SECONDS | mirror NAME PATH [warm] | unshared NAME PATH\n"
+                .utf8
+        )
     )
     try vm.finalize()
     exit(2)

@@ -46,50 +46,14 @@ extension Spawner {
         )
         guard error.isEmpty else { throw VMError(.storage, "\(what) failed: \(error)") }
         let bytes = missing.reduce(UInt64(0)) { $0 + snapshot.tree.blobs[$1].size }
-        var chunk = [UInt8](repeating: 0, count: MirrorFrames.chunkSize)
-        var filled = 0
-        var readFailure: String?
-        for index in missing {
-            let blob = snapshot.tree.blobs[index]
-            let source = snapshot.sources[index]
-            let fd = open(source, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-            var left = blob.size
-            if fd < 0, readFailure == nil {
-                readFailure = "\(source) cannot be opened: \(String(cString: strerror(errno)))"
-            }
-            // The worker counts on exactly the bytes the tree names; what cannot be read is sent as zeros, which
-            // its digest check refuses, and the error says why.
-            while left > 0 {
-                let want = Int(min(UInt64(chunk.count - filled), left))
-                var got = 0
-                if fd >= 0 {
-                    got = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, want) }
-                    if got < 0, errno == EINTR { continue }
-                    if got <= 0 {
-                        if readFailure == nil {
-                            readFailure =
-                                "\(source) "
-                                + (got == 0
-                                    ? "became shorter after the VM read it"
-                                    : "cannot be read: \(String(cString: strerror(errno)))")
-                        }
-                        got = 0
-                    }
-                }
-                if got == 0 {
-                    got = want
-                    chunk.withUnsafeMutableBytes { _ = memset($0.baseAddress! + filled, 0, want) }
-                }
-                filled += got
-                left -= UInt64(got)
-                if filled == chunk.count {
-                    try MirrorFrames.data(chunk, over: transport, to: slot)
-                    filled = 0
-                }
-            }
-            if fd >= 0 { close(fd) }
-        }
-        if filled > 0 { try MirrorFrames.data(Array(chunk[0..<filled]), over: transport, to: slot) }
+        // A thread reads the next contents while the last ones travel and the worker stores them.
+        let reader = ContentReader(
+            files: missing.map { (snapshot.sources[$0], snapshot.tree.blobs[$0].size) },
+            chunkSize: MirrorFrames.chunkSize
+        )
+        defer { reader.stop() }
+        while let chunk = reader.next() { try MirrorFrames.data(chunk, over: transport, to: slot) }
+        let readFailure = reader.failure
         let stored = try MirrorFrames.readStored(try answer(.mirrorStored, from: slot, what: what, over: transport))
         if let readFailure { throw VMError(.storage, "\(what) failed: mirror source \(readFailure)") }
         guard stored.isEmpty else { throw VMError(.storage, "\(what) failed: \(stored)") }
@@ -120,5 +84,102 @@ extension Spawner {
         let (host, pid) = withBook { ($0.slots[slot].host, $0.slots[slot].pid) }
         if host == self.host, pid > 0 { return Glibc.kill(pid, 0) == -1 && errno == ESRCH }
         return (transport?.quietSince()[slot] ?? 0) > Spawner.remoteSilence
+    }
+}
+
+/// Reads files one after another into chunks of a fixed size on a thread of its own, at most two chunks ahead
+/// of the sender. The worker counts on exactly the bytes the tree names: what cannot be read is sent as zeros,
+/// which its digest check refuses, and `failure` says why.
+private final class ContentReader: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var ready: [[UInt8]] = []
+    private var done = false
+    private var stopped = false
+    private var firstFailure: String?
+
+    init(files: [(path: String, size: UInt64)], chunkSize: Int) {
+        let thread = Thread { [self] in fill(files, chunkSize: chunkSize) }
+        thread.name = "ParallelVM mirror reader"
+        thread.start()
+    }
+
+    /// The next chunk, or nil after the last.
+    func next() -> [UInt8]? {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.isEmpty && !done { condition.wait() }
+        guard !ready.isEmpty else { return nil }
+        condition.broadcast()
+        return ready.removeFirst()
+    }
+
+    /// The first file that could not be read as the tree says, if any.
+    var failure: String? {
+        condition.lock()
+        defer { condition.unlock() }
+        return firstFailure
+    }
+
+    /// Ends the thread early (the sender failed).
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func fill(_ files: [(path: String, size: UInt64)], chunkSize: Int) {
+        var chunk = [UInt8](repeating: 0, count: chunkSize)
+        var filled = 0
+        var failure: String?
+        func hand(_ bytes: [UInt8]) -> Bool {
+            condition.lock()
+            defer { condition.unlock() }
+            while ready.count >= 2 && !stopped { condition.wait() }
+            guard !stopped else { return false }
+            ready.append(bytes)
+            condition.broadcast()
+            return true
+        }
+        reading: for (path, size) in files {
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            if fd < 0, failure == nil { failure = "\(path) cannot be opened: \(String(cString: strerror(errno)))" }
+            defer { if fd >= 0 { close(fd) } }
+            var left = size
+            while left > 0 {
+                let want = Int(min(UInt64(chunkSize - filled), left))
+                var got = 0
+                if fd >= 0 {
+                    got = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, want) }
+                    if got < 0, errno == EINTR { continue }
+                    if got <= 0 {
+                        if failure == nil {
+                            failure =
+                                "\(path) "
+                                + (got == 0
+                                    ? "became shorter after the VM read it"
+                                    : "cannot be read: \(String(cString: strerror(errno)))")
+                        }
+                        got = 0
+                    }
+                }
+                if got == 0 {
+                    got = want
+                    chunk.withUnsafeMutableBytes { _ = memset($0.baseAddress! + filled, 0, want) }
+                }
+                filled += got
+                left -= UInt64(got)
+                if filled == chunkSize {
+                    guard hand(chunk) else { break reading }
+                    filled = 0
+                }
+            }
+        }
+        if filled > 0 { _ = hand(Array(chunk[0..<filled])) }
+        condition.lock()
+        firstFailure = failure
+        done = true
+        condition.broadcast()
+        condition.unlock()
     }
 }
