@@ -24,6 +24,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(experimentScenarios) { first, _ in first }
     .merging(experimentTaskScenarios) { first, _ in first }
     .merging(eventScenarios) { first, _ in first }
+    .merging(localScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -42,7 +43,8 @@ let isolation: Isolation =
     ? .inProcess : environment["SCENARIO_MEMORY_LIMIT"].flatMap(Int.init).map { .process(memoryLimit: $0) } ?? .process
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
-        + faultFunctions + clusterFunctions + experimentFunctions + experimentTaskFunctions + eventFunctions,
+        + faultFunctions + clusterFunctions + experimentFunctions + experimentTaskFunctions + eventFunctions
+        + localFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }
