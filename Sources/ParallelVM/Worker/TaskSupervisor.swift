@@ -316,6 +316,8 @@ final class TaskSupervisor: @unchecked Sendable {
             } catch {
                 log(.error, "dropped a frame from the task process: \(error)")
             }
+            // A task process that said it ends was replaced while forwarding; its channel is done.
+            if self.child !== child { return true }
         }
     }
 
@@ -339,6 +341,19 @@ final class TaskSupervisor: @unchecked Sendable {
         if peer == 0 { wakeSpawnerIfAsleep() }
         try transport.send(frame, payload: payload, to: peer)
         if ends { taskEnded(leftProcesses: envelope.flags & Wire.flagLeftProcesses != 0) }
+        if ends, envelope.flags & Wire.flagProcessEnds != 0 { replaceEndingChild() }
+    }
+
+    /// The task process said it exits after the result it sent: take that exit, and start another before
+    /// the next task comes (sent to the ending process, it would be reported as crashed).
+    private func replaceEndingChild() {
+        guard let child else { return }
+        if (try? child.wait(timeout: .seconds(2))) ?? nil == nil { _ = try? child.terminate(grace: .milliseconds(200)) }
+        self.child = nil
+        writer?.stop()
+        writer = nil
+        reapOrphans()
+        startChild()
     }
 
     /// The task reported its end: end whatever it left running, and serve the next one.
