@@ -93,6 +93,36 @@ struct OneProcessTests {
         #expect(run.value("freeAtEnd") == "2", "\(run)")
     }
 
+    /// Timeouts, kill and the setup function behave in local slots as on worker ranks.
+    @Test(.timeLimit(.minutes(2)))
+    func timeoutsKillAndSetupWorkInLocalSlots() throws {
+        func run(_ name: String) throws -> RunOutput {
+            let output = try MPIRun.scenario(
+                name,
+                ranks: 1,
+                environment: ["PARALLELVM_LOCAL_SLOTS": "2"],
+                timeout: 60
+            )
+            #expect(output.status == 0 && !output.timedOut, "\(output)")
+            return output
+        }
+        let timeout = try run("timeout")
+        #expect(
+            timeout.value("timedOut")?.hasPrefix("timedOut(seconds: 0.5)|timed out after 0.5 s") == true,
+            "\(timeout)"
+        )
+        #expect((Double(timeout.value("seconds") ?? "") ?? 99) < 10)
+        #expect(timeout.value("after") == "4", "\(timeout)")
+        #expect(timeout.value("dispatchCodes") == "timedOut,ok", "\(timeout)")
+        let kill = try run("kill")
+        #expect(kill.value("killed")?.hasPrefix("killed|was killed on request") == true, "\(kill)")
+        #expect((Double(kill.value("seconds") ?? "") ?? 99) < 10)
+        let setup = try run("setup")
+        #expect(setup.value("runs") == "1,1,1,1", "\(setup)")
+        #expect(setup.value("samePidBeforeCrash") == "true", "\(setup)")
+        #expect(setup.value("newPidAfterCrash") == "true", "\(setup)")
+    }
+
     /// SIGINT or SIGTERM to the program ends it with 128 plus the signal: the program sees the interrupt,
     /// the task processes and their tasks are ended, and no task folder is left.
     @Test(.timeLimit(.minutes(2)), arguments: [SIGINT, SIGTERM])
