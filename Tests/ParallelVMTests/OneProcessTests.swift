@@ -93,6 +93,29 @@ struct OneProcessTests {
         #expect(run.value("freeAtEnd") == "2", "\(run)")
     }
 
+    /// Messages between the spawner and tasks in local slots arrive in order and intact at every size,
+    /// and an automatically chunked dispatch keeps job order.
+    @Test(.timeLimit(.minutes(2)))
+    func messagesAndChunkedDispatchWorkInLocalSlots() throws {
+        let slots = ["PARALLELVM_LOCAL_SLOTS": "2"]
+        let messaging = try MPIRun.scenario("messaging", ranks: 1, arguments: ["500"], environment: slots)
+        #expect(messaging.status == 0, "\(messaging)")
+        #expect(messaging.value("received") == "500" && messaging.value("inOrder") == "true", "\(messaging)")
+        let sizes = ["0", "1", "8", "1000", "32767", "32768", "100000", "3000000"]
+        let bounce = try MPIRun.scenario("bounce", ranks: 1, arguments: sizes, environment: slots)
+        #expect(bounce.status == 0, "\(bounce)")
+        #expect(bounce.value("echoed") == "8", "\(bounce)")
+        let order = try MPIRun.scenario(
+            "dispatch-order",
+            ranks: 1,
+            arguments: ["2000", "auto", "1"],
+            environment: slots
+        )
+        #expect(order.status == 0, "\(order)")
+        #expect(order.value("ordered") == "true" && order.value("collectorSawEachOnce") == "true", "\(order)")
+        #expect(order.value("placement") == "remote" && order.value("freeAtEnd") == "2", "\(order)")
+    }
+
     /// Timeouts, kill and the setup function behave in local slots as on worker ranks.
     @Test(.timeLimit(.minutes(2)))
     func timeoutsKillAndSetupWorkInLocalSlots() throws {
