@@ -26,7 +26,7 @@ final class LocalSlots: Sendable {
     }
 
     /// Starts `count` supervisors, each on a thread of its own; each starts its task process and says hello
-    /// on the hub, for ``Spawner/handshake(transport:host:functions:logger:doorbell:isolation:usesMPI:)``.
+    /// on the hub, for the spawner's handshake.
     init(count: Int, host: HostID, waitPolicy: WaitPolicy, memoryLimit: Int?) {
         hub = LocalHub(slots: count, waitPolicy: waitPolicy)
         serving = Mutex(count)

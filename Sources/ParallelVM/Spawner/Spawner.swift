@@ -17,6 +17,8 @@ final class Spawner: Sendable {
     let transport: (any SpawnerLink)?
     /// The local slots of a VM that runs as one process; nil otherwise.
     let localSlots: LocalSlots?
+    /// `transport` when it is the local slots' hub, cast once rather than on every wait.
+    private let localLink: LocalLink?
     /// Whether this process initialised MPI (under a launcher), so finalize finalizes it.
     let usesMPI: Bool
     let host: HostID
@@ -65,6 +67,7 @@ final class Spawner: Sendable {
         self.isolation = isolation
         self.transport = transport
         self.localSlots = localSlots
+        self.localLink = transport as? LocalLink
         self.usesMPI = usesMPI
         self.host = host
         self.functions = functions
@@ -551,7 +554,7 @@ final class Spawner: Sendable {
     /// How the spawner waits once its spin time is over: on its doorbell when every worker can ring it
     /// (on this host, or over the network), otherwise by sleeping between polls (nil).
     private var spawnerIdleWait: (() -> Bool)? {
-        if let local = transport as? LocalLink { return { local.wait(milliseconds: 10) } }
+        if let localLink { return { localLink.wait(milliseconds: 10) } }
         guard let doorbell, everyWorkerRingsTheSpawner else { return nil }
         return { doorbell.wait(milliseconds: 10) }
     }
