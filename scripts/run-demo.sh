@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a demo (release) and runs it under mpirun.
 # Usage: scripts/run-demo.sh NAME RANKS [ARGS...]    e.g. scripts/run-demo.sh 02-spawn 3
-# RANKS 1 runs the demo without mpirun: one process, no workers.
+# RANKS 1 runs the demo without mpirun: one process, its tasks in local slots (task processes).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then

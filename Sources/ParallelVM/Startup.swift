@@ -75,9 +75,19 @@ enum Startup {
         // A library's logger: the program's LoggingSystem.bootstrap decides where the lines go.
         let logger = logger ?? Logger(label: "ParallelVM")
 
+        let localSlots = try LocalSlots.count(from: environment)
+
         guard launchedByMPI(environment) else {
             if let error = Launcher.srunWithoutPMI(environment, worldSize: 1) { throw error }
-            let spawner = Spawner.alone(functions: table, logger: logger, isolation: isolation)
+            let spawner = try Spawner.alone(
+                functions: table,
+                logger: logger,
+                isolation: isolation,
+                localSlots: localSlots,
+                waitPolicy: policy,
+                usesMPI: false
+            )
+            if spawner.localSlots != nil { atexit { Startup.runningSpawner?.finalizeAtExit() } }
             Interrupts.install { spawner.interrupted($0) }
             return .spawner(spawner)
         }
@@ -96,6 +106,21 @@ enum Startup {
             throw VMError(.mpi, "starting MPI failed: \(error)", underlying: error)
         }
         if let error = Launcher.srunWithoutPMI(environment, worldSize: communicator.size) { throw error }
+        if communicator.size == 1, isolation.kind == .process, localSlots > 0 {
+            // `mpirun -n 1`: the same local slots as without mpirun; MPI is only initialised and finalized.
+            let spawner = try Spawner.alone(
+                functions: table,
+                logger: logger,
+                isolation: isolation,
+                host: host,
+                localSlots: localSlots,
+                waitPolicy: policy,
+                usesMPI: true
+            )
+            atexit { Startup.runningSpawner?.finalizeAtExit() }
+            Interrupts.install { spawner.interrupted($0) }
+            return .spawner(spawner)
+        }
         let doorbell = policy.spin.isInfinite ? nil : Doorbell()
         guard communicator.rank.rawValue == 0 else {
             let transport = Transport(communicator: communicator, waitPolicy: policy, tracksSpawnerArrivals: true)

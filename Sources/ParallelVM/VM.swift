@@ -9,8 +9,11 @@ public import ParallelVMStorage
 ///
 /// Create the first VM at the top of `main`, on every rank: on a worker the initialiser never returns
 /// (the process serves spawn requests until the spawner calls ``finalize(timeout:)``, then exits 0); on the spawner
-/// it returns once every worker has reported in. Run without mpirun, the program is one process with no
-/// workers: queries answer truthfully and ``spawnFunction(_:args:count:targets:sendBack:timeout:)`` spawns nothing.
+/// it returns once every worker has reported in. Run without mpirun (or with `mpirun -n 1`), the program is one
+/// process whose workers are local slots: one supervised task process per core, or `PARALLELVM_LOCAL_SLOTS`
+/// of them, each task in its own task folder with mirroring, as on a worker rank. With none
+/// (`PARALLELVM_LOCAL_SLOTS=0`, or `isolation: .inProcess`) it has no workers: queries answer truthfully and
+/// ``spawnFunction(_:args:count:targets:sendBack:timeout:)`` spawns nothing.
 ///
 /// ```swift
 /// let hello = RemoteFunction("hello") { (name: String, task: TaskContext) in "Hello \(name) from \(task.host)" }
@@ -136,7 +139,7 @@ public final class VM: Sendable {
     public var isFinalized: Bool { spawner.isFinalized }
 
     /// Whether the program runs under an MPI launcher, with workers possible.
-    public var isDistributed: Bool { spawner.transport != nil }
+    public var isDistributed: Bool { spawner.usesMPI }
 
     /// The hosts of the VM, in the order of their first slot (the spawner's host first).
     public func hosts() -> [HostID] { spawner.withBook { $0.hosts } }

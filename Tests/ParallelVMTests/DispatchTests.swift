@@ -1,15 +1,22 @@
 import Foundation
 import Testing
 
-/// The dispatcher and Farm under mpirun with 2, 3 and 5 ranks, and without mpirun (1 rank: jobs run in
-/// the process). Each run has a time limit, so a hang fails.
+/// The dispatcher and Farm under mpirun with 2, 3 and 5 ranks, and without mpirun and without local slots
+/// (1 rank: jobs run in the process; `OneProcessTests` has the local slots). Each run has a time limit, so a
+/// hang fails.
 @Suite(.serialized)
 struct DispatchTests {
     static let ranks = [1, 2, 3, 5]
 
     /// Runs a dispatch scenario and checks that it ended cleanly.
     private func run(_ name: String, ranks: Int, _ arguments: [String] = [], timeout: Double = 90) throws -> RunOutput {
-        let output = try MPIRun.scenario(name, ranks: ranks, arguments: arguments, timeout: timeout)
+        let output = try MPIRun.scenario(
+            name,
+            ranks: ranks,
+            arguments: arguments,
+            environment: ranks == 1 ? ["PARALLELVM_LOCAL_SLOTS": "0"] : [:],
+            timeout: timeout
+        )
         #expect(output.status == 0, "\(output)")
         #expect(!output.timedOut, "\(output)")
         return output

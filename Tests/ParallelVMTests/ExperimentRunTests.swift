@@ -206,11 +206,14 @@ struct ExperimentRunTests {
     }
 
     @Test(.timeLimit(.minutes(2)))
-    func withoutMPIRunTheJobsRunInThisProcessAndResume() throws {
+    func withoutMPIRunTheJobsRunInTaskProcessesAndResume() throws {
         let root = try makeRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let first = try sweep(root, "local", jobs: 10, milliseconds: 5, ranks: 1)
         #expect(first.value("ran") == "10" && first.value("reused") == "0", "\(first)")
+        // They ran in local slots (task processes, with a log each in the experiment), not in the spawner.
+        let logs = (try? FileManager.default.contentsOfDirectory(atPath: "\(root)/local/tasks")) ?? []
+        #expect(!logs.isEmpty && logs.allSatisfy { !$0.hasPrefix("0:") }, "\(logs)")
         let clean = csv(root, "local")
         let again = try sweep(root, "local", jobs: 10, milliseconds: 5, ranks: 1)
         #expect(again.value("ran") == "0" && again.value("reused") == "10", "\(again)")

@@ -222,12 +222,25 @@ struct VMRunTests {
         #expect(run.value("throwing") == "true")
     }
 
-    @Test func withoutMPIItIsOneProcessWithNoWorkers() throws {
-        let run = try MPIRun.scenario("slots", ranks: 1)
+    @Test func withoutMPIItIsOneProcessWithLocalSlots() throws {
+        let run = try MPIRun.scenario("slots", ranks: 1, environment: ["PARALLELVM_LOCAL_SLOTS": "2"])
+        #expect(run.status == 0, "\(run)")
+        #expect(run.value("slots") == "3", "\(run)")
+        #expect(run.value("free") == "2")
+        #expect(run.value("spawned") == "2")
+        #expect(run.value("exits") == "2")
+        #expect(run.value("freeAtEnd") == "2")
+    }
+
+    @Test func withoutMPIAndWithoutLocalSlotsItIsOneProcessWithNoWorkers() throws {
+        let run = try MPIRun.scenario("slots", ranks: 1, environment: ["PARALLELVM_LOCAL_SLOTS": "0"])
         #expect(run.status == 0, "\(run)")
         #expect(run.value("slots") == "1")
         #expect(run.value("free") == "0")
         #expect(run.value("spawned") == "0")
         #expect(run.value("exits") == "0")
+        let refused = try MPIRun.scenario("slots", ranks: 1, environment: ["PARALLELVM_LOCAL_SLOTS": "many"])
+        #expect(refused.status != 0, "\(refused)")
+        #expect(refused.stderr.contains("PARALLELVM_LOCAL_SLOTS=many"), "\(refused)")
     }
 }

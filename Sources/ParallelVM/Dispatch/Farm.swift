@@ -19,7 +19,7 @@ import Synchronization
 /// await farm.close()
 /// ```
 ///
-/// Without workers (a program started without mpirun, or a single rank), or with `remote: false`, jobs run
+/// Without workers (one process without local slots: `PARALLELVM_LOCAL_SLOTS=0`), or with `remote: false`, jobs run
 /// in this process: functions with a blocking body one at a time on the farm's thread, ``AsyncRemoteFunction``
 /// jobs concurrently, as many as the machine has cores.
 ///

@@ -10,7 +10,7 @@ import ParallelVMCodec
 ///
 /// The arguments are encoded only when the job is sent to a worker; a job that runs in this process
 /// (`VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)` with `remote: false`,
-/// or a program started without mpirun) calls the function directly.
+/// or a VM without workers) calls the function directly.
 public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible {
     /// The registered name of the function the job runs.
     public let function: String

@@ -22,7 +22,7 @@ extension VM {
     /// - Parameters:
     ///   - jobs: the jobs; their positions are the ``JobResult/index`` values.
     ///   - remote: false runs the jobs in this process even when workers are available. Without workers
-    ///     (no mpirun, or one rank) they run in this process anyway.
+    ///     (one process without local slots) they run in this process anyway.
     ///   - chunkSize: how many jobs a worker gets at once. ``ChunkSize/auto`` (the default) picks sizes from
     ///     the measured job times: large chunks for tiny jobs, one job at a time for long ones, and shrinking
     ///     chunks at the end so that no worker idles while another holds a large chunk. A fixed size

@@ -36,7 +36,7 @@ extension Spawner {
         _ snapshot: MirrorSnapshot,
         to slot: Int,
         host: HostID,
-        over transport: Transport
+        over transport: any SpawnerLink
     ) throws(VMError) -> (files: Int, bytes: UInt64) {
         let what = "mirroring to host \(host) (rank \(slot))"
         ringDoorbell(of: slot, always: true)
@@ -65,7 +65,7 @@ extension Spawner {
         _ kind: MessageKind,
         from slot: Int,
         what: String,
-        over transport: Transport
+        over transport: any SpawnerLink
     ) throws(VMError) -> Envelope {
         while true {
             let envelope = try transport.receive(

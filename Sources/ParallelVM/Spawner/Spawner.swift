@@ -9,11 +9,18 @@ import Synchronization
 /// of task events that ``VM/receiveMessage(timeout:)`` and the dispatcher both read, clearing and finalize.
 ///
 /// There is one per process, made by ``Startup`` when the first ``VM`` is created; several VM objects (with
-/// different settings) share it, as several PyOPUS VM objects share one MPI world. Without mpirun it has no
-/// transport: one slot, no workers.
+/// different settings) share it, as several PyOPUS VM objects share one MPI world. A VM that runs as one
+/// process (without mpirun, or with `mpirun -n 1`) has its workers in ``LocalSlots``, over a ``LocalLink``;
+/// with none (`isolation: .inProcess`, or `PARALLELVM_LOCAL_SLOTS=0`) it has no transport: one slot, no workers.
 final class Spawner: Sendable {
-    /// nil when the program runs without mpirun: one process, no workers.
-    let transport: Transport?
+    /// nil when the program runs as one process without local slots.
+    let transport: (any SpawnerLink)?
+    /// The local slots of a VM that runs as one process; nil otherwise.
+    let localSlots: LocalSlots?
+    /// `transport` when it is the local slots' hub, cast once rather than on every wait.
+    private let localLink: LocalLink?
+    /// Whether this process initialised MPI (under a launcher), so finalize finalizes it.
+    let usesMPI: Bool
     let host: HostID
     let functions: FunctionTable
     /// This process's doorbell: idle workers on this host ring it; it rings theirs.
@@ -50,16 +57,21 @@ final class Spawner: Sendable {
     var waitPolicy: WaitPolicy? { transport?.waitPolicy }
 
     private init(
-        transport: Transport?,
+        transport: (any SpawnerLink)?,
         host: HostID,
         functions: FunctionTable,
         book: SlotBook,
         logger: Logger,
         doorbell: Doorbell?,
-        isolation: Isolation
+        isolation: Isolation,
+        localSlots: LocalSlots? = nil,
+        usesMPI: Bool
     ) {
         self.isolation = isolation
         self.transport = transport
+        self.localSlots = localSlots
+        self.localLink = transport as? LocalLink
+        self.usesMPI = usesMPI
         self.host = host
         self.functions = functions
         self.doorbell = doorbell
@@ -71,9 +83,36 @@ final class Spawner: Sendable {
         self.state = Mutex(State(book: book, logger: logger))
     }
 
-    /// The spawner of a program started without mpirun.
-    static func alone(functions: FunctionTable, logger: Logger, isolation: Isolation) -> Spawner {
-        let host = HostID(ProcessInfo.processInfo.hostName)
+    /// The spawner of a program that runs as one process: started without mpirun (`usesMPI` false), or as
+    /// the only rank. Under process isolation its workers are `localSlots` local slots (none: jobs run in
+    /// this process, and the VM has one slot).
+    static func alone(
+        functions: FunctionTable,
+        logger: Logger,
+        isolation: Isolation,
+        host: HostID = HostID(ProcessInfo.processInfo.hostName),
+        localSlots: Int,
+        waitPolicy: WaitPolicy,
+        usesMPI: Bool
+    ) throws(VMError) -> Spawner {
+        if isolation.kind == .process, localSlots > 0 {
+            let slots = LocalSlots(
+                count: localSlots,
+                host: host,
+                waitPolicy: waitPolicy,
+                memoryLimit: isolation.memoryLimit
+            )
+            return try handshake(
+                transport: slots.spawnerLink,
+                host: host,
+                functions: functions,
+                logger: logger,
+                doorbell: nil,
+                isolation: isolation,
+                localSlots: slots,
+                usesMPI: usesMPI
+            )
+        }
         let slot = SlotBook.Slot(host: host, cpus: ProcessInfo.processInfo.activeProcessorCount, pid: getpid(), task: 0)
         return Spawner(
             transport: nil,
@@ -82,7 +121,8 @@ final class Spawner: Sendable {
             book: SlotBook(slots: [slot]),
             logger: logger,
             doorbell: nil,
-            isolation: isolation
+            isolation: isolation,
+            usesMPI: usesMPI
         )
     }
 
@@ -126,12 +166,14 @@ final class Spawner: Sendable {
 
     /// Waits for every worker's ``Hello``, answers each with a ``Welcome``, and returns the spawner.
     static func handshake(
-        transport: Transport,
+        transport: any SpawnerLink,
         host: HostID,
         functions: FunctionTable,
         logger: Logger,
         doorbell: Doorbell?,
-        isolation: Isolation
+        isolation: Isolation,
+        localSlots: LocalSlots? = nil,
+        usesMPI: Bool = true
     ) throws(VMError) -> Spawner {
         let pid = getpid()
         var slots = [SlotBook.Slot](
@@ -165,7 +207,9 @@ final class Spawner: Sendable {
             book: SlotBook(slots: slots),
             logger: logger,
             doorbell: doorbell,
-            isolation: isolation
+            isolation: isolation,
+            localSlots: localSlots,
+            usesMPI: usesMPI
         )
     }
 
@@ -525,6 +569,7 @@ final class Spawner: Sendable {
     /// How the spawner waits once its spin time is over: on its doorbell when every worker can ring it
     /// (on this host, or over the network), otherwise by sleeping between polls (nil).
     private var spawnerIdleWait: (() -> Bool)? {
+        if let localLink { return { localLink.wait(milliseconds: 10) } }
         guard let doorbell, everyWorkerRingsTheSpawner else { return nil }
         return { doorbell.wait(milliseconds: 10) }
     }
@@ -613,7 +658,8 @@ final class Spawner: Sendable {
 
     // MARK: - Finalize
 
-    /// Tells every worker to leave its loop, then finalizes MPI. Safe to call more than once.
+    /// Tells every worker to leave its loop, then finalizes MPI (local slots: waits until each has let its
+    /// task process go). Safe to call more than once.
     ///
     /// With a deadline, tasks still running then are killed, and their IDs returned; their results are
     /// dropped (nobody may receive them after finalize). Without one, finalize waits for them.
@@ -656,8 +702,9 @@ final class Spawner: Sendable {
         while let envelope = try? transport.receive(until: .now, matching: { $0.kind == .log }) {
             printForwardedLog(envelope)
         }
+        localSlots?.waitUntilEnded(until: .never)
         do {
-            try MPIEnvironment.finalize()
+            if usesMPI { try MPIEnvironment.finalize() }
         } catch {
             failures.append("\(error)")
         }

@@ -68,6 +68,9 @@ enum Wire {
     /// Flag bit on a task process's result or exit: processes the task started still run, for its worker
     /// rank to end.
     static let flagLeftProcesses: UInt8 = 4
+    /// Flag bit on a task process's result: the task process exits right after it, so its worker rank
+    /// takes that exit before it hands the process another task.
+    static let flagProcessEnds: UInt8 = 8
 }
 
 /// Appends little-endian values to a byte array.

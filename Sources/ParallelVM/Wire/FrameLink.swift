@@ -23,6 +23,15 @@ protocol FrameLink: Sendable {
     @discardableResult func removePending(where predicate: (Envelope) -> Bool) -> Int
 }
 
+/// The spawner's link to its worker ranks: MPI (``Transport``), or the mailboxes of a VM that runs as one
+/// process (``LocalLink``).
+protocol SpawnerLink: FrameLink {
+    /// Starts noting when frames from `ranks` arrive (the worker ranks on other hosts).
+    func watch(_ ranks: [Int])
+    /// Seconds since a frame last arrived from each watched rank, by rank.
+    func quietSince() -> [Int: Double]
+}
+
 extension FrameLink {
     /// Sends a frame with its payload: appended to the frame when small, as a message of its own when large.
     func sendFrame(_ frame: inout WireWriter, payload: [UInt8], to rank: Int) throws(VMError) {

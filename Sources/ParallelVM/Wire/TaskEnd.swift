@@ -21,10 +21,12 @@ enum TaskEnd {
         function: String,
         _ outcome: Outcome,
         leftProcesses: Bool = false,
+        processEnds: Bool = false,
         over transport: any FrameLink
     ) throws(VMError) {
         var (frame, payload) = resultFrame(task: task, function: function, outcome)
         if leftProcesses { frame.insertFlags(Wire.flagLeftProcesses) }
+        if processEnds { frame.insertFlags(Wire.flagProcessEnds) }
         try transport.sendFrame(&frame, payload: payload, to: 0)
     }
 

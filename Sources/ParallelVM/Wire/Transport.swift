@@ -9,7 +9,7 @@ import Synchronization
 /// spawner's main thread and a dispatcher thread can share the transport. Waits release the lock between
 /// polls. Frames that arrive while a caller waits for something else (a send in progress, a storage
 /// report) are kept in `pending`, in arrival order, so waiting never hides or reorders a message.
-final class Transport: FrameLink {
+final class Transport: SpawnerLink {
     let communicator: Communicator
     let waitPolicy: WaitPolicy
     let rank: Int

@@ -15,10 +15,16 @@ import Synchronization
 /// timeout or is killed, the rank reports the task as failed with a ``TaskTermination`` (then its exit),
 /// removes the task's folder, and starts a fresh task process; the slot serves again. After every task it
 /// ends the processes the task left behind.
+///
+/// In a VM that runs as one process, each local slot is a supervisor on a thread of the spawner's process
+/// (``serveLocally()``), over a ``LocalLink``. It then leaves the process to the program: it does not
+/// exit, finalize MPI or adopt orphans, and it ends only the processes of its own task process's group.
 final class TaskSupervisor: @unchecked Sendable {
     // Invariant for @unchecked Sendable: after init, every `var` is only touched by the thread that runs
-    // `serve()`, the thread that created the first VM; nothing else holds the supervisor.
-    private let transport: Transport
+    // `serve()` (the thread that created the first VM) or `serveLocally()`; nothing else holds the supervisor.
+    private let transport: any FrameLink
+    /// The link of a local slot; nil on a worker rank.
+    private let localLink: LocalLink?
     private let host: HostID
     private let doorbell: Doorbell?
     private let memoryLimit: Int?
@@ -63,9 +69,12 @@ final class TaskSupervisor: @unchecked Sendable {
     private let signalled = Mutex<Interrupt?>(nil)
     /// The experiment named by the last spawn settings seen, decoded once per settings.
     private var experimentCache: (settings: [UInt8], experiment: ExperimentLocation?)?
+    /// Whether a local slot has stopped for an interrupt (a rank exits instead).
+    private var stopped = false
 
-    init(transport: Transport, host: HostID, doorbell: Doorbell?, memoryLimit: Int?) {
+    init(transport: any FrameLink, host: HostID, doorbell: Doorbell?, memoryLimit: Int?) {
         self.transport = transport
+        self.localLink = transport as? LocalLink
         self.host = host
         self.doorbell = doorbell
         self.memoryLimit = memoryLimit
@@ -78,6 +87,25 @@ final class TaskSupervisor: @unchecked Sendable {
     func serve() -> Never {
         // Grandchildren that a task detaches (setsid, double fork) are re-parented here, so they can be ended.
         try? ChildProcess.enableSubreaper()
+        run()
+        heartbeat?.stop()
+        do {
+            try MPIEnvironment.finalize()
+        } catch {
+            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
+            exit(1)
+        }
+        exit(0)
+    }
+
+    /// Serves as a local slot on the caller's thread; returns once the spawner has finalized (the task
+    /// process is gone then) or the run was interrupted (its task process ended and its folder removed).
+    func serveLocally() {
+        run()
+    }
+
+    /// Relays until the spawner finalizes and the running task has ended, then lets the task process go.
+    private func run() {
         do {
             try Hello.fromThisProcess(host: host, doorbell: doorbell).send(over: transport)
         } catch {
@@ -100,9 +128,13 @@ final class TaskSupervisor: @unchecked Sendable {
                 end(running!, because: .timedOut(seconds: running!.timeout))
                 progressed = true
             }
-            if finalizeRequested, running == nil { finish() }
+            if finalizeRequested, running == nil {
+                releaseChild()
+                return
+            }
             if let interrupt = signalled.withLock({ $0 }) { stop(interrupt, acknowledge: false) }
             checkSpawnerAlive()
+            if stopped { return }
             if progressed {
                 backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
             } else if running != nil, let idleWait {
@@ -121,6 +153,7 @@ final class TaskSupervisor: @unchecked Sendable {
     private var idleWait: (() -> Bool)? {
         guard let channel = child?.channel else { return nil }
         let fd = channel.fileDescriptor
+        if let localLink { return { localLink.wait(milliseconds: 10, orReadable: fd) } }
         if doorbellArmed, let doorbell { return { doorbell.wait(milliseconds: 10, orReadable: fd) } }
         return {
             var request = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -131,11 +164,16 @@ final class TaskSupervisor: @unchecked Sendable {
     private func fail(_ text: String) -> Never {
         FileHandle.standardError.write(Data("ParallelVM worker rank \(rank) on \(host): \(text)\n".utf8))
         child?.killGroup()
+        guard localLink == nil else {
+            // Only the spawner's link can fail here, and the program cannot go on without it.
+            fflush(nil)
+            _exit(1)
+        }
         MPIEnvironment.abort(code: 1)
     }
 
-    /// Lets the task process go, then finalizes MPI and exits 0.
-    private func finish() -> Never {
+    /// Lets the task process go: asks it to finish, and ends it if it does not within 5 s.
+    private func releaseChild() {
         if let child {
             writer?.send(
                 Relay.encode(
@@ -148,15 +186,17 @@ final class TaskSupervisor: @unchecked Sendable {
                 _ = try? child.terminate(grace: .milliseconds(500))
             }
         }
+        writer?.stop()
+        writer = nil
+        child = nil
+        reapOrphans()
+    }
+
+    /// Ends the orphans re-parented to this rank. A local slot has none (the spawner adopts nothing), and
+    /// the spawner's other children are the program's own.
+    private func reapOrphans() {
+        guard localLink == nil else { return }
         _ = ChildProcess.reapOrphans()
-        heartbeat?.stop()
-        do {
-            try MPIEnvironment.finalize()
-        } catch {
-            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
-            exit(1)
-        }
-        exit(0)
     }
 
     // MARK: - A lost spawner
@@ -195,8 +235,9 @@ final class TaskSupervisor: @unchecked Sendable {
     }
 
     /// Ends the task process and whatever it started, removes the running task's folder, and exits with
-    /// 128 plus the signal number, telling the spawner first when it asked.
-    private func stop(_ interrupt: Interrupt, acknowledge: Bool, status: Int32? = nil) -> Never {
+    /// 128 plus the signal number, telling the spawner first when it asked. A local slot stops instead of
+    /// exiting: the spawner exits once every slot has answered.
+    private func stop(_ interrupt: Interrupt, acknowledge: Bool, status: Int32? = nil) {
         writer?.stop()
         if let child {
             child.killGroup()
@@ -209,8 +250,15 @@ final class TaskSupervisor: @unchecked Sendable {
         if let folder = running?.folder, !folder.persistent {
             _ = PreparedStorage.removeAbandoned(folder: folder.path)
         }
-        _ = ChildProcess.reapOrphans()
+        reapOrphans()
         if acknowledge { try? InterruptNotice.acknowledge(over: transport) }
+        guard localLink == nil else {
+            child = nil
+            writer = nil
+            running = nil
+            stopped = true
+            return
+        }
         fflush(nil)
         _exit(status ?? interrupt.exitStatus)
     }
@@ -268,6 +316,8 @@ final class TaskSupervisor: @unchecked Sendable {
             } catch {
                 log(.error, "dropped a frame from the task process: \(error)")
             }
+            // A task process that said it ends was replaced while forwarding; its channel is done.
+            if self.child !== child { return true }
         }
     }
 
@@ -291,6 +341,19 @@ final class TaskSupervisor: @unchecked Sendable {
         if peer == 0 { wakeSpawnerIfAsleep() }
         try transport.send(frame, payload: payload, to: peer)
         if ends { taskEnded(leftProcesses: envelope.flags & Wire.flagLeftProcesses != 0) }
+        if ends, envelope.flags & Wire.flagProcessEnds != 0 { replaceEndingChild() }
+    }
+
+    /// The task process said it exits after the result it sent: take that exit, and start another before
+    /// the next task comes (sent to the ending process, it would be reported as crashed).
+    private func replaceEndingChild() {
+        guard let child else { return }
+        if (try? child.wait(timeout: .seconds(2))) ?? nil == nil { _ = try? child.terminate(grace: .milliseconds(200)) }
+        self.child = nil
+        writer?.stop()
+        writer = nil
+        reapOrphans()
+        startChild()
     }
 
     /// The task reported its end: end whatever it left running, and serve the next one.
@@ -301,10 +364,12 @@ final class TaskSupervisor: @unchecked Sendable {
     private func taskEnded(leftProcesses: Bool) {
         running = nil
         guard let child else { return }
-        let strays = TaskSupervisor.childPIDs(ofThread: getpid(), in: getpid()).contains { $0 != child.pid }
+        // A local slot's process has other children: the other slots' task processes, the program's own.
+        let strays =
+            localLink == nil && TaskSupervisor.childPIDs(ofThread: getpid(), in: getpid()).contains { $0 != child.pid }
         guard strays || leftProcesses else { return }
         _ = ChildProcess.killDescendants(of: child.pid)
-        _ = ChildProcess.reapOrphans()
+        reapOrphans()
     }
 
     /// The children of thread `thread` of process `pid`, from `/proc/PID/task/TID/children`. Orphans are
@@ -325,13 +390,15 @@ final class TaskSupervisor: @unchecked Sendable {
         self.child = nil
         writer?.stop()
         writer = nil
+        // What the task process left in its group goes with it; a rank also adopts what left the group.
+        if localLink != nil { child.killGroup() }
         let end: ProcessEnd
         do {
             end = try child.wait()
         } catch {
             end = ProcessEnd(cause: .exited(status: -1), standardErrorTail: child.standardErrorTail)
         }
-        _ = ChildProcess.reapOrphans()
+        reapOrphans()
         if let task = running {
             running = nil
             report(task, end: end)

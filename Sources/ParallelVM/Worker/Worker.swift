@@ -183,7 +183,13 @@ final class Worker: @unchecked Sendable {
             message: message,
             typedError: VMError(.notSpawner, message)
         )
-        try? TaskEnd.sendResult(task: number, function: function, .failure(failure), over: transport)
+        try? TaskEnd.sendResult(
+            task: number,
+            function: function,
+            .failure(failure),
+            processEnds: inTaskProcess,
+            over: transport
+        )
         fflush(nil)
         _exit(70)
     }

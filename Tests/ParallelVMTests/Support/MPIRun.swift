@@ -56,10 +56,17 @@ enum MPIRun {
         arguments: [String] = [],
         environment: [String: String] = [:],
         mpirunOptions: [String] = [],
-        timeout: Double = 60
+        timeout: Double = 60,
+        currentDirectory: URL? = nil
     ) throws -> RunOutput {
         if ranks == 1 && mpirunOptions.isEmpty {
-            return try run(scenarios, [name] + arguments, environment: environment, timeout: timeout)
+            return try run(
+                scenarios,
+                [name] + arguments,
+                environment: environment,
+                timeout: timeout,
+                currentDirectory: currentDirectory
+            )
         }
         let script = packageRoot.appendingPathComponent("scripts/mpirun.sh").path
         return try run(
@@ -89,7 +96,7 @@ enum MPIRun {
         return try run(script, options, timeout: timeout)
     }
 
-    /// Runs a program with a time limit. On timeout mpirun gets SIGTERM (it then ends every rank); any process
+    /// Runs a program with a time limit, in `currentDirectory` when given. On timeout mpirun gets SIGTERM (it then ends every rank); any process
     /// still carrying this run's marker in its environment a few seconds later gets SIGKILL, so a hang fails
     /// the test instead of blocking it and leaves nothing behind.
     static func run(
@@ -97,6 +104,7 @@ enum MPIRun {
         _ arguments: [String],
         environment: [String: String] = [:],
         timeout: Double,
+        currentDirectory: URL? = nil,
         during: (@Sendable (_ pid: Int32, _ marker: String, _ stdout: URL) -> Void)? = nil
     ) throws -> RunOutput {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
@@ -114,6 +122,7 @@ enum MPIRun {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments
+        if let currentDirectory { process.currentDirectoryURL = currentDirectory }
         var env = ProcessInfo.processInfo.environment
         // The test process itself may run under a launcher; its ranks' variables must not leak into the child.
         for key in env.keys where key.hasPrefix("OMPI_COMM_WORLD") || key.hasPrefix("PMIX_") || key.hasPrefix("PMI_") {
