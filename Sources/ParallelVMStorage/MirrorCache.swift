@@ -1,7 +1,6 @@
 import Crypto
 import Foundation
 import Glibc
-import ParallelVMCodec
 import Synchronization
 
 /// A host's store of the files a spawner sent for mirroring from folders the workers cannot see, so that a
@@ -163,12 +162,7 @@ package final class MirrorCache {
                 subject: "mirror tree"
             )
         }
-        let tree: MirrorTree
-        do {
-            tree = try BinaryDecoder.decode(MirrorTree.self, from: encoded)
-        } catch {
-            throw StorageError(.ioFailure, path: digest, reason: "cannot be read: \(error)", subject: "mirror tree")
-        }
+        let tree = try MirrorTree(decoding: encoded, shownAs: digest)
         try withLock(LOCK_SH) {
             try pin(digest)
             try writeTree(encoded, digest: digest)
@@ -264,9 +258,15 @@ package final class MirrorCache {
         /// Bytes still expected.
         package private(set) var expected: UInt64
 
+        /// `blobs/`-relative path of each missing content, worked out once.
+        private let paths: [String]
+        /// Whether the current content is written at its final path (else at `temporary` in `incoming/`).
+        private var inPlace = false
+
         init(cache: MirrorCache, offer: Offer) throws {
             self.cache = cache
             self.offer = offer
+            paths = offer.missing.map { MirrorCache.blobPath(offer.tree.blobs[$0]) }
             expected = offer.missing.reduce(0) { $0 + offer.tree.blobs[$1].size }
             try cache.withLock(LOCK_SH) { try startNext() }
         }
@@ -274,6 +274,15 @@ package final class MirrorCache {
         deinit {
             if out >= 0 {
                 SystemCall.close(out)
+                discardCurrent()
+            }
+        }
+
+        /// Removes the content being written (its digest differs, or the stream ended).
+        private func discardCurrent() {
+            if inPlace {
+                _ = unlinkat(cache.blobsFd, paths[position], 0)
+            } else {
                 _ = unlinkat(cache.incomingFd, temporary, 0)
             }
         }
@@ -305,7 +314,7 @@ package final class MirrorCache {
                             write(out, slice.baseAddress! + written, count - written)
                         }.get(
                             "written",
-                            path: PathUtil.join(cache.path, "incoming/" + temporary),
+                            path: PathUtil.join(cache.path, "blobs/" + paths[position]),
                             subject: "mirror cache"
                         )
                         written += n
@@ -318,19 +327,28 @@ package final class MirrorCache {
             }
         }
 
-        /// Opens the next missing content's temporary file; finishes empty ones at once.
+        /// Opens the file of the next missing content; finishes empty ones at once. A content is written at its
+        /// final path when that is free: its stamp, set last, tells readers it is complete. When the path is
+        /// taken (a damaged copy, or another process writing the same content), it is written in `incoming/` and
+        /// renamed over it.
         private func startNext() throws {
             while position < offer.missing.count {
                 let blob = offer.tree.blobs[offer.missing[position]]
-                temporary = "\(blob.name).\(UInt64.random(in: 0...UInt64.max))"
-                out = try SystemCall.value("openat") {
-                    openat(
-                        cache.incomingFd,
-                        temporary,
-                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                        blob.executable ? 0o555 : 0o444
-                    )
-                }.get("created", path: PathUtil.join(cache.path, "incoming/" + temporary), subject: "mirror cache")
+                let path = paths[position]
+                let mode: mode_t = blob.executable ? 0o555 : 0o444
+                let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+                let folder = String(path.prefix(2))
+                if folders.insert(folder).inserted { _ = mkdirat(cache.blobsFd, folder, 0o700) }
+                let direct = SystemCall.value("openat") { openat(cache.blobsFd, path, flags, mode) }
+                if case .success(let descriptor) = direct {
+                    out = descriptor
+                    inPlace = true
+                } else {
+                    temporary = "\(PathUtil.lastComponent(path)).\(UInt64.random(in: 0...UInt64.max))"
+                    out = try SystemCall.value("openat") { openat(cache.incomingFd, temporary, flags, mode) }
+                        .get("created", path: PathUtil.join(cache.path, "incoming/" + temporary), subject: "mirror cache")
+                    inPlace = false
+                }
                 remaining = blob.size
                 hasher = SHA256()
                 if remaining > 0 { return }
@@ -338,14 +356,14 @@ package final class MirrorCache {
             }
         }
 
-        /// Checks the content just written and moves it into `blobs/`.
+        /// Checks the content just written and stamps it complete (moving it into `blobs/` when written aside).
         private func finishCurrent(startingNext: Bool = true) throws {
             let blob = offer.tree.blobs[offer.missing[position]]
             let descriptor = out
             out = -1
             defer { SystemCall.close(descriptor) }
             guard Array(hasher.finalize()) == blob.digest else {
-                _ = unlinkat(cache.incomingFd, temporary, 0)
+                discardCurrent()
                 let item = offer.tree.items.first { $0.kind == .file && $0.blob == offer.missing[position] }
                 throw StorageError(
                     .ioFailure,
@@ -356,15 +374,11 @@ package final class MirrorCache {
             }
             var times = [MirrorCache.stamp, MirrorCache.stamp]
             _ = futimens(descriptor, &times)
-            let folder = String(blob.name.prefix(2))
-            if folders.insert(folder).inserted { _ = mkdirat(cache.blobsFd, folder, 0o700) }
-            try SystemCall.value("renameat") {
-                renameat(cache.incomingFd, temporary, cache.blobsFd, MirrorCache.blobPath(blob))
-            }.get(
-                "stored",
-                path: PathUtil.join(cache.path, "blobs/" + MirrorCache.blobPath(blob)),
-                subject: "mirror cache"
-            )
+            if !inPlace {
+                try SystemCall.value("renameat") {
+                    renameat(cache.incomingFd, temporary, cache.blobsFd, paths[position])
+                }.get("stored", path: PathUtil.join(cache.path, "blobs/" + paths[position]), subject: "mirror cache")
+            }
             position += 1
             if startingNext { try startNext() }
         }
@@ -469,14 +483,27 @@ package final class MirrorCache {
             if n == 0 { break }
             bytes.append(contentsOf: buffer[0..<n])
         }
-        do {
-            return try BinaryDecoder.decode(MirrorTree.self, from: bytes)
-        } catch {
-            throw StorageError(.ioFailure, path: shown, reason: "cannot be read: \(error)", subject: "mirror tree")
-        }
+        return try MirrorTree(decoding: bytes, shownAs: shown)
     }
 
     // MARK: - Trimming
+
+    /// Adds `bytes` stored to the cache's running total (the file `size`) and trims the cache when the total
+    /// passes `limit`, so that the contents are counted one by one only then. The total is what this and
+    /// other processes stored since the last trim, which counted them all.
+    package func noteStored(_ bytes: UInt64, limit: UInt64) {
+        let sizeFd = openat(fd, "size", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard sizeFd >= 0 else { return }
+        defer { SystemCall.close(sizeFd) }
+        guard flock(sizeFd, LOCK_EX) == 0 else { return }
+        defer { _ = flock(sizeFd, LOCK_UN) }
+        var total: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &total) { pread(sizeFd, $0.baseAddress, 8, 0) }
+        total = UInt64(littleEndian: total) &+ bytes
+        if total > limit { total = trim(limit: limit).size }
+        var stored = total.littleEndian
+        _ = withUnsafeBytes(of: &stored) { pwrite(sizeFd, $0.baseAddress, 8, 0) }
+    }
 
     /// What trimming removed.
     package struct Trim: Equatable {

@@ -223,7 +223,7 @@ package struct StorageRequest: Codable, Sendable, Hashable {
             }
             entries.append(MirrorEntry(source: abstract, target: normalizedTarget))
         }
-        return (entries, warnings, try builder?.snapshot())
+        return (entries, warnings, builder?.snapshot())
     }
 
     /// Checks a folder given relative to local storage: not absolute, not escaping with `..` after

@@ -64,7 +64,9 @@ enum MirrorReceiver {
         if failure.isEmpty, let sink, !sink.isComplete {
             failure = "mirror cache \(cache.path): the contents ended before every file was complete"
         }
-        if failure.isEmpty { cache.trim(limit: limit) }
+        if failure.isEmpty {
+            cache.noteStored(offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }, limit: limit)
+        }
         try? MirrorFrames.stored(error: failure, over: link)
     }
 }
