@@ -17,7 +17,8 @@
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
 //   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
 //   vm-bench unshared NAME PATH   seconds to mirror PATH, in PARALLEL_UNSHARED_STORAGE, to a task on every other
-//                             host, cold (caches emptied) and warm (contents cached)
+//                             host, cold (caches emptied), warm (contents cached, a fresh task folder linked
+//                             from them) and warm_persistent (persistent storage reused)
 
 import Foundation
 import ParallelVM
@@ -369,7 +370,7 @@ func mirror(_ source: String, name: String, warm: Bool) throws {
 /// Mirrors `source` (which must lie in PARALLEL_UNSHARED_STORAGE) into one task on each host other than the
 /// spawner's, which the spawner serves one after another: cold, with the hosts' mirror caches emptied first and
 /// the spawner's reading and hashing of the files included; then warm, the same VM object's next task on each
-/// host, made from the contents the caches hold.
+/// host, made from the contents the caches hold; and with persistent storage, the folder reused.
 func unsharedMirror(_ source: String, name: String) throws {
     _ = try vm.clearLocalStorage(timeout: 60)
     let remote = vm.hosts().filter { $0 != vm.hostID() }
@@ -390,6 +391,10 @@ func unsharedMirror(_ source: String, name: String) throws {
     emit("unshared_\(name)_read", read)
     emit("unshared_\(name)_cold", read + (try round(mirrored)))
     emit("unshared_\(name)_warm", median(try (0..<3).map { _ in try round(mirrored) }))
+    // With persistent storage a host's task folder is made from the cache once and then reused.
+    let persistent = try VM(mirrorMap: [source: "data"], persistentStorage: true)
+    _ = try round(persistent)
+    emit("unshared_\(name)_warm_persistent", median(try (0..<3).map { _ in try round(persistent) }))
 }
 
 // Every rank reads the same setting before its first VM: all ranks must create it with the same isolation.
