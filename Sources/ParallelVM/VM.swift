@@ -48,8 +48,10 @@ public final class VM: Sendable {
     ///   - debug: 0 prints nothing extra; 1 and more prints spawner and worker diagnostics in the spawner's log.
     ///   - mirrorMap: spawner paths (globs allowed) mapped to folders relative to each task's local storage
     ///     (`"."` is the storage folder itself). Sources must lie in `PARALLEL_MIRRORED_STORAGE` (default: the
-    ///     home folder); directories are copied as trees, files into the target folder. With a mirror map
-    ///     each task runs in its own local storage folder under `PARALLEL_LOCAL_STORAGE`.
+    ///     home folder), or in `PARALLEL_UNSHARED_STORAGE`, folders only the spawner's host has: those are read
+    ///     now and sent to each host's mirror cache once, and task folders get hard links to the cached copies.
+    ///     Directories are copied as trees, files into the target folder. With a mirror map each task runs in
+    ///     its own local storage folder under `PARALLEL_LOCAL_STORAGE`.
     ///   - startupDir: with a mirror map, a folder relative to the task's storage to start in; without one, a
     ///     spawner path (translated through the mirrored storage when `translateStartupDir`) to start in.
     ///   - translateStartupDir: whether a `startupDir` given without a mirror map is a spawner path to translate

@@ -346,7 +346,11 @@ package final class MirrorCache {
                 } else {
                     temporary = "\(PathUtil.lastComponent(path)).\(UInt64.random(in: 0...UInt64.max))"
                     out = try SystemCall.value("openat") { openat(cache.incomingFd, temporary, flags, mode) }
-                        .get("created", path: PathUtil.join(cache.path, "incoming/" + temporary), subject: "mirror cache")
+                        .get(
+                            "created",
+                            path: PathUtil.join(cache.path, "incoming/" + temporary),
+                            subject: "mirror cache"
+                        )
                     inPlace = false
                 }
                 remaining = blob.size

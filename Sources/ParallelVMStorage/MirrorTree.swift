@@ -238,7 +238,9 @@ extension MirrorTree {
     func encoded() -> [UInt8] {
         var out = Self.magic
         out.reserveCapacity(64 + blobs.count * 41 + items.count * 48)
-        func append<I: FixedWidthInteger>(_ value: I) { withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) } }
+        func append<I: FixedWidthInteger>(_ value: I) {
+            withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) }
+        }
         func append(_ text: String) {
             var text = text
             text.withUTF8 { utf8 in

@@ -138,9 +138,14 @@ struct MirrorCacheTests {
         } throws: { error in
             "\(error)".contains("changed in place") && "\(error)".contains("big.bin")
         }
-        // The next offer asks for that content again.
+        // The next offer asks for that content again; sent again, it replaces the damaged copy.
         let index = try #require(snapshot.tree.blobs.firstIndex { $0.size == 100_000 })
-        #expect(try cache.offer(encoded: snapshot.encoded, digest: snapshot.digest).missing == [index])
+        let resent = try cache.offer(encoded: snapshot.encoded, digest: snapshot.digest)
+        #expect(resent.missing == [index])
+        try feed(try stream(snapshot, resent.missing), to: try cache.sink(for: resent), piece: 1 << 20)
+        _ = try cache.materialize(snapshot.digest, into: again, folderPath: place.task)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: linked)) == Data(repeating: 3, count: 100_000))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: cache.path + "/incoming").isEmpty)
     }
 
     @Test func trimmingRemovesUnpinnedTreesOldestFirstAndKeepsPinnedOnes() throws {
@@ -174,7 +179,9 @@ struct MirrorCacheTests {
         #expect(trees.contains(snapshots[2].digest) && !trees.contains(snapshots[0].digest))
         #expect(try cache.offer(encoded: snapshots[0].encoded, digest: snapshots[0].digest).missing == [0])
         #expect(try MirrorCache.limit(environment: ["PARALLEL_MIRROR_CACHE_LIMIT": "500M"]) == 500 << 20)
-        #expect(throws: StorageError.self) { try MirrorCache.limit(environment: ["PARALLEL_MIRROR_CACHE_LIMIT": "lots"]) }
+        #expect(throws: StorageError.self) {
+            try MirrorCache.limit(environment: ["PARALLEL_MIRROR_CACHE_LIMIT": "lots"])
+        }
     }
 
     @Test func clearingLeavesACacheInUseAndRemovesItOtherwise() throws {
