@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 @testable import ParallelVMStorage
@@ -128,6 +129,48 @@ struct StorageRunTests {
         #expect(try manager.contentsOfDirectory(atPath: cache + "/incoming").isEmpty)
         // Nothing of the spawner's own is changed, and its local storage has no cache (no task ran there).
         #expect(try String(contentsOfFile: unshared + "/data/a.txt", encoding: .utf8) == "alpha")
+    }
+
+    /// Two runs at once whose workers share one host cache: both get every file, the contents end up in the
+    /// cache once, and nothing half-received is left.
+    @Test func twoRunsAtOnceShareOneMirrorCacheSafely() throws {
+        let fixture = try StorageFixture()
+        defer { fixture.remove() }
+        let manager = FileManager.default
+        let unshared = fixture.root.appendingPathComponent("private").path
+        try manager.copyItem(atPath: fixture.shareA, toPath: unshared)
+        try "P\n".write(toFile: unshared + "/data/which-mount", atomically: true, encoding: .utf8)
+        let runs = Mutex<[RunOutput]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { index in
+            let scratch = unshared + "/scratch\(index)"
+            try? manager.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+            var environments = fixture.environments(ranks: 3, worker: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)])
+            environments[0]["PARALLEL_UNSHARED_STORAGE"] = unshared
+            environments[0]["PARALLEL_LOCAL_STORAGE"] = fixture.local(0) + "-\(index)"
+            if let run = try? MPIRun.scenario(
+                "storage-unshared",
+                rankEnvironments: environments,
+                arguments: [unshared + "/data", scratch],
+                timeout: 120
+            ) {
+                runs.withLock { $0.append(run) }
+            }
+        }
+        let finished = runs.withLock { $0 }
+        #expect(finished.count == 2)
+        var sent = 0
+        for run in finished {
+            #expect(run.status == 0, "\(run)")
+            #expect(run.value("tasks") == "4", "\(run)")
+            for slot in 1...2 { #expect(run.value("mount\(slot)") == "P", "\(run)") }
+            sent += Int(run.value("contentsSent") ?? "") ?? 0
+        }
+        // Each content crossed at least once and at most once per run.
+        #expect((4...8).contains(sent), "\(sent)")
+        let cache = try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)]).userFolder
+            + "/mirror-cache"
+        #expect(try manager.subpathsOfDirectory(atPath: cache + "/blobs").filter { $0.contains("/") }.count == 4)
+        #expect(try manager.contentsOfDirectory(atPath: cache + "/incoming").isEmpty)
     }
 
     @Test func persistentStorageIsReusedButNeverFromAnotherRunAndClearingRemovesExactlyIt() throws {
