@@ -8,9 +8,13 @@ import ParallelVMStorage
 /// failure is answered, never thrown: the spawner reports it with the host's name and the task is not spawned.
 enum MirrorReceiver {
     /// How long to wait for the spawner's next contents before giving up on the tree.
-    static let patience = 600.0
+    static let patience = 120.0
 
-    static func receive(_ envelope: Envelope, over link: any FrameLink) {
+    /// Takes the offer in `envelope` and what follows it. Returns an interrupt from the spawner that arrived
+    /// meanwhile, for the caller to act on (the tree is left half-received, which the cache tolerates); stops
+    /// early, returning nil, when `stop` says this rank was signalled.
+    @discardableResult
+    static func receive(_ envelope: Envelope, over link: any FrameLink, stop: () -> Bool = { false }) -> Envelope? {
         let offer: MirrorCache.Offer
         let cache: MirrorCache
         let limit: UInt64
@@ -22,12 +26,12 @@ enum MirrorReceiver {
             offer = try cache.offer(encoded: tree, digest: digest)
         } catch {
             try? MirrorFrames.need(error: "\(error)", missing: [], over: link)
-            return
+            return nil
         }
         do {
             try MirrorFrames.need(error: "", missing: offer.missing, over: link)
         } catch {
-            return
+            return nil
         }
         var failure = ""
         var sink: MirrorCache.Sink?
@@ -37,20 +41,27 @@ enum MirrorReceiver {
             failure = "\(error)"
         }
         var remaining = offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }
+        var lastHeard = monotonicSeconds()
         while remaining > 0 {
             let data: Envelope?
             do {
                 data = try link.receive(
-                    until: .after(seconds: patience, from: monotonicSeconds()),
-                    matching: { $0.kind == .mirrorData && $0.sourceRank == 0 }
+                    until: .after(seconds: 0.5, from: monotonicSeconds()),
+                    matching: { ($0.kind == .mirrorData || $0.kind == .interrupt) && $0.sourceRank == 0 }
                 )
             } catch {
-                return
+                return nil
             }
             guard let data else {
-                failure = "the spawner sent no more contents for \(patience) s"
-                break
+                if stop() { return nil }
+                if monotonicSeconds() - lastHeard > patience {
+                    failure = "the spawner sent no more contents for \(Int(patience)) s"
+                    break
+                }
+                continue
             }
+            if data.kind == .interrupt { return data }
+            lastHeard = monotonicSeconds()
             let bytes = data.payload ?? []
             remaining -= min(remaining, UInt64(bytes.count))
             guard failure.isEmpty, let sink else { continue }
@@ -68,5 +79,6 @@ enum MirrorReceiver {
             cache.noteStored(offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }, limit: limit)
         }
         try? MirrorFrames.stored(error: failure, over: link)
+        return nil
     }
 }

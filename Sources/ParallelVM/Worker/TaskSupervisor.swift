@@ -516,7 +516,8 @@ final class TaskSupervisor: @unchecked Sendable {
         case .heartbeat:
             break
         case .mirrorOffer:
-            MirrorReceiver.receive(envelope, over: transport)
+            let interrupt = MirrorReceiver.receive(envelope, over: transport) { signalled.withLock { $0 != nil } }
+            if let interrupt { relayToChild(interrupt) }
         case .clearStorage:
             // The task process clears; the mirror trees this rank pinned must not keep the cache.
             MirrorCache.releasePins()
