@@ -52,8 +52,25 @@ extension VM {
             throw error
         }
         do {
-            // With every job known up front, the manifest names the run's inputs from the start.
-            let knownKeys: [JobKey]? = jobs is any Collection ? try jobs.map { try Self.key($0) } : nil
+            // With every job known up front, the manifest names the run's inputs from the start. The
+            // arguments encoded for the keys are kept to be sent (up to a limit): encoded once, not twice.
+            var knownKeys: [JobKey]? = nil
+            var knownArguments: [[UInt8]?] = []
+            if jobs is any Collection {
+                var keys: [JobKey] = []
+                var kept = 0
+                for job in jobs {
+                    let (key, arguments) = try Self.keyed(job)
+                    keys.append(key)
+                    if let arguments, kept + arguments.count <= Self.keptArgumentsLimit {
+                        kept += arguments.count
+                        knownArguments.append(arguments)
+                    } else {
+                        knownArguments.append(nil)
+                    }
+                }
+                knownKeys = keys
+            }
             try experiment.beginRun(keys: knownKeys ?? [], hosts: hosts().map(\.name))
             try journal.log.log(
                 "run started: \(knownKeys.map { "\($0.count) jobs" } ?? "jobs produced as it goes"), "
@@ -74,7 +91,7 @@ extension VM {
             var originals: [Int: Job<Value>] = [:]
             while true {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
-                    var unit: [Job<Value>] = []
+                    var unit: [FarmJob] = []
                     var indices: [Int] = []
                     // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
                     while unit.count < unitSize {
@@ -83,7 +100,15 @@ extension VM {
                             break
                         }
                         let index = journal.keys.count
-                        let key = try knownKeys?[index] ?? Self.key(job)
+                        let key: JobKey
+                        let arguments: [UInt8]?
+                        if let knownKeys {
+                            key = knownKeys[index]
+                            arguments = knownArguments[index]
+                            knownArguments[index] = nil
+                        } else {
+                            (key, arguments) = try Self.keyed(job)
+                        }
                         journal.keys.append(key)
                         if let record = resume.reusable(index: index, key: key, includeFailed: !rerunFailed) {
                             try journal.log.jobReused(record)
@@ -93,10 +118,10 @@ extension VM {
                         } else if job.outputRequest != nil {
                             if let error = job.outputPatternError(in: experiment) { throw error }
                             originals[index] = job
-                            unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                            unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
                             indices.append(index)
                         } else {
-                            unit.append(job)
+                            unit.append(job.storage.withEncodedArguments(arguments))
                             indices.append(index)
                         }
                     }
@@ -107,21 +132,21 @@ extension VM {
                     unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
                     try journal.log.jobsQueued(indices)
                 }
-                guard let farmResult = try await farm.join() else { break }
-                // Generic code is not specialised here: spare a tiny job's result the copies it can do without.
-                let jobIndex = jobIndexOfFarmIndex[farmResult.index]
-                var result = jobIndex == farmResult.index ? farmResult : farmResult.renumbered(jobIndex)
-                if !originals.isEmpty, let original = originals.removeValue(forKey: jobIndex) {
-                    result = result.reporting(original)
+                guard let farmResults = try await farm.joinFarmResults() else { break }
+                for farmResult in farmResults {
+                    let jobIndex = jobIndexOfFarmIndex[farmResult.index]
+                    let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
+                    let result = farm.jobResult(of: farmResult, index: jobIndex, job: original)
+                    try journal.append(
+                        result,
+                        encodedValue: farmResult.encodedValue,
+                        key: journal.keys[jobIndex],
+                        started: queuedAt[farmResult.index],
+                        unit: unitOfFarmIndex[farmResult.index].first,
+                        unitSize: unitOfFarmIndex[farmResult.index].size
+                    )
+                    try await run.take(result)
                 }
-                try journal.append(
-                    result,
-                    key: journal.keys[result.index],
-                    started: queuedAt[farmResult.index],
-                    unit: unitOfFarmIndex[farmResult.index].first,
-                    unitSize: unitOfFarmIndex[farmResult.index].size
-                )
-                try await run.take(result)
             }
         } catch {
             try? journal.logUnfinishedUnits()
@@ -175,13 +200,19 @@ extension VM {
     }
 
     /// The key a job is journaled under: its function and encoded arguments (for a job that collects
-    /// outputs, those of the job it wraps: the patterns are not part of it).
-    static func key<Value>(_ job: Job<Value>) throws -> JobKey {
+    /// outputs, those of the job it wraps: the patterns are not part of it). With it, the encoded
+    /// arguments to send, unless the job collects outputs (its worker gets them wrapped).
+    static func keyed<Value>(_ job: Job<Value>) throws -> (key: JobKey, arguments: [UInt8]?) {
         if let request = job.outputRequest {
-            return JobKey(function: request.function, encodedArguments: try request.encodedArguments())
+            return (JobKey(function: request.function, encodedArguments: try request.encodedArguments()), nil)
         }
-        return JobKey(function: job.function, encodedArguments: try job.encodedArguments())
+        let arguments = try job.encodedArguments()
+        return (JobKey(function: job.function, encodedArguments: arguments), arguments)
     }
+
+    /// How many bytes of encoded arguments a journaled dispatch keeps from making the keys to sending
+    /// the jobs; past it, arguments are encoded again when sent, rather than held in memory all at once.
+    static var keptArgumentsLimit: Int { 64 << 20 }
 
     /// A journaled record given back as the job's result.
     static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
@@ -273,9 +304,11 @@ struct RunJournal {
     }
 
     /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within
-    /// the writer's flush interval), and logs it.
+    /// the writer's flush interval), and logs it. `encodedValue` is a successful job's value as its worker
+    /// encoded it, journaled as it is (nil: the value is encoded here).
     mutating func append<Value>(
         _ result: JobResult<Value>,
+        encodedValue: [UInt8]? = nil,
         key: JobKey,
         started: Date,
         unit: Int,
@@ -287,7 +320,7 @@ struct RunJournal {
             // Looked up once: a type name is built from the type's metadata on every call.
             let typeName = valueTypeName ?? _typeName(Value.self, qualified: true)
             valueTypeName = typeName
-            outcome = .success(typeName: typeName, value: try BinaryEncoder.encode(value))
+            outcome = .success(typeName: typeName, value: try encodedValue ?? BinaryEncoder.encode(value))
         case .failure(let error):
             outcome = .failure(typeName: error.typeName, message: error.message)
             counts.failed += 1
