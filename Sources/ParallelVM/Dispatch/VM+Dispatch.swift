@@ -288,10 +288,11 @@ struct DispatchRun<Value: Codable & Sendable> {
     /// joins queued jobs into chunks itself (``ChunkSize/auto``) or runs them in this process.
     let unitSize: Int
 
-    /// Starts the farm a dispatch runs on. With a collector (or an experiment, `interactive`): one unit
-    /// queued ahead per slot, and no more than two units per slot finished but not yet taken, so a fast
-    /// feeder cannot run ahead of the results. Without one, a deeper queue and results handed over in
-    /// batches (see the `Sequence` form of `VM.dispatch`).
+    /// Starts the farm a dispatch runs on. With a collector: one unit queued ahead per slot, and no more
+    /// than two units per slot finished but not yet taken, so a fast feeder cannot run ahead of the
+    /// results. Without one, a deeper queue and results handed over in batches (see the `Sequence` form
+    /// of `VM.dispatch`); `journaled`: handed over as they come, so that a finished job's record is in
+    /// the journal's buffer at once (the README's flush policy counts from there).
     init(
         vm: VM,
         remote: Bool,
@@ -303,10 +304,10 @@ struct DispatchRun<Value: Codable & Sendable> {
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine,
-        interactive: Bool = false
+        journaled: Bool = false
     ) throws {
         try VM.checkChunkSize(chunkSize)
-        let batched = collector == nil && !interactive
+        let batched = collector == nil
         let fixed = chunkSize.fixedJobs
         let lookahead = batched ? (fixed.map { max(2, 128 / $0) } ?? 2) : 1
         self.farm = try Farm<Value>(
@@ -321,7 +322,7 @@ struct DispatchRun<Value: Codable & Sendable> {
             // together, which would let a job that hangs hold its chunk-mates that long.
             chunker: fixed == nil && timeout == nil ? AutoChunker() : nil,
             lookaheadInChunks: batched,
-            deferHandover: batched
+            deferHandover: batched && !journaled
         )
         self.unitSize = farm.isRemote ? (fixed ?? 1) : 1
         self.failFast = failFast

@@ -35,7 +35,7 @@ extension VM {
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count),
-            interactive: true
+            journaled: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -133,20 +133,32 @@ extension VM {
                     try journal.log.jobsQueued(indices)
                 }
                 guard let farmResults = try await farm.joinFarmResults() else { break }
+                // Journaled together, then handed out together.
+                var results: [JobResult<Value>] = []
+                var records: [JournalRecord] = []
+                var units: [(first: Int, size: Int)] = []
+                results.reserveCapacity(farmResults.count)
+                records.reserveCapacity(farmResults.count)
+                units.reserveCapacity(farmResults.count)
+                let ended = Date()
                 for farmResult in farmResults {
                     let jobIndex = jobIndexOfFarmIndex[farmResult.index]
                     let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
                     let result = farm.jobResult(of: farmResult, index: jobIndex, job: original)
-                    try journal.append(
-                        result,
-                        encodedValue: farmResult.encodedValue,
-                        key: journal.keys[jobIndex],
-                        started: queuedAt[farmResult.index],
-                        unit: unitOfFarmIndex[farmResult.index].first,
-                        unitSize: unitOfFarmIndex[farmResult.index].size
+                    records.append(
+                        try journal.record(
+                            of: result,
+                            encodedValue: farmResult.encodedValue,
+                            key: journal.keys[jobIndex],
+                            started: queuedAt[farmResult.index],
+                            ended: ended
+                        )
                     )
-                    try await run.take(result)
+                    units.append(unitOfFarmIndex[farmResult.index])
+                    results.append(result)
                 }
+                try journal.append(records, units: units)
+                try await run.take(results)
             }
         } catch {
             try? journal.logUnfinishedUnits()
@@ -261,8 +273,11 @@ struct RunJournal {
     /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
     /// of tiny jobs more than the jobs did); failures are logged as they come.
     private var pendingUnits: [Int: PendingUnit] = [:]
+    /// The unit whose results came last, out of `pendingUnits`.
+    private var current: PendingUnit?
 
     private struct PendingUnit {
+        let unit: Int
         var remaining: Int
         var succeeded: [Int] = []
         var last: JournalRecord?
@@ -289,6 +304,10 @@ struct RunJournal {
 
     /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
     mutating func logUnfinishedUnits() throws {
+        if let current {
+            pendingUnits[current.unit] = current
+            self.current = nil
+        }
         let units = pendingUnits
         pendingUnits = [:]
         for (_, unit) in units.sorted(by: { $0.key < $1.key }) { try logSuccesses(of: unit) }
@@ -303,17 +322,15 @@ struct RunJournal {
         }
     }
 
-    /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within
-    /// the writer's flush interval), and logs it. `encodedValue` is a successful job's value as its worker
-    /// encoded it, journaled as it is (nil: the value is encoded here).
-    mutating func append<Value>(
-        _ result: JobResult<Value>,
-        encodedValue: [UInt8]? = nil,
+    /// The record of a finished job, for ``append(_:units:)``. `encodedValue` is a successful job's value
+    /// as its worker encoded it, kept as it is (nil: the value is encoded here).
+    mutating func record<Value>(
+        of result: JobResult<Value>,
+        encodedValue: [UInt8]?,
         key: JobKey,
         started: Date,
-        unit: Int,
-        unitSize: Int
-    ) throws {
+        ended: Date
+    ) throws -> JournalRecord {
         let outcome: JournalRecord.Outcome
         switch result.outcome {
         case .success(let value):
@@ -323,9 +340,8 @@ struct RunJournal {
             outcome = .success(typeName: typeName, value: try encodedValue ?? BinaryEncoder.encode(value))
         case .failure(let error):
             outcome = .failure(typeName: error.typeName, message: error.message)
-            counts.failed += 1
         }
-        let record = JournalRecord(
+        return JournalRecord(
             index: result.index,
             key: key,
             outcome: outcome,
@@ -333,17 +349,40 @@ struct RunJournal {
             host: result.host?.name ?? localHost,
             task: taskName(result.task),
             started: started,
-            ended: Date()
+            ended: ended
         )
-        try writer.append(record)
-        counts.ran += 1
-        if case .failure = outcome { try log.jobFinished(record) }
-        var pending = pendingUnits.removeValue(forKey: unit) ?? PendingUnit(remaining: unitSize)
-        pending.remaining -= 1
-        if case .success = outcome {
-            pending.succeeded.append(result.index)
-            pending.last = record
+    }
+
+    /// Journals the records of finished jobs under one lock of the writer (they reach the file within its
+    /// flush interval), and logs them; `units` names each record's unit (a job, or a chunk run as one
+    /// task: the farm index of its first job) and the unit's size.
+    mutating func append(_ records: [JournalRecord], units: [(first: Int, size: Int)]) throws {
+        try writer.append(contentsOf: records)
+        for (record, unit) in zip(records, units) {
+            counts.ran += 1
+            let succeeded: Bool
+            if case .success = record.outcome {
+                succeeded = true
+            } else {
+                succeeded = false
+                counts.failed += 1
+                try log.jobFinished(record)
+            }
+            // The results of a unit come together: its entry is kept out of the table meanwhile.
+            if current?.unit != unit.first {
+                if let current { pendingUnits[current.unit] = current }
+                current =
+                    pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
+            }
+            current!.remaining -= 1
+            if succeeded {
+                current!.succeeded.append(record.index)
+                current!.last = record
+            }
+            if current!.remaining == 0 {
+                try logSuccesses(of: current!)
+                current = nil
+            }
         }
-        if pending.remaining > 0 { pendingUnits[unit] = pending } else { try logSuccesses(of: pending) }
     }
 }

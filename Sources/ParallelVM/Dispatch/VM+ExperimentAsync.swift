@@ -35,7 +35,7 @@ extension VM {
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: nil),
-            interactive: true
+            journaled: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -98,18 +98,27 @@ extension VM {
                             journal.counts.reused += 1
                             try await run.take(result)
                         case .finished(let farmResults):
+                            // Journaled together, then handed out together.
+                            var results: [JobResult<Value>] = []
+                            var records: [JournalRecord] = []
+                            var units: [(first: Int, size: Int)] = []
+                            let ended = Date()
                             for farmResult in farmResults {
                                 let (result, started, unit) = feed.jobResult(for: farmResult, of: farm)
-                                try journal.append(
-                                    result,
-                                    encodedValue: farmResult.encodedValue,
-                                    key: feed.key(of: result.index),
-                                    started: started,
-                                    unit: unit.first,
-                                    unitSize: unit.size
+                                records.append(
+                                    try journal.record(
+                                        of: result,
+                                        encodedValue: farmResult.encodedValue,
+                                        key: feed.key(of: result.index),
+                                        started: started,
+                                        ended: ended
+                                    )
                                 )
-                                try await run.take(result)
+                                units.append(unit)
+                                results.append(result)
                             }
+                            try journal.append(records, units: units)
+                            try await run.take(results)
                         }
                     }
                 } catch {
