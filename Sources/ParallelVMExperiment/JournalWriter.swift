@@ -138,6 +138,18 @@ package final class JournalWriter: @unchecked Sendable {
         try flushIfDueLocked()
     }
 
+    /// Buffers an array of records under one lock: the generic form, compiled for a caller in another
+    /// module, would reach each record through the sequence's witnesses.
+    package func append(contentsOf records: [JournalRecord]) throws(ExperimentError) {
+        condition.lock()
+        defer { condition.unlock() }
+        for record in records {
+            try appendLocked(record)
+            if pending >= policy.maxRecords || buffer.count >= policy.maxBytes { try flushLocked() }
+        }
+        try flushIfDueLocked()
+    }
+
     /// Writes the buffered records now.
     package func flush() throws(ExperimentError) {
         condition.lock()

@@ -40,8 +40,15 @@ struct MirrorCacheTests {
         func snapshot(_ path: String? = nil, target: String = "") throws -> MirrorSnapshot {
             var builder = MirrorTreeBuilder()
             try builder.add(source: path ?? source, target: target, followLinks: true)
-            return try builder.snapshot()
+            return builder.snapshot()
         }
+    }
+
+    /// Opens a folder for the `*at` calls, or fails the test.
+    func openFolder(_ path: String) throws -> Int32 {
+        let fd = open(path, O_RDONLY | O_DIRECTORY)
+        try #require(fd >= 0, "cannot open \(path)")
+        return fd
     }
 
     /// The bytes of the contents `missing` names, in order, as the spawner streams them.
@@ -76,7 +83,7 @@ struct MirrorCacheTests {
         // A second offer of the same tree (another rank, a later run) needs nothing.
         #expect(try cache.offer(encoded: snapshot.encoded, digest: snapshot.digest).missing.isEmpty)
 
-        let folder = try #require(open(place.task, O_RDONLY | O_DIRECTORY))
+        let folder = try openFolder(place.task)
         defer { close(folder) }
         let made = try cache.materialize(snapshot.digest, into: folder, folderPath: place.task)
         #expect(made.files == 4)
@@ -121,7 +128,7 @@ struct MirrorCacheTests {
         let cache = try MirrorCache(root: try place.storageRoot())
         let offer = try cache.offer(encoded: snapshot.encoded, digest: snapshot.digest)
         try feed(try stream(snapshot, offer.missing), to: try cache.sink(for: offer), piece: 1 << 20)
-        let folder = try #require(open(place.task, O_RDONLY | O_DIRECTORY))
+        let folder = try openFolder(place.task)
         defer { close(folder) }
         _ = try cache.materialize(snapshot.digest, into: folder, folderPath: place.task)
         // A task (as root, so the read-only mode does not stop it) rewrites its input in place.
@@ -131,7 +138,7 @@ struct MirrorCacheTests {
         handle.write(Data(repeating: 9, count: 100_000))
         try handle.close()
         try FileManager.default.removeItem(atPath: place.task + "/source")
-        let again = try #require(open(place.task, O_RDONLY | O_DIRECTORY))
+        let again = try openFolder(place.task)
         defer { close(again) }
         #expect {
             try cache.materialize(snapshot.digest, into: again, folderPath: place.task)

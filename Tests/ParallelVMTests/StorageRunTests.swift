@@ -167,7 +167,8 @@ struct StorageRunTests {
         }
         // Each content crossed at least once and at most once per run.
         #expect((4...8).contains(sent), "\(sent)")
-        let cache = try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)]).userFolder
+        let cache =
+            try LocalStorageRoot(environment: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)]).userFolder
             + "/mirror-cache"
         #expect(try manager.subpathsOfDirectory(atPath: cache + "/blobs").filter { $0.contains("/") }.count == 4)
         #expect(try manager.contentsOfDirectory(atPath: cache + "/incoming").isEmpty)

@@ -13,7 +13,9 @@
 //                             dispatch_chunked (chunks of 100, 10 N jobs); default: all four;
 //                             dispatch_chunked_journal: chunks of 100 with an experiment journal, measured
 //                             alternately with dispatch_chunked (tasks_dispatch_chunked_nojournal_w<workers>)
-//                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder)
+//                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder);
+//                             dispatch_vs_spawn: spawn and dispatch (chunkSize 1) alternately, 9 times,
+//                             with the median of the ratios of each pair (dispatch_vs_spawn_w<workers>)
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
 //   vm-bench mirror NAME PATH [warm]   seconds to mirror PATH into a task's local storage, cold (and warm)
 //   vm-bench unshared NAME PATH   seconds to mirror PATH, in PARALLEL_UNSHARED_STORAGE, to a task on every other
@@ -226,6 +228,30 @@ func journalRates(
     return (median(journaled), median(plain), median(journaledCPU), median(plainCPU))
 }
 
+/// Raw spawnFunction and the dispatcher without chunks, one repetition of each in turn so that drift on a
+/// shared machine hits both alike: median rates in tasks/s, and the median of the ratios of each pair.
+func dispatchVersusSpawn(
+    _ vm: VM,
+    _ n: Int,
+    repetitions: Int
+) async throws -> (spawn: Double, dispatch: Double, ratio: Double) {
+    try spawnFarm(vm, n)  // warm-up
+    try await dispatchFarm(vm, n, chunkSize: 1)
+    var spawn: [Double] = []
+    var dispatch: [Double] = []
+    var ratios: [Double] = []
+    for _ in 0..<repetitions {
+        var start = seconds()
+        try spawnFarm(vm, n)
+        spawn.append(Double(n) / (seconds() - start))
+        start = seconds()
+        try await dispatchFarm(vm, n, chunkSize: 1)
+        dispatch.append(Double(n) / (seconds() - start))
+        ratios.append(dispatch[dispatch.count - 1] / spawn[spawn.count - 1])
+    }
+    return (median(spawn), median(dispatch), median(ratios))
+}
+
 func rate(repetitions: Int, _ n: Int, _ body: () async throws -> Void) async rethrows -> Double {
     try await body()  // warm-up
     var rates: [Double] = []
@@ -268,9 +294,14 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
             emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)
             emit("spawner_cpu_us_per_task_chunked_journal_\(suffix)", rates.journaledCPU)
             emit("spawner_cpu_us_per_task_chunked_nojournal_\(suffix)", rates.plainCPU)
+        case "dispatch_vs_spawn":
+            let rates = try await dispatchVersusSpawn(vm, n, repetitions: 9)
+            emit("tasks_spawn_alternating_\(suffix)", rates.spawn)
+            emit("tasks_dispatch_alternating_\(suffix)", rates.dispatch)
+            emit("dispatch_vs_spawn_\(suffix)", rates.ratio)
         default:
             fatalError(
-                "unknown task kind '\(kind)': spawn, dispatch, dispatch_auto, dispatch_chunked or dispatch_chunked_journal"
+                "unknown task kind '\(kind)': spawn, dispatch, dispatch_auto, dispatch_chunked, dispatch_chunked_journal or dispatch_vs_spawn"
             )
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import ParallelVMCodec
 import Synchronization
 
 /// Runs jobs in the VM's worker slots, one job (or chunk of jobs) per slot, and hands their results back
@@ -31,7 +32,9 @@ import Synchronization
 ///
 /// One task at a time should call ``spawn(_:)`` and one ``join()``.
 public final class Farm<Value: Codable & Sendable>: Sendable {
-    let engine: FarmEngine<Value>
+    let engine: FarmEngine
+    /// `Value`'s qualified name, which every worker's result type is checked against: made once, not per result.
+    let valueTypeName = _typeName(Value.self, qualified: true)
 
     /// Whether jobs go to workers (false: they run in this process).
     public var isRemote: Bool { engine.isRemote }
@@ -109,7 +112,7 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     @discardableResult
     public func spawn(_ job: Job<Value>) async throws -> Int {
         try await waitForFreeSlot()
-        guard let index = engine.submit([job]) else {
+        guard let index = engine.submit([job.storage]) else {
             throw VMError(.farmClosed, "cannot spawn \(job.name): the farm is closed")
         }
         return index
@@ -124,7 +127,7 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///
     /// A job that throws gives a failed ``JobResult``; `join` itself only throws `CancellationError`.
     public func join() async throws -> JobResult<Value>? {
-        try await engine.join(upTo: 1)?.first
+        try await engine.join(upTo: 1)?.first.map { jobResult(of: $0) }
     }
 
     /// Starts no more jobs, waits for the running ones to end and drops their results, and stops the
@@ -143,14 +146,68 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
 
     // MARK: - For the dispatcher
 
-    /// Queues a unit of jobs (a chunk when remote) for the next free slot; returns the first job's index,
-    /// or nil when the farm is stopped.
-    func submit(_ jobs: [Job<Value>]) -> Int? { engine.submit(jobs) }
+    /// Queues jobs as units of `unitSize` jobs (by default, one unit: a chunk when remote) for the next
+    /// free slots; returns the first job's index, or nil when the farm is stopped. `jobs` are the
+    /// ``Job/storage`` of jobs of this farm's `Value`.
+    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
+        engine.submit(jobs, unitSize: unitSize)
+    }
 
     /// The finished jobs waiting (at least one, waiting for one when none is), in completion order; nil
-    /// when no job is outstanding.
+    /// when no job is outstanding. Their values are decoded here, on the caller's task, in one go.
     func joinBatch() async throws -> [JobResult<Value>]? {
+        guard let finished = try await engine.join(upTo: Int.max) else { return nil }
+        var results: [JobResult<Value>] = []
+        results.reserveCapacity(finished.count)
+        for result in finished { results.append(jobResult(of: result)) }
+        return results
+    }
+
+    /// ``joinBatch()`` as the farm's thread handed the results over, for a caller that needs the
+    /// encoded values too (an experiment's journal); ``jobResult(of:index:job:)`` makes job results of them.
+    func joinFarmResults() async throws -> [FarmResult]? {
         try await engine.join(upTo: Int.max)
+    }
+
+    /// The job result of a farm result: the value decoded as `Value` (a failure when it is of another
+    /// type or cannot be decoded). `index` and `job` replace the farm's index and the job it ran (a
+    /// journaled dispatch numbers its jobs by itself, and runs wrapped copies of some).
+    func jobResult(of result: FarmResult, index: Int? = nil, job: Job<Value>? = nil) -> JobResult<Value> {
+        let index = index ?? result.index
+        // Only this farm's callers submit its jobs, all of them a `Job<Value>`'s storage.
+        let job = job ?? Job(storage: unsafeDowncast(result.job, to: JobStorage<Value>.self))
+        let outcome: Result<Value, JobError>
+        switch result.outcome {
+        case .encoded(let typeName, let bytes):
+            outcome = decode(typeName: typeName, bytes: bytes, index: index, job: job)
+        case .value(let value):
+            outcome = .success(value as! Value)
+        case .failure(let code, let error):
+            outcome = .failure(JobError(code, index: index, job: job, underlying: error))
+        }
+        var jobResult = JobResult(index: index, job: job, outcome: outcome, host: result.host, task: result.task)
+        jobResult.attempts = result.attempts
+        return jobResult
+    }
+
+    private func decode(typeName: String, bytes: [UInt8], index: Int, job: Job<Value>) -> Result<Value, JobError> {
+        guard typeName == valueTypeName else {
+            let error = VMError(
+                .typeMismatch,
+                "the result of '\(job.function)' is a \(typeName), not a \(valueTypeName)"
+            )
+            return .failure(JobError(.encoding, index: index, job: job, underlying: error))
+        }
+        do {
+            return .success(try BinaryDecoder.decode(Value.self, from: bytes))
+        } catch {
+            let reason = VMError(
+                .encoding,
+                "the result of '\(job.function)' could not be decoded as \(valueTypeName): \(error)",
+                underlying: error
+            )
+            return .failure(JobError(.encoding, index: index, job: job, underlying: reason))
+        }
     }
 
     /// Tells ``join()`` that no more jobs will come: it returns nil once every job is joined.
@@ -168,10 +225,10 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
 /// results, and the continuations that hand results to async callers.
 ///
 /// The VM's waits block (they poll MPI), so they run on this thread and never on Swift's cooperative pool.
-final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
+final class FarmEngine: @unchecked Sendable {
     // Invariant for @unchecked Sendable: the `let` properties never change after init; every `var` is only
     // touched while holding `condition`.
-    typealias Unit = FarmQueue<Job<Value>, JobResult<Value>>.Unit
+    typealias Unit = FarmQueue<FarmJob, FarmResult>.Unit
 
     let vm: VM
     let isRemote: Bool
@@ -182,20 +239,25 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     let retries: Int
     /// Whether a waiting joiner is woken only once the queue runs low (see `handOverNowLocked`).
     let deferHandover: Bool
-    /// `Value`'s qualified name, which every result's type is checked against: made once, not per result.
-    let valueTypeName = _typeName(Value.self, qualified: true)
     private let condition = NSCondition()
     /// Counts the changes callers make that the farm's thread must look at (jobs queued, stop, kill), so
     /// that it takes the condition's lock only when something changed.
     private let attentionCounter = Atomic<Int>(0)
     /// Whether the running jobs are to be killed (the dispatch was cancelled).
     private var killRequested = false
-    private var queue: FarmQueue<Job<Value>, JobResult<Value>>
+    private var queue: FarmQueue<FarmJob, FarmResult>
     private var threadDone = false
     /// Async jobs running in this process as tasks of their own.
     private var localTasks = 0
     /// The task waiting in ``join(upTo:)``, and how many results it takes.
-    private var joinWaiter: (continuation: CheckedContinuation<[JobResult<Value>]?, any Error>, limit: Int)?
+    private var joinWaiter: JoinWaiter?
+
+    /// The task waiting in ``join(upTo:)`` and how many results it takes. A struct, not a tuple: code that
+    /// touches an optional tuple goes through the tuple's value witnesses, looked up at run time.
+    private struct JoinWaiter {
+        let continuation: CheckedContinuation<[FarmResult]?, any Error>
+        let limit: Int
+    }
     private var slotWaiter: CheckedContinuation<Void, any Error>?
     private var doneWaiters: [CheckedContinuation<Void, Never>] = []
     /// Since when (monotonic seconds) finished jobs have waited for the joiner; nil when none waits.
@@ -235,8 +297,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     func start() {
         let thread = Thread { [self] in
             if isRemote {
-                var execution = RemoteExecution(engine: self)
-                execution.serve()
+                RemoteExecution(engine: self).serve()
             } else {
                 LocalExecution(engine: self).serve()
             }
@@ -301,9 +362,13 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     /// jobs still reach a progress line promptly.
     static var deferredHandoverLimit: Double { 0.02 }
 
-    func submit(_ jobs: [Job<Value>]) -> Int? {
+    /// How many units of `unitSize` jobs can be submitted now, one after another (see ``hasRoom``).
+    func room(unitSize: Int) -> Int { condition.withLock { queue.room(unitSize: unitSize) } }
+
+    /// Queues `jobs` as units of `unitSize` jobs (by default, one unit); returns the first job's index.
+    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
         condition.withLock {
-            guard let first = queue.submit(jobs) else { return nil }
+            guard let first = queue.submit(jobs, unitSize: unitSize) else { return nil }
             callAttention()
             condition.signal()
             return first
@@ -361,12 +426,12 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
 
     /// Up to `limit` finished jobs (at least one, waiting for one when none is ready), oldest first; nil
     /// when nothing is outstanding and no more jobs can come.
-    func join(upTo limit: Int) async throws -> [JobResult<Value>]? {
+    func join(upTo limit: Int) async throws -> [FarmResult]? {
         // Fast path: results are waiting, no suspension needed.
         if let ready = condition.withLock({ popFinishedLocked(limit) }) { return ready }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation {
-                (continuation: CheckedContinuation<[JobResult<Value>]?, any Error>) in
+                (continuation: CheckedContinuation<[FarmResult]?, any Error>) in
                 condition.withLock {
                     if Task.isCancelled {
                         continuation.resume(throwing: CancellationError())
@@ -377,7 +442,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
                     } else if joinWaiter != nil {
                         continuation.resume(throwing: VMError(.invalidSpawn, "two tasks join the same farm at once"))
                     } else {
-                        joinWaiter = (continuation, limit)
+                        joinWaiter = JoinWaiter(continuation: continuation, limit: limit)
                     }
                 }
             }
@@ -397,7 +462,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
         }
     }
 
-    private func popFinishedLocked(_ limit: Int) -> [JobResult<Value>]? {
+    private func popFinishedLocked(_ limit: Int) -> [FarmResult]? {
         let results = queue.popFinished(upTo: limit)
         guard !results.isEmpty else { return nil }
         if !queue.hasFinished { unhandedSince = nil }
@@ -427,7 +492,7 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     /// Hands finished jobs to the joiner; `unitFinished` frees the unit's place in the farm. `measured`
     /// is how long the unit took from its start to its result, for the chunker.
     func complete(
-        _ results: [JobResult<Value>],
+        _ results: [FarmResult],
         unitFinished: Bool,
         measured: Double? = nil,
         localTaskEnded: Bool = false
@@ -505,24 +570,34 @@ final class FarmEngine<Value: Codable & Sendable>: @unchecked Sendable {
     /// A failed result for one job of a unit.
     func failure(
         _ code: JobError.Code,
-        _ element: FarmQueue<Job<Value>, JobResult<Value>>.Element,
+        _ element: FarmQueue<FarmJob, FarmResult>.Element,
         _ error: any Error,
         task: TaskID? = nil
-    ) -> JobResult<Value> {
-        JobResult(
+    ) -> FarmResult {
+        FarmResult(
             index: element.index,
             job: element.item,
-            outcome: .failure(JobError(code, index: element.index, job: element.item, underlying: error)),
+            outcome: .failure(code, error),
             host: task.flatMap { vm.hostID($0) },
             task: task
         )
     }
 
     /// The jobs of `unit` whose function this process does not know fail at once, as they would on any worker.
-    func rejectUnknown(_ unit: Unit) -> (known: Unit, rejected: [JobResult<Value>]) {
-        var known: Unit = []
-        var rejected: [JobResult<Value>] = []
+    /// `lastKnown` is the function of the last job found known, the caller's to keep: most jobs share one,
+    /// which a comparison finds faster than a lookup.
+    func rejectUnknown(_ unit: Unit, lastKnown: inout String?) -> (known: Unit, rejected: [FarmResult]) {
         let functions = vm.spawner.functions
+        // Every job's function is known, almost always: no new arrays then.
+        let allKnown = unit.allSatisfy { element in
+            if element.item.function == lastKnown { return true }
+            guard functions[element.item.function] != nil else { return false }
+            lastKnown = element.item.function
+            return true
+        }
+        if allKnown { return (unit, []) }
+        var known: Unit = []
+        var rejected: [FarmResult] = []
         for element in unit {
             if functions[element.item.function] == nil {
                 let error = VMError(

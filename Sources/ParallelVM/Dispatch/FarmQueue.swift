@@ -72,6 +72,17 @@ struct FarmQueue<Item, Finished> {
     /// Whether a unit submitted now fits: free slots plus the lookahead, within the unjoined limit.
     var hasRoom: Bool { !stopped && unitsInFlight < capacity && outstanding < (unjoinedLimit ?? Int.max) }
 
+    /// How many units of `unitSize` jobs can be submitted now, one after another, each finding room.
+    func room(unitSize: Int) -> Int {
+        guard !stopped else { return 0 }
+        var units = capacity - unitsInFlight
+        if let unjoinedLimit {
+            let jobs = unjoinedLimit - outstanding
+            units = min(units, (jobs + unitSize - 1) / unitSize)
+        }
+        return max(0, units)
+    }
+
     /// Whether fewer jobs are outstanding than there are slots.
     var hasFreeSlot: Bool { !stopped && outstanding < slots }
 
@@ -85,23 +96,30 @@ struct FarmQueue<Item, Finished> {
     /// Whether join has nothing more to wait for.
     var isDrained: Bool { outstanding == 0 && (!inputOpen || stopped) }
 
-    /// Queues `items` as one unit (or one unit each, when splitting); returns the first one's index, or nil
-    /// when the farm is stopped or `items` is empty.
-    mutating func submit(_ items: [Item]) -> Int? {
+    /// Queues `items` as units of `unitSize` jobs, the last one shorter when they do not divide evenly
+    /// (or one unit each, when splitting); returns the first one's index, or nil when the farm is stopped
+    /// or `items` is empty.
+    mutating func submit(_ items: [Item], unitSize: Int = Int.max) -> Int? {
         guard !items.isEmpty, !stopped else { return nil }
         let first = nextIndex
-        var unit: Unit = []
-        unit.reserveCapacity(items.count)
-        for offset in items.indices { unit.append(Element(index: first + offset, item: items[offset])) }
+        if splitsUnits || chunker != nil {
+            queue.reserveCapacity(queue.count + items.count)
+            for offset in items.indices { queue.append([Element(index: first + offset, item: items[offset])]) }
+            unitsInFlight += items.count
+        } else {
+            var start = 0
+            while start < items.count {
+                let end = min(items.count, start + max(1, unitSize))
+                var unit: Unit = []
+                unit.reserveCapacity(end - start)
+                for offset in start..<end { unit.append(Element(index: first + offset, item: items[offset])) }
+                queue.append(unit)
+                unitsInFlight += 1
+                start = end
+            }
+        }
         nextIndex += items.count
         queuedJobs += items.count
-        if splitsUnits || chunker != nil {
-            for offset in unit.indices { queue.append([unit[offset]]) }
-            unitsInFlight += unit.count
-        } else {
-            queue.append(unit)
-            unitsInFlight += 1
-        }
         outstanding += items.count
         return first
     }

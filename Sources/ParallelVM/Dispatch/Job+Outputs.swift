@@ -60,10 +60,6 @@ extension Job {
         return Job(wrapping: self, request: outputRequest, index: index, experiment: experiment, location: location)
     }
 
-    /// The registered function a worker runs for this job: its own, or `OutputJob` for a job that
-    /// collects outputs (which runs its own on its behalf).
-    var spawnedFunction: String { outputRequest == nil ? function : OutputJob.name }
-
     /// The job that runs `request.function` through `OutputJob`; without an index and an experiment it
     /// fails, saying that only an experiment's dispatch collects outputs.
     private init(
@@ -84,13 +80,7 @@ extension Job {
                 experiment: location
             )
         }
-        function = request.function
-        explicitName = name
-        arguments = ()
-        extra = job.extra
-        timeout = job.timeout
-        encodedArguments = { try BinaryEncoder.encode(wrapped(try request.encodedArguments())) }
-        spawn = { vm, timeout, avoiding in
+        let spawn: @Sendable (VM, Double?, Set<Int>) throws -> TaskID? = { vm, timeout, avoiding in
             let inner: [UInt8]
             do {
                 inner = try request.encodedArguments()
@@ -107,7 +97,6 @@ extension Job {
                 avoiding: avoiding
             ).first
         }
-        outputRequest = request
         let collect: @Sendable () throws -> Void = {
             guard let index, let experiment else { throw OutputJob.withoutExperiment(name, request.patterns) }
             _ = try experiment.collectOutputs(
@@ -116,6 +105,7 @@ extension Job {
                 patterns: request.patterns
             )
         }
+        let local: LocalBody<Value>
         switch request.local {
         case .blocking(let body):
             local = .blocking { task in
@@ -130,6 +120,19 @@ extension Job {
                 return value
             }
         }
+        self.init(
+            storage: JobStorage(
+                function: request.function,
+                explicitName: name,
+                arguments: (),
+                extra: job.extra,
+                timeout: job.timeout,
+                spawn: spawn,
+                encode: { try BinaryEncoder.encode(wrapped(try request.encodedArguments())) },
+                local: local,
+                outputRequest: request
+            )
+        )
     }
 
     /// The error of the first pattern that cannot name outputs, or nil.
@@ -146,22 +149,6 @@ extension Job {
             }
         }
         return nil
-    }
-}
-
-extension JobResult {
-    /// The same result for `original`, the job as the caller gave it (the dispatch ran a copy bound to
-    /// the job's index).
-    func reporting(_ original: Job<Value>) -> JobResult {
-        JobResult(
-            index: index,
-            job: original,
-            outcome: outcome,
-            host: host,
-            task: task,
-            attempts: attempts,
-            reused: reused
-        )
     }
 }
 

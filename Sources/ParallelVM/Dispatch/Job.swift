@@ -12,27 +12,30 @@ import ParallelVMCodec
 /// (`VM.dispatch(_:remote:chunkSize:failFast:progress:collectResults:collector:)` with `remote: false`,
 /// or a VM without workers) calls the function directly.
 public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible {
+    /// What the job is, in one object: a job is copied as one reference, and the farm's thread works on
+    /// the same object without knowing `Value` (see ``FarmJob``).
+    let storage: JobStorage<Value>
+
     /// The registered name of the function the job runs.
-    public let function: String
+    public var function: String { storage.function }
     /// How results and errors name the job: by default the function and its arguments, e.g. `double(21)`.
-    public var name: String { explicitName ?? Job.defaultName(function, arguments) }
-    /// The name given to the initialiser; nil: the default name, made only when asked for (a string
-    /// made for every job would cost tiny jobs more than running them).
-    let explicitName: String?
-    /// The arguments, for the default name.
-    let arguments: any Sendable
+    public var name: String { storage.name }
     /// Data kept with the job on the spawner and handed back with its ``JobResult``; never sent to a worker.
-    public let extra: (any Sendable)?
+    public var extra: (any Sendable)? { storage.extra }
     /// Seconds the job may run on a worker; nil: the dispatch's timeout.
-    public let timeout: Double?
+    public var timeout: Double? { storage.timeout }
     /// Spawns the job in one free slot with a time limit; returns the task, or nil when no slot was free.
-    let spawn: @Sendable (VM, Double?, Set<Int>) throws -> TaskID?
-    /// The encoded arguments, for a chunk of jobs sent as one task.
-    let encodedArguments: @Sendable () throws -> [UInt8]
+    var spawn: @Sendable (VM, Double?, Set<Int>) throws -> TaskID? { storage.spawn }
+    /// Encodes the arguments, for a chunk of jobs sent as one task.
+    var encodedArguments: @Sendable () throws -> [UInt8] { storage.encode }
     /// Runs the job in this process.
-    let local: LocalBody<Value>
+    var local: LocalBody<Value> { storage.local }
     /// The outputs to collect and the job as it was before `collecting(_:)` wrapped it.
-    var outputRequest: OutputRequest? = nil
+    var outputRequest: OutputRequest? { storage.outputRequest }
+
+    init(storage: JobStorage<Value>) {
+        self.storage = storage
+    }
 
     /// A job that runs `function` with `args`.
     ///
@@ -109,31 +112,27 @@ public struct Job<Value: Codable & Sendable>: Sendable, CustomStringConvertible 
         timeout: Double?,
         local: LocalBody<Value>
     ) {
-        self.function = function
-        self.explicitName = name
-        self.arguments = args
-        self.extra = extra
-        self.timeout = timeout
-        self.spawn = { vm, timeout, avoiding in
-            try vm.spawn(
-                named: function,
-                args: args,
-                count: 1,
-                targets: nil,
-                sendBack: true,
-                timeout: timeout,
-                avoiding: avoiding
-            ).first
-        }
-        self.encodedArguments = { try BinaryEncoder.encode(args) }
-        self.local = local
-    }
-
-    /// `function(arguments)`, with long argument texts shortened so that error messages stay readable.
-    private static func defaultName(_ function: String, _ args: some Sendable) -> String {
-        var text = String(describing: args)
-        if text.count > 60 { text = text.prefix(57) + "…" }
-        return "\(function)(\(text))"
+        storage = JobStorage(
+            function: function,
+            explicitName: name,
+            arguments: args,
+            extra: extra,
+            timeout: timeout,
+            spawn: { vm, timeout, avoiding in
+                try vm.spawn(
+                    named: function,
+                    args: args,
+                    count: 1,
+                    targets: nil,
+                    sendBack: true,
+                    timeout: timeout,
+                    avoiding: avoiding
+                ).first
+            },
+            encode: { try BinaryEncoder.encode(args) },
+            local: local,
+            outputRequest: nil
+        )
     }
 
     public var description: String { name }
@@ -184,21 +183,6 @@ public struct JobResult<Value: Codable & Sendable>: Sendable {
 
     /// The value; throws the ``JobError`` when the job failed.
     public func get() throws(JobError) -> Value { try outcome.get() }
-
-    /// The same result for the job at `index` (a journaled dispatch runs only some of its jobs in the farm,
-    /// which numbers them by itself).
-    func renumbered(_ index: Int) -> JobResult {
-        let renumberedOutcome = outcome.mapError { $0.renumbered(index) }
-        return JobResult(
-            index: index,
-            job: job,
-            outcome: renumberedOutcome,
-            host: host,
-            task: task,
-            attempts: attempts,
-            reused: reused
-        )
-    }
 }
 
 /// The error of a failed job read back from an experiment journal (``JobError/underlying`` of a reused
@@ -271,7 +255,7 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
         }
     }
 
-    /// A failure with every field given (a failure read back from an experiment journal, or one renumbered).
+    /// A failure with every field given (a failure read back from an experiment journal).
     init(
         code: Code,
         index: Int,
@@ -290,24 +274,11 @@ public struct JobError: Error, CustomStringConvertible, Sendable {
         self.underlying = underlying
     }
 
-    /// The same failure for the job at `index`.
-    func renumbered(_ index: Int) -> JobError {
-        JobError(
-            code: code,
-            index: index,
-            job: job,
-            function: function,
-            typeName: typeName,
-            message: message,
-            underlying: underlying
-        )
-    }
-
     /// How the job's task ended, when it ended without returning (crashed, timed out, killed, worker lost).
     public var termination: TaskTermination? { (underlying as? RemoteError)?.underlying as? TaskTermination }
 
     /// A failure whose task did not return gets the code that says how it ended.
-    private static func refine(_ code: Code, for underlying: any Error) -> Code {
+    static func refine(_ code: Code, for underlying: any Error) -> Code {
         guard code == .failed, let termination = (underlying as? RemoteError)?.underlying as? TaskTermination else {
             return code
         }

@@ -2,10 +2,10 @@
 /// async body as a task of its own, as many at once as the farm has slots (the cores).
 ///
 /// Jobs log through a ``TaskContext`` whose lines go to the spawner's log, tagged with the host and `0:0`.
-struct LocalExecution<Value: Codable & Sendable> {
-    typealias Unit = FarmEngine<Value>.Unit
+struct LocalExecution {
+    typealias Unit = FarmEngine.Unit
 
-    let engine: FarmEngine<Value>
+    let engine: FarmEngine
 
     func serve() {
         let vm = engine.vm
@@ -22,39 +22,40 @@ struct LocalExecution<Value: Codable & Sendable> {
     }
 
     private func run(_ unit: Unit, in context: TaskContext) {
-        let (known, rejected) = engine.rejectUnknown(unit)
+        var lastKnown: String?
+        let (known, rejected) = engine.rejectUnknown(unit, lastKnown: &lastKnown)
         guard let element = known.first else {
             engine.complete(rejected, unitFinished: true)
             return
         }
-        switch element.item.local {
-        case .blocking(let body):
-            let outcome: Result<Value, JobError>
+        let job = element.item
+        guard job.runsAsync else {
+            let outcome: FarmResult.Outcome
             do {
-                outcome = .success(try body(context))
+                outcome = .value(try job.runBlocking(in: context))
             } catch {
-                outcome = .failure(JobError(.failed, index: element.index, job: element.item, underlying: error))
+                outcome = .failure(.failed, error)
             }
             engine.complete(
-                [JobResult(index: element.index, job: element.item, outcome: outcome, host: nil, task: nil)],
+                [FarmResult(index: element.index, job: job, outcome: outcome, host: nil, task: nil)],
                 unitFinished: true
             )
-        case .async(let body):
-            engine.localTaskStarted()
-            let engine = self.engine
-            Task {
-                let outcome: Result<Value, JobError>
-                do {
-                    outcome = .success(try await body(context))
-                } catch {
-                    outcome = .failure(JobError(.failed, index: element.index, job: element.item, underlying: error))
-                }
-                engine.complete(
-                    [JobResult(index: element.index, job: element.item, outcome: outcome, host: nil, task: nil)],
-                    unitFinished: true,
-                    localTaskEnded: true
-                )
+            return
+        }
+        engine.localTaskStarted()
+        let engine = self.engine
+        Task {
+            let outcome: FarmResult.Outcome
+            do {
+                outcome = .value(try await job.runAsync(in: context))
+            } catch {
+                outcome = .failure(.failed, error)
             }
+            engine.complete(
+                [FarmResult(index: element.index, job: job, outcome: outcome, host: nil, task: nil)],
+                unitFinished: true,
+                localTaskEnded: true
+            )
         }
     }
 }

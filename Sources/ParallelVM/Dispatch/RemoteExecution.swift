@@ -2,48 +2,50 @@ import ParallelVMCodec
 
 /// Runs a farm's units in worker slots, on the farm's thread: starts them as slots free up and turns the
 /// spawner's task events for them into job results. It reaches the VM through the spawner's API only.
-struct RemoteExecution<Value: Codable & Sendable> {
-    typealias Unit = FarmEngine<Value>.Unit
+/// A class: the polling loop hands itself to the spawner's event filter, which would copy a struct (and
+/// retain everything in it) on every poll.
+final class RemoteExecution {
+    typealias Unit = FarmEngine.Unit
 
     /// How many more times a job whose worker was lost starts, whatever the dispatch's `retries`.
     static var lostWorkerRetries: Int { 3 }
 
-    let engine: FarmEngine<Value>
+    let engine: FarmEngine
     private var vm: VM { engine.vm }
     /// The units running, by the task that runs them, with when each started (monotonic seconds).
     private var running: [TaskID: Started] = [:]
-    /// The keys of `running`, for the polling loop: a set of a concrete type costs no generic type
-    /// lookups at run time, which every touch of `running` does in code not specialised for `Value`.
+    /// The keys of `running`, for the event filter.
     private var runningTasks: Set<TaskID> = []
-    /// Running tasks whose result has arrived (their exit has not).
-    private var resulted: Set<TaskID> = []
     /// Starts so far of jobs that were started more than once, by index.
     private var attempts: [Int: Int] = [:]
     /// Slots whose last task crashed, timed out or lost its worker, by the index of the job it ran: a retry
     /// goes elsewhere when it can.
     private var avoid: [Int: Int] = [:]
 
-    /// A running unit and when it started (monotonic seconds). A struct, not a tuple, for the reason
-    /// ``FarmQueue/Element`` gives.
+    /// A running unit, when it started (monotonic seconds), and whether its result has arrived (its
+    /// task's exit has not).
     private struct Started {
         let unit: Unit
         let at: Double
+        var resulted = false
     }
 
+    /// The function of the last job found registered (see ``FarmEngine/rejectUnknown(_:lastKnown:)``).
+    private var lastKnownFunction: String?
     /// Whether the farm joins jobs into chunks by itself, read once.
     private let chunksAutomatically: Bool
 
-    init(engine: FarmEngine<Value>) {
+    init(engine: FarmEngine) {
         self.engine = engine
         self.chunksAutomatically = engine.chunksAutomatically
     }
 
-    mutating func serve() {
+    func serve() {
         guard let waitPolicy = vm.spawner.waitPolicy else { return }
         var backoff = Backoff(waitPolicy)
         // The queue is looked at only when it may have changed: after a task event (a slot may be free),
         // when a caller changed the farm (`attention`), and now and then while idle (a slot freed by
-        // another caller). Each look runs unspecialised generic code, too slow for every poll.
+        // another caller). Each look takes the farm's lock, too slow for every poll.
         var lookAgain = true
         var seenAttention = -1
         var idlePolls = 0
@@ -51,22 +53,27 @@ struct RemoteExecution<Value: Codable & Sendable> {
             var progressed = false
             let attention = engine.attention
             if lookAgain || attention != seenAttention || runningTasks.isEmpty {
+                let changed = attention != seenAttention
                 lookAgain = false
                 seenAttention = attention
-                guard let starting = engine.takeUnits(limit: vm.freeSlots(), busy: !runningTasks.isEmpty) else {
-                    return
-                }
-                var offset = 0
-                while offset < starting.count {
-                    guard start(starting[offset]) else {
-                        // Another caller took the slot: put the units back, in order, and try again later.
-                        engine.putBack(Array(starting[offset...]))
-                        break
+                let free = vm.freeSlots()
+                // With every slot held by a running task nothing can start: the queue can wait (a task's
+                // result is followed by its exit, which frees the slot).
+                if free > 0 || runningTasks.isEmpty {
+                    guard let starting = engine.takeUnits(limit: free, busy: !runningTasks.isEmpty) else { return }
+                    var offset = 0
+                    while offset < starting.count {
+                        guard start(starting[offset]) else {
+                            // Another caller took the slot: put the units back, in order, and try again later.
+                            engine.putBack(Array(starting[offset...]))
+                            break
+                        }
+                        offset += 1
                     }
-                    offset += 1
+                    progressed = !starting.isEmpty
                 }
-                progressed = !starting.isEmpty
-                if engine.takeKillRequest() {
+                // A kill request calls for attention.
+                if changed, engine.takeKillRequest() {
                     for task in runningTasks { try? vm.kill(task) }
                 }
             }
@@ -105,15 +112,15 @@ struct RemoteExecution<Value: Codable & Sendable> {
 
     /// Starts one unit in a free slot: a single job as itself, several as one chunk task.
     /// Returns false when no slot was free after all (nothing was started).
-    private mutating func start(_ unit: Unit) -> Bool {
-        let (known, rejected) = engine.rejectUnknown(unit)
+    private func start(_ unit: Unit) -> Bool {
+        let (known, rejected) = engine.rejectUnknown(unit, lastKnown: &lastKnownFunction)
         var failed = rejected
         var sending = known
         defer { if !failed.isEmpty { engine.complete(failed, unitFinished: sending.isEmpty) } }
         guard !sending.isEmpty else { return true }
         do {
             let task: TaskID?
-            let avoiding = avoid[unit[0].index].map { Set([$0]) } ?? []
+            let avoiding = avoid.isEmpty ? [] : avoid[unit[0].index].map { Set([$0]) } ?? []
             if unit.count == 1 {
                 task = try sending[0].item.spawn(vm, timeout(of: sending[0].item), avoiding)
             } else {
@@ -124,7 +131,7 @@ struct RemoteExecution<Value: Codable & Sendable> {
                         items.append(
                             ChunkRunner.Item(
                                 function: element.item.spawnedFunction,
-                                arguments: try element.item.encodedArguments()
+                                arguments: try element.item.argumentsForChunk()
                             )
                         )
                         encodable.append(element)
@@ -169,21 +176,21 @@ struct RemoteExecution<Value: Codable & Sendable> {
     }
 
     /// The job's time limit: its own, or the dispatch's; nil for none.
-    private func timeout(of job: Job<Value>) -> Double? {
+    private func timeout(of job: FarmJob) -> Double? {
         if let own = job.timeout { return own }
         return engine.timeout > 0 ? engine.timeout : nil
     }
 
-    private mutating func handle(_ event: TaskEvent) {
+    private func handle(_ event: TaskEvent) {
         switch event {
         case .result(let task, let result):
             guard let runningUnit = running[task] else { return }
             let unit = runningUnit.unit
-            resulted.insert(task)
+            running[task]?.resulted = true
             var finished = results(of: unit, task: task, result: result)
             // A job whose task did not return may start again elsewhere, `retries` times.
             let retryable = finished.allSatisfy { result in
-                switch result.error?.code {
+                switch result.failureCode {
                 case .crashed, .timedOut, .workerLost: true
                 default: false
                 }
@@ -195,9 +202,9 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 return
             }
             let first = unit[0].index
-            let started = attempts[first] ?? 1
+            let started = attempts.isEmpty ? 1 : attempts[first] ?? 1
             // A lost worker is no fault of the job's: it starts again elsewhere even without retries.
-            let lostWorker = finished.allSatisfy { $0.error?.code == .workerLost }
+            let lostWorker = finished.allSatisfy { $0.failureCode == .workerLost }
             let allowed = lostWorker ? Swift.max(engine.retries, RemoteExecution.lostWorkerRetries) : engine.retries
             if retryable, started <= allowed {
                 for element in unit { attempts[element.index] = started + 1 }
@@ -205,16 +212,22 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 engine.putBack([unit])
                 return
             }
-            for position in finished.indices { finished[position].attempts = attempts[finished[position].index] ?? 1 }
-            for element in unit {
-                attempts[element.index] = nil
-                avoid[element.index] = nil
+            // Jobs that were started again are rare: the tables are empty for most.
+            if !attempts.isEmpty {
+                for position in finished.indices {
+                    finished[position].attempts = attempts[finished[position].index] ?? 1
+                }
+                for element in unit { attempts[element.index] = nil }
+            }
+            if !avoid.isEmpty {
+                for element in unit { avoid[element.index] = nil }
             }
             engine.complete(finished, unitFinished: true, measured: monotonicSeconds() - runningUnit.at)
         case .exit(let task):
-            guard let unit = running.removeValue(forKey: task)?.unit else { return }
+            guard let started = running.removeValue(forKey: task) else { return }
+            let unit = started.unit
             runningTasks.remove(task)
-            if resulted.remove(task) == nil {
+            if !started.resulted {
                 let error = VMError(.taskLost, "task \(task) ended without sending a result")
                 engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
             }
@@ -224,13 +237,13 @@ struct RemoteExecution<Value: Codable & Sendable> {
     }
 
     /// The results of a unit from its task's result.
-    private func results(of unit: Unit, task: TaskID, result: TaskResult) -> [JobResult<Value>] {
+    private func results(of unit: Unit, task: TaskID, result: TaskResult) -> [FarmResult] {
         let host = vm.hostID(task) ?? HostID("rank \(task.slot)")
         if let error = result.error {
             return unit.map { engine.failure(.failed, $0, error, task: task) }
         }
         guard result.function == ChunkRunner.name else {
-            return [decode(unit[0], typeName: result.valueType, bytes: result.valueBytes, task: task, host: host)]
+            return [valueResult(unit[0], typeName: result.valueType, bytes: result.valueBytes, task: task, host: host)]
         }
         let outcomes: [ChunkRunner.Outcome]
         do {
@@ -252,46 +265,33 @@ struct RemoteExecution<Value: Codable & Sendable> {
                 )
                 return engine.failure(.failed, element, error, task: task)
             }
-            return decode(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
+            return valueResult(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
         }
     }
 
-    private func decode(
-        _ element: FarmQueue<Job<Value>, JobResult<Value>>.Element,
+    /// A worker's value, handed over encoded: the farm's caller checks its type and decodes it.
+    private func valueResult(
+        _ element: FarmQueue<FarmJob, FarmResult>.Element,
         typeName: String,
         bytes: [UInt8],
         task: TaskID,
         host: HostID
-    ) -> JobResult<Value> {
-        let expected = engine.valueTypeName
-        guard typeName == expected else {
-            let error = VMError(
-                .typeMismatch,
-                "the result of '\(element.item.function)' is a \(typeName), not a \(expected)"
-            )
-            return engine.failure(.encoding, element, error, task: task)
-        }
-        do {
-            let value = try BinaryDecoder.decode(Value.self, from: bytes)
-            return JobResult(index: element.index, job: element.item, outcome: .success(value), host: host, task: task)
-        } catch {
-            let reason = VMError(
-                .encoding,
-                "the result of '\(element.item.function)' could not be decoded as \(expected): \(error)",
-                underlying: error
-            )
-            return engine.failure(.encoding, element, reason, task: task)
-        }
+    ) -> FarmResult {
+        FarmResult(
+            index: element.index,
+            job: element.item,
+            outcome: .encoded(typeName: typeName, bytes: bytes),
+            host: host,
+            task: task
+        )
     }
 
     /// The spawner failed: every running job fails, since its messages may never come.
-    private mutating func failAllRunning(_ error: any Error) {
+    private func failAllRunning(_ error: any Error) {
         let units = running
-        let done = resulted
         running = [:]
         runningTasks = []
-        resulted = []
-        for (task, started) in units where !done.contains(task) {
+        for (task, started) in units where !started.resulted {
             let unit = started.unit
             engine.complete(unit.map { engine.failure(.vm, $0, error, task: task) }, unitFinished: true)
         }

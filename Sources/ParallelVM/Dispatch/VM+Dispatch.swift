@@ -101,16 +101,24 @@ extension VM {
         var exhausted = false
         do {
             while true {
-                while !exhausted && farm.engine.hasRoom {
-                    var unit: [Job<Value>] = []
-                    while unit.count < unitSize, let job = iterator.next() { unit.append(job) }
-                    exhausted = unit.count < unitSize
-                    _ = farm.submit(unit)
-                    // The chunker shrinks the last chunks once it knows that no more jobs come.
-                    if exhausted { farm.finishInput() }
+                // As many units as there is room for go to the farm at once: one lock, one wake-up.
+                var room = exhausted ? 0 : farm.engine.room(unitSize: unitSize)
+                while room > 0 {
+                    let wanted = room * unitSize
+                    var batch: [FarmJob] = []
+                    batch.reserveCapacity(wanted)
+                    while batch.count < wanted, let job = iterator.next() { batch.append(job.storage) }
+                    exhausted = batch.count < wanted
+                    _ = farm.submit(batch, unitSize: unitSize)
+                    if exhausted {
+                        // The chunker shrinks the last chunks once it knows that no more jobs come.
+                        farm.finishInput()
+                        break
+                    }
+                    room = farm.engine.room(unitSize: unitSize)
                 }
                 guard let results = try await farm.joinBatch() else { break }
-                for result in results { try await run.take(result) }
+                try await run.take(results)
             }
         } catch is CancellationError {
             // A cancelled dispatch does not wait for its running jobs: they are killed.
@@ -191,8 +199,8 @@ extension VM {
                     while true {
                         try await farm.waitForFreeSlot()
                         if farm.isStopped { break }
-                        var unit: [Job<Value>] = []
-                        while unit.count < unitSize, let job = try await iterator.next() { unit.append(job) }
+                        var unit: [FarmJob] = []
+                        while unit.count < unitSize, let job = try await iterator.next() { unit.append(job.storage) }
                         _ = farm.submit(unit)
                         if unit.count < unitSize { break }
                     }
@@ -205,9 +213,7 @@ extension VM {
                 }
             }
             do {
-                while let results = try await farm.joinBatch() {
-                    for result in results { try await run.take(result) }
-                }
+                while let results = try await farm.joinBatch() { try await run.take(results) }
             } catch {
                 farm.stopSpawning()
                 group.cancelAll()
@@ -270,7 +276,11 @@ struct DispatchRun<Value: Codable & Sendable> {
     let collectResults: Bool
     let collector: ((JobResult<Value>) async throws -> Bool)?
     var progress: ProgressLine
-    var results: [JobResult<Value>?] = []
+    /// The results taken, in the order they came (unspecialised generic code copies a result through
+    /// its value witnesses, so each is stored once and moved at most once more).
+    var arrived: [JobResult<Value>] = []
+    /// Where each job's result is in `arrived`, by job index; -1: not there.
+    var positions: [Int] = []
     var firstFailure: JobError?
     var done = 0
 
@@ -278,10 +288,11 @@ struct DispatchRun<Value: Codable & Sendable> {
     /// joins queued jobs into chunks itself (``ChunkSize/auto``) or runs them in this process.
     let unitSize: Int
 
-    /// Starts the farm a dispatch runs on. With a collector (or an experiment, `interactive`): one unit
-    /// queued ahead per slot, and no more than two units per slot finished but not yet taken, so a fast
-    /// feeder cannot run ahead of the results. Without one, a deeper queue and results handed over in
-    /// batches (see the `Sequence` form of `VM.dispatch`).
+    /// Starts the farm a dispatch runs on. With a collector: one unit queued ahead per slot, and no more
+    /// than two units per slot finished but not yet taken, so a fast feeder cannot run ahead of the
+    /// results. Without one, a deeper queue and results handed over in batches (see the `Sequence` form
+    /// of `VM.dispatch`); `journaled`: handed over as they come, so that a finished job's record is in
+    /// the journal's buffer at once (the README's flush policy counts from there).
     init(
         vm: VM,
         remote: Bool,
@@ -293,10 +304,10 @@ struct DispatchRun<Value: Codable & Sendable> {
         collectResults: Bool,
         collector: ((JobResult<Value>) async throws -> Bool)?,
         progress: ProgressLine,
-        interactive: Bool = false
+        journaled: Bool = false
     ) throws {
         try VM.checkChunkSize(chunkSize)
-        let batched = collector == nil && !interactive
+        let batched = collector == nil
         let fixed = chunkSize.fixedJobs
         let lookahead = batched ? (fixed.map { max(2, 128 / $0) } ?? 2) : 1
         self.farm = try Farm<Value>(
@@ -311,7 +322,7 @@ struct DispatchRun<Value: Codable & Sendable> {
             // together, which would let a job that hangs hold its chunk-mates that long.
             chunker: fixed == nil && timeout == nil ? AutoChunker() : nil,
             lookaheadInChunks: batched,
-            deferHandover: batched
+            deferHandover: batched && !journaled
         )
         self.unitSize = farm.isRemote ? (fixed ?? 1) : 1
         self.failFast = failFast
@@ -320,42 +331,75 @@ struct DispatchRun<Value: Codable & Sendable> {
         self.progress = progress
     }
 
+    /// Handles finished jobs, in the order given; without a collector, with no suspension.
+    nonisolated(nonsending) mutating func take(_ results: [JobResult<Value>]) async throws {
+        guard collector != nil else {
+            for result in results { _ = record(result) }
+            return
+        }
+        for result in results { try await take(result) }
+    }
+
     /// Handles one finished job.
     nonisolated(nonsending) mutating func take(_ result: JobResult<Value>) async throws {
-        // After a fail-fast failure, the jobs still running are only waited for.
-        guard firstFailure == nil else { return }
+        guard record(result), let collector else { return }
+        // What the collector prints goes above the progress line, drawn again after it.
+        progress.clearForOutput()
+        let goOn: Bool
+        do {
+            goOn = try await collector(result)
+        } catch {
+            farm.stopSpawning()
+            throw error
+        }
+        progress.redraw()
+        if !goOn { farm.stopSpawning() }
+    }
+
+    /// Counts and keeps one finished job; false when it is only waited for (after a fail-fast failure,
+    /// or the failure itself), so the collector does not see it.
+    private mutating func record(_ result: JobResult<Value>) -> Bool {
+        guard firstFailure == nil else { return false }
         if failFast, let error = result.error {
             firstFailure = error
             farm.stopSpawning()
-            return
+            return false
         }
         done += 1
         progress.update(done: done)
         if collectResults {
-            if result.index >= results.count {
-                results.append(contentsOf: repeatElement(nil, count: result.index + 1 - results.count))
+            if result.index >= positions.count {
+                let grow = Swift.max(result.index + 1 - positions.count, positions.count, 64)
+                positions += Array(repeating: -1, count: grow)
             }
-            results[result.index] = result
-        }
-        if let collector {
-            // What the collector prints goes above the progress line, drawn again after it.
-            progress.clearForOutput()
-            let goOn: Bool
-            do {
-                goOn = try await collector(result)
-            } catch {
-                farm.stopSpawning()
-                throw error
+            if positions[result.index] >= 0 {
+                arrived[positions[result.index]] = result
+            } else {
+                positions[result.index] = arrived.count
+                arrived.append(result)
             }
-            progress.redraw()
-            if !goOn { farm.stopSpawning() }
         }
+        return true
     }
 
     /// The ordered results, or the fail-fast error.
     mutating func finish() throws(JobError) -> [JobResult<Value>] {
         progress.finish()
         if let firstFailure { throw firstFailure }
-        return results.compactMap { $0 }
+        // Results that came in job order (often most of them) are returned as they are.
+        var next = 0
+        var inOrder = true
+        for position in positions where position >= 0 {
+            if position != next {
+                inOrder = false
+                break
+            }
+            next += 1
+        }
+        if inOrder { return arrived }
+        var ordered: [JobResult<Value>] = []
+        ordered.reserveCapacity(arrived.count)
+        for position in positions where position >= 0 { ordered.append(arrived[position]) }
+        return ordered
     }
 }

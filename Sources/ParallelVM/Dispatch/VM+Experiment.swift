@@ -35,7 +35,7 @@ extension VM {
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count),
-            interactive: true
+            journaled: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -52,8 +52,25 @@ extension VM {
             throw error
         }
         do {
-            // With every job known up front, the manifest names the run's inputs from the start.
-            let knownKeys: [JobKey]? = jobs is any Collection ? try jobs.map { try Self.key($0) } : nil
+            // With every job known up front, the manifest names the run's inputs from the start. The
+            // arguments encoded for the keys are kept to be sent (up to a limit): encoded once, not twice.
+            var knownKeys: [JobKey]? = nil
+            var knownArguments: [[UInt8]?] = []
+            if jobs is any Collection {
+                var keys: [JobKey] = []
+                var kept = 0
+                for job in jobs {
+                    let (key, arguments) = try Self.keyed(job)
+                    keys.append(key)
+                    if let arguments, kept + arguments.count <= Self.keptArgumentsLimit {
+                        kept += arguments.count
+                        knownArguments.append(arguments)
+                    } else {
+                        knownArguments.append(nil)
+                    }
+                }
+                knownKeys = keys
+            }
             try experiment.beginRun(keys: knownKeys ?? [], hosts: hosts().map(\.name))
             try journal.log.log(
                 "run started: \(knownKeys.map { "\($0.count) jobs" } ?? "jobs produced as it goes"), "
@@ -74,7 +91,7 @@ extension VM {
             var originals: [Int: Job<Value>] = [:]
             while true {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
-                    var unit: [Job<Value>] = []
+                    var unit: [FarmJob] = []
                     var indices: [Int] = []
                     // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
                     while unit.count < unitSize {
@@ -83,7 +100,15 @@ extension VM {
                             break
                         }
                         let index = journal.keys.count
-                        let key = try knownKeys?[index] ?? Self.key(job)
+                        let key: JobKey
+                        let arguments: [UInt8]?
+                        if let knownKeys {
+                            key = knownKeys[index]
+                            arguments = knownArguments[index]
+                            knownArguments[index] = nil
+                        } else {
+                            (key, arguments) = try Self.keyed(job)
+                        }
                         journal.keys.append(key)
                         if let record = resume.reusable(index: index, key: key, includeFailed: !rerunFailed) {
                             try journal.log.jobReused(record)
@@ -93,10 +118,10 @@ extension VM {
                         } else if job.outputRequest != nil {
                             if let error = job.outputPatternError(in: experiment) { throw error }
                             originals[index] = job
-                            unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                            unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
                             indices.append(index)
                         } else {
-                            unit.append(job)
+                            unit.append(job.storage.withEncodedArguments(arguments))
                             indices.append(index)
                         }
                     }
@@ -107,21 +132,33 @@ extension VM {
                     unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
                     try journal.log.jobsQueued(indices)
                 }
-                guard let farmResult = try await farm.join() else { break }
-                // Generic code is not specialised here: spare a tiny job's result the copies it can do without.
-                let jobIndex = jobIndexOfFarmIndex[farmResult.index]
-                var result = jobIndex == farmResult.index ? farmResult : farmResult.renumbered(jobIndex)
-                if !originals.isEmpty, let original = originals.removeValue(forKey: jobIndex) {
-                    result = result.reporting(original)
+                guard let farmResults = try await farm.joinFarmResults() else { break }
+                // Journaled together, then handed out together.
+                var results: [JobResult<Value>] = []
+                var records: [JournalRecord] = []
+                var units: [(first: Int, size: Int)] = []
+                results.reserveCapacity(farmResults.count)
+                records.reserveCapacity(farmResults.count)
+                units.reserveCapacity(farmResults.count)
+                let ended = Date()
+                for farmResult in farmResults {
+                    let jobIndex = jobIndexOfFarmIndex[farmResult.index]
+                    let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
+                    let result = farm.jobResult(of: farmResult, index: jobIndex, job: original)
+                    records.append(
+                        try journal.record(
+                            of: result,
+                            encodedValue: farmResult.encodedValue,
+                            key: journal.keys[jobIndex],
+                            started: queuedAt[farmResult.index],
+                            ended: ended
+                        )
+                    )
+                    units.append(unitOfFarmIndex[farmResult.index])
+                    results.append(result)
                 }
-                try journal.append(
-                    result,
-                    key: journal.keys[result.index],
-                    started: queuedAt[farmResult.index],
-                    unit: unitOfFarmIndex[farmResult.index].first,
-                    unitSize: unitOfFarmIndex[farmResult.index].size
-                )
-                try await run.take(result)
+                try journal.append(records, units: units)
+                try await run.take(results)
             }
         } catch {
             try? journal.logUnfinishedUnits()
@@ -175,13 +212,19 @@ extension VM {
     }
 
     /// The key a job is journaled under: its function and encoded arguments (for a job that collects
-    /// outputs, those of the job it wraps: the patterns are not part of it).
-    static func key<Value>(_ job: Job<Value>) throws -> JobKey {
+    /// outputs, those of the job it wraps: the patterns are not part of it). With it, the encoded
+    /// arguments to send, unless the job collects outputs (its worker gets them wrapped).
+    static func keyed<Value>(_ job: Job<Value>) throws -> (key: JobKey, arguments: [UInt8]?) {
         if let request = job.outputRequest {
-            return JobKey(function: request.function, encodedArguments: try request.encodedArguments())
+            return (JobKey(function: request.function, encodedArguments: try request.encodedArguments()), nil)
         }
-        return JobKey(function: job.function, encodedArguments: try job.encodedArguments())
+        let arguments = try job.encodedArguments()
+        return (JobKey(function: job.function, encodedArguments: arguments), arguments)
     }
+
+    /// How many bytes of encoded arguments a journaled dispatch keeps from making the keys to sending
+    /// the jobs; past it, arguments are encoded again when sent, rather than held in memory all at once.
+    static var keptArgumentsLimit: Int { 64 << 20 }
 
     /// A journaled record given back as the job's result.
     static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
@@ -230,8 +273,11 @@ struct RunJournal {
     /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
     /// of tiny jobs more than the jobs did); failures are logged as they come.
     private var pendingUnits: [Int: PendingUnit] = [:]
+    /// The unit whose results came last, out of `pendingUnits`.
+    private var current: PendingUnit?
 
     private struct PendingUnit {
+        let unit: Int
         var remaining: Int
         var succeeded: [Int] = []
         var last: JournalRecord?
@@ -258,6 +304,10 @@ struct RunJournal {
 
     /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
     mutating func logUnfinishedUnits() throws {
+        if let current {
+            pendingUnits[current.unit] = current
+            self.current = nil
+        }
         let units = pendingUnits
         pendingUnits = [:]
         for (_, unit) in units.sorted(by: { $0.key < $1.key }) { try logSuccesses(of: unit) }
@@ -272,27 +322,26 @@ struct RunJournal {
         }
     }
 
-    /// Journals a finished job of unit `unit`, which has `unitSize` jobs (its record reaches the file within
-    /// the writer's flush interval), and logs it.
-    mutating func append<Value>(
-        _ result: JobResult<Value>,
+    /// The record of a finished job, for ``append(_:units:)``. `encodedValue` is a successful job's value
+    /// as its worker encoded it, kept as it is (nil: the value is encoded here).
+    mutating func record<Value>(
+        of result: JobResult<Value>,
+        encodedValue: [UInt8]?,
         key: JobKey,
         started: Date,
-        unit: Int,
-        unitSize: Int
-    ) throws {
+        ended: Date
+    ) throws -> JournalRecord {
         let outcome: JournalRecord.Outcome
         switch result.outcome {
         case .success(let value):
             // Looked up once: a type name is built from the type's metadata on every call.
             let typeName = valueTypeName ?? _typeName(Value.self, qualified: true)
             valueTypeName = typeName
-            outcome = .success(typeName: typeName, value: try BinaryEncoder.encode(value))
+            outcome = .success(typeName: typeName, value: try encodedValue ?? BinaryEncoder.encode(value))
         case .failure(let error):
             outcome = .failure(typeName: error.typeName, message: error.message)
-            counts.failed += 1
         }
-        let record = JournalRecord(
+        return JournalRecord(
             index: result.index,
             key: key,
             outcome: outcome,
@@ -300,17 +349,40 @@ struct RunJournal {
             host: result.host?.name ?? localHost,
             task: taskName(result.task),
             started: started,
-            ended: Date()
+            ended: ended
         )
-        try writer.append(record)
-        counts.ran += 1
-        if case .failure = outcome { try log.jobFinished(record) }
-        var pending = pendingUnits.removeValue(forKey: unit) ?? PendingUnit(remaining: unitSize)
-        pending.remaining -= 1
-        if case .success = outcome {
-            pending.succeeded.append(result.index)
-            pending.last = record
+    }
+
+    /// Journals the records of finished jobs under one lock of the writer (they reach the file within its
+    /// flush interval), and logs them; `units` names each record's unit (a job, or a chunk run as one
+    /// task: the farm index of its first job) and the unit's size.
+    mutating func append(_ records: [JournalRecord], units: [(first: Int, size: Int)]) throws {
+        try writer.append(contentsOf: records)
+        for (record, unit) in zip(records, units) {
+            counts.ran += 1
+            let succeeded: Bool
+            if case .success = record.outcome {
+                succeeded = true
+            } else {
+                succeeded = false
+                counts.failed += 1
+                try log.jobFinished(record)
+            }
+            // The results of a unit come together: its entry is kept out of the table meanwhile.
+            if current?.unit != unit.first {
+                if let current { pendingUnits[current.unit] = current }
+                current =
+                    pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
+            }
+            current!.remaining -= 1
+            if succeeded {
+                current!.succeeded.append(record.index)
+                current!.last = record
+            }
+            if current!.remaining == 0 {
+                try logSuccesses(of: current!)
+                current = nil
+            }
         }
-        if pending.remaining > 0 { pendingUnits[unit] = pending } else { try logSuccesses(of: pending) }
     }
 }

@@ -35,7 +35,7 @@ extension VM {
             collectResults: collectResults,
             collector: collector,
             progress: ProgressLine(enabled: progress, total: nil),
-            interactive: true
+            journaled: true
         )
         let farm = run.farm
         var journal: RunJournal
@@ -85,7 +85,7 @@ extension VM {
                 }
                 group.addTask {
                     do {
-                        while let result = try await farm.join() { sink.yield(.finished(result)) }
+                        while let results = try await farm.joinFarmResults() { sink.yield(.finished(results)) }
                         sink.finish()
                     } catch {
                         sink.finish(throwing: error)
@@ -97,16 +97,28 @@ extension VM {
                         case .reused(let result):
                             journal.counts.reused += 1
                             try await run.take(result)
-                        case .finished(let farmResult):
-                            let (result, started, unit) = feed.jobResult(for: farmResult)
-                            try journal.append(
-                                result,
-                                key: feed.key(of: result.index),
-                                started: started,
-                                unit: unit.first,
-                                unitSize: unit.size
-                            )
-                            try await run.take(result)
+                        case .finished(let farmResults):
+                            // Journaled together, then handed out together.
+                            var results: [JobResult<Value>] = []
+                            var records: [JournalRecord] = []
+                            var units: [(first: Int, size: Int)] = []
+                            let ended = Date()
+                            for farmResult in farmResults {
+                                let (result, started, unit) = feed.jobResult(for: farmResult, of: farm)
+                                records.append(
+                                    try journal.record(
+                                        of: result,
+                                        encodedValue: farmResult.encodedValue,
+                                        key: feed.key(of: result.index),
+                                        started: started,
+                                        ended: ended
+                                    )
+                                )
+                                units.append(unit)
+                                results.append(result)
+                            }
+                            try journal.append(records, units: units)
+                            try await run.take(results)
                         }
                     }
                 } catch {
@@ -154,8 +166,8 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
     enum Event: Sendable {
         /// A job's result read back from the journal.
         case reused(JobResult<Value>)
-        /// A result of the farm, numbered by the farm.
-        case finished(JobResult<Value>)
+        /// Results of the farm, numbered by the farm, as its thread handed them over.
+        case finished([FarmResult])
     }
 
     private struct State {
@@ -174,16 +186,19 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
 
     func key(of index: Int) -> JobKey { state.withLock { $0.keys[index] } }
 
-    /// The farm's result as the result of its job in the sequence, when that job was queued, and its unit.
-    func jobResult(for farmResult: JobResult<Value>) -> (JobResult<Value>, Date, (first: Int, size: Int)) {
-        state.withLock { state in
+    /// The farm's result as the result of its job in the sequence (decoded here, outside the lock), when
+    /// that job was queued, and its unit.
+    func jobResult(
+        for farmResult: FarmResult,
+        of farm: Farm<Value>
+    ) -> (JobResult<Value>, Date, (first: Int, size: Int)) {
+        let (index, original, started, unit) = state.withLock { state in
             let index = state.jobIndexOfFarmIndex.removeValue(forKey: farmResult.index)!
             let started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
             let unit = state.unitOfFarmIndex.removeValue(forKey: farmResult.index) ?? (farmResult.index, 1)
-            var result = farmResult.renumbered(index)
-            if let original = state.originals.removeValue(forKey: index) { result = result.reporting(original) }
-            return (result, started, unit)
+            return (index, state.originals.removeValue(forKey: index), started, unit)
         }
+        return (farm.jobResult(of: farmResult, index: index, job: original), started, unit)
     }
 
     /// Takes jobs while the farm has room: a journaled one becomes a `.reused` event, the others go to the
@@ -203,7 +218,7 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
         while !ended {
             try await farm.waitForFreeSlot()
             if farm.isStopped { return }
-            var unit: [Job<Value>] = []
+            var unit: [FarmJob] = []
             var indices: [Int] = []
             while unit.count < unitSize {
                 guard let job = try await iterator.next() else {
@@ -211,7 +226,7 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
                     break
                 }
                 if farm.isStopped { return }
-                let key = try VM.key(job)
+                let (key, arguments) = try VM.keyed(job)
                 let index = state.withLock { state in
                     state.keys.append(key)
                     return state.keys.count - 1
@@ -225,7 +240,9 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
                     if let error = job.outputPatternError(in: experiment) { throw error }
                     state.withLock { $0.originals[index] = job }
                 }
-                unit.append(job.bound(toIndex: index, of: experiment, at: location))
+                unit.append(
+                    job.bound(toIndex: index, of: experiment, at: location).storage.withEncodedArguments(arguments)
+                )
                 indices.append(index)
             }
             guard !unit.isEmpty else { continue }
