@@ -74,15 +74,19 @@ package struct MirroredStorage: Sendable, Hashable {
         let (prefix, pattern) = PathUtil.splitGlob(expanded)
         let canonical = PathUtil.canonicalize(prefix, environment: environment)
         guard unsharedEntries.contains(where: { PathUtil.isComponentPrefix($0, of: canonical) }) else { return nil }
-        if PathUtil.components(pattern).contains("..") {
-            throw StorageError(
-                .invalidPath,
-                path: spawnerPath,
-                reason: "has `..` after a glob pattern, which is not supported",
-                subject: subject
-            )
-        }
+        try Self.refuseDotDotAfterGlob(pattern, in: spawnerPath, subject: subject)
         return (canonical, pattern)
+    }
+
+    /// A `..` after a glob cannot be resolved without expanding the glob; refuse rather than guess.
+    private static func refuseDotDotAfterGlob(_ pattern: String, in spawnerPath: String, subject: String) throws {
+        guard PathUtil.components(pattern).contains("..") else { return }
+        throw StorageError(
+            .invalidPath,
+            path: spawnerPath,
+            reason: "has `..` after a glob pattern, which is not supported",
+            subject: subject
+        )
     }
 
     /// Translates a spawner path (possibly containing glob characters) to an `AbstractPath`.
@@ -94,15 +98,7 @@ package struct MirroredStorage: Sendable, Hashable {
     package func abstractPath(for spawnerPath: String, subject: String = "path") throws -> AbstractPath {
         let expanded = PathUtil.expandTilde(spawnerPath, environment: environment)
         let (prefix, pattern) = PathUtil.splitGlob(expanded)
-        if PathUtil.components(pattern).contains("..") {
-            // A `..` after a glob cannot be resolved without expanding the glob; refuse rather than guess.
-            throw StorageError(
-                .invalidPath,
-                path: spawnerPath,
-                reason: "has `..` after a glob pattern, which is not supported",
-                subject: subject
-            )
-        }
+        try Self.refuseDotDotAfterGlob(pattern, in: spawnerPath, subject: subject)
         let canonical = PathUtil.canonicalize(prefix, environment: environment)
         for (index, root) in entries.enumerated() where PathUtil.isComponentPrefix(root, of: canonical) {
             var relative = root == "/" ? String(canonical.dropFirst()) : String(canonical.dropFirst(root.count))

@@ -45,6 +45,15 @@ struct StorageFixture {
         }
     }
 
+    /// A copy of the share's data that only the spawner is told about (`PARALLEL_UNSHARED_STORAGE`), its
+    /// `which-mount` saying `P`; returns the folder to declare.
+    func makeUnsharedCopy() throws -> String {
+        let unshared = root.appendingPathComponent("private").path
+        try FileManager.default.copyItem(atPath: shareA, toPath: unshared)
+        try "P\n".write(toFile: unshared + "/data/which-mount", atomically: true, encoding: .utf8)
+        return unshared
+    }
+
     func remove() { try? FileManager.default.removeItem(at: root) }
 }
 
@@ -83,9 +92,7 @@ struct StorageRunTests {
         let fixture = try StorageFixture()
         defer { fixture.remove() }
         let manager = FileManager.default
-        let unshared = fixture.root.appendingPathComponent("private").path
-        try manager.copyItem(atPath: fixture.shareA, toPath: unshared)
-        try "P\n".write(toFile: unshared + "/data/which-mount", atomically: true, encoding: .utf8)
+        let unshared = try fixture.makeUnsharedCopy()
         let scratch = unshared + "/scratch"
         try manager.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         var environments = fixture.environments(ranks: 3, worker: ["PARALLEL_LOCAL_STORAGE": fixture.local(1)])
@@ -137,9 +144,7 @@ struct StorageRunTests {
         let fixture = try StorageFixture()
         defer { fixture.remove() }
         let manager = FileManager.default
-        let unshared = fixture.root.appendingPathComponent("private").path
-        try manager.copyItem(atPath: fixture.shareA, toPath: unshared)
-        try "P\n".write(toFile: unshared + "/data/which-mount", atomically: true, encoding: .utf8)
+        let unshared = try fixture.makeUnsharedCopy()
         let runs = Mutex<[RunOutput]>([])
         DispatchQueue.concurrentPerform(iterations: 2) { index in
             let scratch = unshared + "/scratch\(index)"
