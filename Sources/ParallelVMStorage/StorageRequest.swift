@@ -190,14 +190,7 @@ package struct StorageRequest: Codable, Sendable, Hashable {
             if let (literal, pattern) = try mirrored.unsharedPattern(for: source, subject: "mirror source") {
                 let matches = Glob.expand(literal: literal, pattern: pattern)
                 if matches.isEmpty {
-                    let error = StorageError(
-                        .missingSource,
-                        path: source,
-                        reason: PathUtil.hasGlob(pattern) ? "matches nothing" : "does not exist",
-                        subject: "mirror source"
-                    )
-                    if missing == .error { throw error }
-                    warnings.append(error.description + "; skipped")
+                    try skipMissing(source, glob: PathUtil.hasGlob(pattern), missing: missing, warnings: &warnings)
                     continue
                 }
                 if builder == nil { builder = MirrorTreeBuilder() }
@@ -211,19 +204,29 @@ package struct StorageRequest: Codable, Sendable, Hashable {
             // here is almost certainly a typo; catch it before any task is spawned.
             let (literal, pattern) = try mirrored.localPattern(for: abstract)
             if Glob.expand(literal: literal, pattern: pattern).isEmpty {
-                let error = StorageError(
-                    .missingSource,
-                    path: source,
-                    reason: PathUtil.hasGlob(abstract.suffix) ? "matches nothing" : "does not exist",
-                    subject: "mirror source"
-                )
-                if missing == .error { throw error }
-                warnings.append(error.description + "; skipped")
+                try skipMissing(source, glob: PathUtil.hasGlob(abstract.suffix), missing: missing, warnings: &warnings)
                 continue
             }
             entries.append(MirrorEntry(source: abstract, target: normalizedTarget))
         }
         return (entries, warnings, builder?.snapshot())
+    }
+
+    /// A source that matches nothing: an error, or with `.warn` a warning and the entry skipped.
+    private static func skipMissing(
+        _ source: String,
+        glob: Bool,
+        missing: MissingSourcePolicy,
+        warnings: inout [String]
+    ) throws {
+        let error = StorageError(
+            .missingSource,
+            path: source,
+            reason: glob ? "matches nothing" : "does not exist",
+            subject: "mirror source"
+        )
+        if missing == .error { throw error }
+        warnings.append(error.description + "; skipped")
     }
 
     /// Checks a folder given relative to local storage: not absolute, not escaping with `..` after

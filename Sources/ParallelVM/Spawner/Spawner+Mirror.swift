@@ -73,17 +73,12 @@ extension Spawner {
                 matching: { $0.kind == kind && $0.sourceRank == slot }
             )
             if let envelope { return envelope }
-            if withBook({ $0.slots[slot].lost }) || workerSeemsGone(slot) {
+            // The spawner's own liveness check marks a dead or silent worker lost, and reports it, as anywhere.
+            checkWorkersAlive()
+            if withBook({ $0.slots[slot].lost }) {
                 throw VMError(.taskLost, "\(what) failed: the worker rank was lost")
             }
         }
-    }
-
-    /// Whether the worker rank of `slot` has died (on this host) or gone silent (on another).
-    private func workerSeemsGone(_ slot: Int) -> Bool {
-        let (host, pid) = withBook { ($0.slots[slot].host, $0.slots[slot].pid) }
-        if host == self.host, pid > 0 { return Glibc.kill(pid, 0) == -1 && errno == ESRCH }
-        return (transport?.quietSince()[slot] ?? 0) > Spawner.remoteSilence
     }
 }
 

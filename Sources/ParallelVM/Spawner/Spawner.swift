@@ -294,15 +294,21 @@ final class Spawner: Sendable {
                 settings: settings,
                 arguments: arguments
             )
+            // The tasks not sent yet give their slots back; the error says what failed.
+            func releaseUnsent(_ error: VMError) -> VMError {
+                withBook { book in
+                    for unsent in placed[index...] { book.release(unsent) }
+                }
+                for unsent in placed[index...] { emitEnded(unsent) }
+                return error
+            }
             if let mirror {
                 do {
                     try deliver(mirror, to: task.slot)
                 } catch {
-                    withBook { book in
-                        for unsent in placed[index...] { book.release(unsent) }
-                    }
-                    for unsent in placed[index...] { emitEnded(unsent) }
-                    throw VMError(error.code, "spawnFunction('\(function)'): \(error.message)", underlying: error)
+                    throw releaseUnsent(
+                        VMError(error.code, "spawnFunction('\(function)'): \(error.message)", underlying: error)
+                    )
                 }
             }
             do {
@@ -310,14 +316,12 @@ final class Spawner: Sendable {
                 ringDoorbell(of: task.slot)
                 try request.send(over: transport, to: task.slot)
             } catch {
-                withBook { book in
-                    for unsent in placed[index...] { book.release(unsent) }
-                }
-                for unsent in placed[index...] { emitEnded(unsent) }
-                throw VMError(
-                    .mpi,
-                    "spawnFunction('\(function)'): sending the request for task \(task) failed: \(error)",
-                    underlying: error
+                throw releaseUnsent(
+                    VMError(
+                        .mpi,
+                        "spawnFunction('\(function)'): sending the request for task \(task) failed: \(error)",
+                        underlying: error
+                    )
                 )
             }
         }
@@ -420,7 +424,7 @@ final class Spawner: Sendable {
     /// Marks lost the worker ranks on this host whose process is gone, and those on other hosts not heard
     /// from for ``remoteSilence`` seconds (a host whose network went down, or that died), and makes a failed
     /// result (``TaskTermination/Reason/workerLost``) for the task each ran.
-    private func checkWorkersAlive() {
+    func checkWorkersAlive() {
         let now = monotonicSeconds()
         let due = state.withLock { state -> [(rank: Int, pid: Int32)]? in
             guard now - state.lastLivenessCheck >= Spawner.livenessInterval else { return nil }

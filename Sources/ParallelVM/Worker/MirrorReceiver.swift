@@ -40,7 +40,8 @@ enum MirrorReceiver {
         } catch {
             failure = "\(error)"
         }
-        var remaining = offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }
+        let total = offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }
+        var remaining = total
         var lastHeard = monotonicSeconds()
         while remaining > 0 {
             let data: Envelope?
@@ -76,7 +77,7 @@ enum MirrorReceiver {
             failure = "mirror cache \(cache.path): the contents ended before every file was complete"
         }
         if failure.isEmpty {
-            cache.noteStored(offer.missing.reduce(UInt64(0)) { $0 + offer.tree.blobs[$1].size }, limit: limit)
+            cache.noteStored(total, limit: limit)
         }
         try? MirrorFrames.stored(error: failure, over: link)
         return nil
