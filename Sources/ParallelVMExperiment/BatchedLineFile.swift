@@ -23,6 +23,10 @@ final class BatchedLineFile: @unchecked Sendable {
     private var firstPendingAt: UInt64 = 0
     private var closed = false
     private var threadRunning = false
+    /// Whether the background thread waits without a time limit, for `write` to signal it. While lines
+    /// keep coming it wakes by itself every `flushInterval` instead: a signal per flush, and the thread
+    /// taking the lock right after it, cost a dispatch of tiny jobs more than its log lines did.
+    private var threadSleeping = false
     private var failure: ExperimentError?
 
     /// Opens (creating it when missing) the file `name` of the open folder `directory`.
@@ -63,7 +67,7 @@ final class BatchedLineFile: @unchecked Sendable {
         buffer.append(contentsOf: text.utf8)
         if wasEmpty {
             firstPendingAt = Self.now()
-            condition.signal()
+            if threadSleeping { condition.signal() }
         }
         if buffer.count >= maxBytes || Self.now() &- firstPendingAt >= flushNanos { try flushLocked() }
     }
@@ -109,11 +113,22 @@ final class BatchedLineFile: @unchecked Sendable {
 
     private func backgroundLoop() {
         condition.lock()
+        // Turns without lines in a row; after a few, the thread sleeps until signalled.
+        var idleTurns = 0
         while !closed && failure == nil {
             if buffer.isEmpty {
-                condition.wait()
+                idleTurns += 1
+                if idleTurns > 20 {
+                    threadSleeping = true
+                    condition.wait()
+                    threadSleeping = false
+                    idleTurns = 0
+                } else {
+                    _ = condition.wait(until: Date(timeIntervalSinceNow: Double(flushNanos) / 1e9))
+                }
                 continue
             }
+            idleTurns = 0
             let now = Self.now()
             let due = firstPendingAt &+ flushNanos
             if now >= due {

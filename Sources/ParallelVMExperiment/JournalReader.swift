@@ -91,9 +91,8 @@ public struct JournalReader: Sendable {
         var offset = header.count
         contents.validLength = offset
         while offset < bytes.count {
-            switch record(at: offset, in: bytes) {
-            case .valid(let record, let end):
-                contents.records.append(record)
+            switch record(at: offset, in: bytes, into: &contents.records) {
+            case .valid(let end):
                 offset = end
                 contents.validLength = end
             case .invalid(let reason):
@@ -108,12 +107,17 @@ public struct JournalReader: Sendable {
     }
 
     private enum Examined {
-        case valid(JournalRecord, end: Int)
+        case valid(end: Int)
         case invalid(String)
     }
 
-    /// The record starting at `offset`, or why there is none.
-    private static func record(at offset: Int, in bytes: UnsafeRawBufferPointer) -> Examined {
+    /// Appends the record starting at `offset` (one job's, or a group's jobs) to `records`, or says why
+    /// there is none.
+    private static func record(
+        at offset: Int,
+        in bytes: UnsafeRawBufferPointer,
+        into records: inout [JournalRecord]
+    ) -> Examined {
         let headerSize = JournalFormat.recordHeaderSize
         let left = bytes.count - offset
         guard left >= headerSize else { return .invalid("only \(left) of a record header's \(headerSize) bytes") }
@@ -127,8 +131,8 @@ public struct JournalReader: Sendable {
         let crc = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
         let body = UnsafeRawBufferPointer(rebasing: bytes[(offset + headerSize)..<(offset + headerSize + length)])
         guard CRC32.checksum(body) == crc else { return .invalid("the body fails its CRC-32 checksum") }
-        guard let record = JournalFormat.decodeBody(body) else { return .invalid("the body's layout is wrong") }
-        return .valid(record, end: offset + headerSize + length)
+        guard JournalFormat.decodeBody(body, into: &records) else { return .invalid("the body's layout is wrong") }
+        return .valid(end: offset + headerSize + length)
     }
 
     /// True when a complete, valid record starts anywhere after `offset`: then the bad record at `offset`
@@ -136,9 +140,10 @@ public struct JournalReader: Sendable {
     private static func validRecordExists(after offset: Int, in bytes: UnsafeRawBufferPointer) -> Bool {
         let magic = withUnsafeBytes(of: JournalFormat.recordMagic.littleEndian) { Array($0) }
         var position = offset + 1
+        var scratch: [JournalRecord] = []
         while position + JournalFormat.recordHeaderSize <= bytes.count {
             if bytes[position] == magic[0], bytes[position + 1] == magic[1], bytes[position + 2] == magic[2],
-                bytes[position + 3] == magic[3], case .valid = record(at: position, in: bytes)
+                bytes[position + 3] == magic[3], case .valid = record(at: position, in: bytes, into: &scratch)
             {
                 return true
             }

@@ -145,6 +145,17 @@ public struct JournalRecord: Sendable, Hashable {
 /// is the error's type and `payload` its message in UTF-8. The body is written by hand rather than with
 /// `BinaryEncoder` because an append is on the dispatch's hot path and the layout must stay stable across
 /// versions of the codec.
+///
+/// A second body layout (version 2) holds a group: successful jobs of one task (a chunk) that share their
+/// value type, host, task and times, so that a chunk of tiny jobs costs one header and one checksum:
+///
+/// ```
+/// group  := version:u8(2) flags:u8(1) count:u32 started:f64 ended:f64 typeName:str host:str task:str
+///           entry[count]
+/// entry  := index:i64 key:u64 attempts:u32 payload:bytes
+/// ```
+/// A group is checked and kept or dropped whole, like any record: a torn group at the end loses all its
+/// jobs, which then run again.
 enum JournalFormat {
     /// `PVMJRNL` and version 1.
     static let fileHeader: [UInt8] = Array("PVMJRNL".utf8) + [1]
@@ -152,8 +163,12 @@ enum JournalFormat {
     static let recordMagic: UInt32 = 0x524A_5650
     /// Bytes before a record's body.
     static let recordHeaderSize = 12
-    /// Version of the body layout.
+    /// Version of the body layout of one job.
     static let bodyVersion: UInt8 = 1
+    /// Version of the body layout of a group of successful jobs.
+    static let groupVersion: UInt8 = 2
+    /// Bytes of a group body before its type name: version, flags, count and the two times.
+    static let groupFixedSize = 1 + 1 + 4 + 8 + 8
     /// The largest body a reader accepts; a longer length field is damage, not data.
     static let maxBodyLength = 1 << 30
 
@@ -193,6 +208,14 @@ enum JournalFormat {
             buffer.removeSubrange(start...)
             return false
         }
+        seal(recordAt: start, in: &buffer)
+        return true
+    }
+
+    /// Fills in the header of the record whose header starts at `start` and whose body runs to the end of
+    /// `buffer`: magic, body length and the body's checksum.
+    static func seal(recordAt start: Int, in buffer: inout [UInt8]) {
+        let length = buffer.count - start - recordHeaderSize
         let crc = buffer.withUnsafeBytes { raw in
             CRC32.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + recordHeaderSize)...]))
         }
@@ -201,15 +224,14 @@ enum JournalFormat {
             raw.storeBytes(of: UInt32(length).littleEndian, toByteOffset: start + 4, as: UInt32.self)
             raw.storeBytes(of: crc.littleEndian, toByteOffset: start + 8, as: UInt32.self)
         }
-        return true
     }
 
     @inline(__always)
-    private static func putInteger<T: FixedWidthInteger>(_ value: T, _ buffer: inout [UInt8]) {
+    static func putInteger<T: FixedWidthInteger>(_ value: T, _ buffer: inout [UInt8]) {
         withUnsafeBytes(of: value.littleEndian) { buffer.append(contentsOf: $0) }
     }
 
-    private static func putString(_ string: String, _ buffer: inout [UInt8]) -> Bool {
+    static func putString(_ string: String, _ buffer: inout [UInt8]) -> Bool {
         var copy = string
         return copy.withUTF8 { utf8 in
             guard utf8.count <= maxBodyLength else { return false }
@@ -219,15 +241,58 @@ enum JournalFormat {
         }
     }
 
-    private static func putBytes(_ bytes: [UInt8], _ buffer: inout [UInt8]) -> Bool {
+    static func putBytes(_ bytes: [UInt8], _ buffer: inout [UInt8]) -> Bool {
         guard bytes.count <= maxBodyLength else { return false }
         putInteger(UInt32(bytes.count), &buffer)
         buffer.append(contentsOf: bytes)
         return true
     }
 
-    /// Decodes a body whose checksum already matched; nil when its layout is wrong.
-    static func decodeBody(_ body: UnsafeRawBufferPointer) -> JournalRecord? {
+    /// Decodes a body whose checksum already matched, appending its records (one, or a group's) to
+    /// `records`; false, with `records` unchanged, when its layout is wrong.
+    static func decodeBody(_ body: UnsafeRawBufferPointer, into records: inout [JournalRecord]) -> Bool {
+        guard let version = body.first else { return false }
+        if version == groupVersion { return decodeGroup(body, into: &records) }
+        guard let record = decodeSingle(body) else { return false }
+        records.append(record)
+        return true
+    }
+
+    private static func decodeGroup(_ body: UnsafeRawBufferPointer, into records: inout [JournalRecord]) -> Bool {
+        var reader = BodyReader(bytes: body)
+        guard reader.byte() == groupVersion, reader.byte() == 1, let count = reader.integer(UInt32.self),
+            let started = reader.integer(UInt64.self), let ended = reader.integer(UInt64.self),
+            let typeName = reader.string(), let host = reader.string(), let task = reader.string(),
+            Int(count) <= body.count  // every entry takes more than a byte: a larger count is damage
+        else { return false }
+        let start = Date(timeIntervalSince1970: Double(bitPattern: started))
+        let end = Date(timeIntervalSince1970: Double(bitPattern: ended))
+        var group: [JournalRecord] = []
+        group.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let index = reader.integer(Int64.self), let key = reader.integer(UInt64.self),
+                let attempts = reader.integer(UInt32.self), let payload = reader.blob(),
+                let index = Int(exactly: index)
+            else { return false }
+            group.append(
+                JournalRecord(
+                    index: index,
+                    key: JobKey(value: key),
+                    outcome: .success(typeName: typeName, value: payload),
+                    attempts: Int(attempts),
+                    host: host,
+                    task: task,
+                    started: start,
+                    ended: end
+                )
+            )
+        }
+        guard reader.atEnd else { return false }
+        records += group
+        return true
+    }
+
+    private static func decodeSingle(_ body: UnsafeRawBufferPointer) -> JournalRecord? {
         var reader = BodyReader(bytes: body)
         guard let version = reader.byte(), version == bodyVersion, let flags = reader.byte(),
             let index = reader.integer(Int64.self), let key = reader.integer(UInt64.self),

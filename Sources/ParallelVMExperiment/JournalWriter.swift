@@ -6,7 +6,7 @@ import ParallelVMStorage
 ///
 /// Flushing and syncing (the defaults of `Policy`):
 /// - `append` only encodes the record into a memory buffer. The buffer is written with one `write(2)`
-///   when it holds `maxRecords` (1024) records or `maxBytes` (1 MiB), or when `flushInterval` (5 ms) has
+///   when it holds the records of `maxRecords` (1024) jobs or `maxBytes` (1 MiB), or when `flushInterval` (5 ms) has
 ///   passed since its oldest record: on the next append, or from the writer's background thread when no
 ///   append comes. So a record is in the file (and survives the process being killed) at most about 5 ms
 ///   after `append` returns.
@@ -26,7 +26,7 @@ package final class JournalWriter: @unchecked Sendable {
 
     /// When the buffer is written and the file synced; see the type's documentation.
     package struct Policy: Sendable, Hashable {
-        /// Records buffered before a write.
+        /// Jobs whose records are buffered before a write.
         package var maxRecords = 1024
         /// Bytes buffered before a write.
         package var maxBytes = 1 << 20
@@ -57,6 +57,12 @@ package final class JournalWriter: @unchecked Sendable {
     private var lastSyncAt: UInt64 = 0
     private var closed = false
     private var threadRunning = false
+    /// Whether the background thread waits without a time limit, for an append to signal it; while
+    /// records keep coming it wakes by itself (see `BatchedLineFile`: a signal per flush cost more than
+    /// the records).
+    private var threadSleeping = false
+    /// When the background thread wakes by itself next (monotonic nanoseconds; meaningless while it sleeps).
+    private var threadWakesAt: UInt64 = 0
     private var failure: ExperimentError?
     private var appended = 0
     private var writes = 0
@@ -150,6 +156,40 @@ package final class JournalWriter: @unchecked Sendable {
         try flushIfDueLocked()
     }
 
+    /// Buffers a batch of records and groups (the results that came in together) under one lock.
+    package func append(_ batch: JournalBatch) throws(ExperimentError) {
+        guard !batch.isEmpty else { return }
+        var batch = batch
+        let bytes = batch.sealed()
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        guard !closed else {
+            throw ExperimentError(.notOpen, experiment: experiment, path: path, reason: "is closed", subject: "journal")
+        }
+        buffer += bytes
+        let wasEmpty = pending == 0
+        pending += batch.jobs
+        appended += batch.jobs
+        if wasEmpty {
+            firstPendingAt = Self.now()
+            wakeThreadIfLateLocked()
+        }
+        if pending >= policy.maxRecords || buffer.count >= policy.maxBytes { try flushLocked() }
+        try flushIfDueLocked()
+    }
+
+    /// The error for a job whose record the format cannot hold (a field exceeds its limits).
+    package func refusal(ofJob index: Int) -> ExperimentError {
+        ExperimentError(
+            .invalidRecord,
+            experiment: experiment,
+            path: path,
+            reason: "cannot hold the record of job #\(index): a field exceeds the format's limits",
+            subject: "journal"
+        )
+    }
+
     /// Writes the buffered records now.
     package func flush() throws(ExperimentError) {
         condition.lock()
@@ -200,21 +240,19 @@ package final class JournalWriter: @unchecked Sendable {
         guard !closed else {
             throw ExperimentError(.notOpen, experiment: experiment, path: path, reason: "is closed", subject: "journal")
         }
-        guard JournalFormat.append(record, to: &buffer) else {
-            throw ExperimentError(
-                .invalidRecord,
-                experiment: experiment,
-                path: path,
-                reason: "cannot hold the record of job #\(record.index): a field exceeds the format's limits",
-                subject: "journal"
-            )
-        }
+        guard JournalFormat.append(record, to: &buffer) else { throw refusal(ofJob: record.index) }
         pending += 1
         appended += 1
         if pending == 1 {
             firstPendingAt = Self.now()
-            condition.signal()
+            wakeThreadIfLateLocked()
         }
+    }
+
+    /// Signals the background thread when it would wake too late to write the oldest pending record in
+    /// time: when it sleeps, or waits for a sync that is due later.
+    private func wakeThreadIfLateLocked() {
+        if threadSleeping || threadWakesAt > firstPendingAt &+ flushNanos { condition.signal() }
     }
 
     private func flushIfDueLocked() throws(ExperimentError) {
@@ -243,7 +281,7 @@ package final class JournalWriter: @unchecked Sendable {
             throw experimentError
         }
         unsynced = true
-        condition.signal()
+        if threadSleeping { condition.signal() }
     }
 
     // MARK: - Syncing and the background thread
@@ -295,9 +333,12 @@ package final class JournalWriter: @unchecked Sendable {
                 wake = min(wake ?? due, due)
             }
             if let wake {
+                threadWakesAt = wake
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(wake &- now) / 1e9))
             } else {
+                threadSleeping = true
                 condition.wait()
+                threadSleeping = false
             }
         }
         threadRunning = false

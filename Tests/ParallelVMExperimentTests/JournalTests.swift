@@ -30,6 +30,116 @@ struct JournalTests {
         #expect(contents.records == records)
     }
 
+    /// Adds `record` to `batch`: a success as a group entry, a failure on its own.
+    static func add(_ record: JournalRecord, to batch: inout JournalBatch) {
+        switch record.outcome {
+        case .success(let typeName, let value):
+            let added = batch.addSuccess(
+                index: record.index,
+                key: record.key,
+                attempts: record.attempts,
+                typeName: typeName,
+                value: value,
+                host: record.host,
+                task: record.task,
+                started: record.started,
+                ended: record.ended
+            )
+            #expect(added)
+        case .failure:
+            let added = batch.add(record)
+            #expect(added)
+        }
+    }
+
+    @Test("groups of a chunk's successes round-trip with singles between them, one header per group")
+    func groups() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        // Three chunks of 40 jobs, each from its own task with shared times; every 9th job failed.
+        var expected: [JournalRecord] = []
+        for chunk in 0..<3 {
+            var batch = JournalBatch()
+            for offset in 0..<40 {
+                let index = chunk * 40 + offset
+                var record = Support.record(index, success: index % 9 != 4, task: "1:\(chunk)")
+                record.started = Date(timeIntervalSince1970: 1_700_000_000 + Double(chunk))
+                record.ended = Date(timeIntervalSince1970: 1_700_000_001.25 + Double(chunk))
+                record.attempts = 1 + chunk
+                Self.add(record, to: &batch)
+                expected.append(record)
+            }
+            #expect(batch.jobs == 40)
+            try writer.append(batch)
+        }
+        try writer.close()
+        #expect(writer.statistics.records == 120)
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.problem == nil)
+        #expect(contents.records == expected)
+        // Far smaller than a record per job: the shared fields are written once per group.
+        let singles = try TemporaryFolder()
+        let single = try JournalWriter(path: singles.sub("journal"), experiment: "t")
+        try single.append(contentsOf: expected)
+        try single.close()
+        #expect(Support.fileSize(path) * 3 < Support.fileSize(singles.sub("journal")) * 2)
+    }
+
+    @Test("a torn group at the end loses its jobs, and only those; a damaged group before the end is corruption")
+    func tornGroup() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        // Jobs of one chunk: one task, one start and end.
+        func record(_ index: Int) -> JournalRecord {
+            var record = Support.record(index, task: "1:1")
+            record.started = Date(timeIntervalSince1970: 1_700_000_000)
+            record.ended = Date(timeIntervalSince1970: 1_700_000_002)
+            return record
+        }
+        var first = JournalBatch()
+        for index in 0..<10 { Self.add(record(index), to: &first) }
+        try writer.append(first)
+        try writer.close()
+        let goodLength = Support.fileSize(path)
+        var second = JournalBatch()
+        for index in 10..<20 { Self.add(record(index), to: &second) }
+        let group = second.sealed()
+        for cut in [1, 13, group.count / 2, group.count - 1] {
+            try Support.writeBytes(path, Array(try Support.readBytes(path).prefix(goodLength)) + Array(group.prefix(cut)))
+            let contents = try JournalReader(path: path).read()
+            if case .tornTail? = contents.problem {} else { Issue.record("cut at \(cut): no torn tail reported") }
+            #expect(contents.records.map(\.index) == Array(0..<10))
+            #expect(contents.validLength == goodLength)
+        }
+        // A flipped byte inside the first group, with the second complete after it.
+        var bytes = Array(try Support.readBytes(path).prefix(goodLength)) + group
+        bytes[JournalFormat.fileHeader.count + JournalFormat.recordHeaderSize + 30] ^= 0xFF
+        try Support.writeBytes(path, bytes)
+        let damaged = try JournalReader(path: path).read()
+        if case .corruption? = damaged.problem {} else { Issue.record("no corruption reported") }
+        #expect(damaged.records.isEmpty)
+        #expect(throws: ExperimentError.self) { try JournalWriter(path: path, experiment: "t") }
+    }
+
+    @Test("a record appended while the writer waits to sync reaches the file within the flush interval")
+    func flushWhileASyncIsPending() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        var policy = JournalWriter.Policy()
+        policy.syncInterval = .seconds(30)
+        let writer = try JournalWriter(path: path, experiment: "t", policy: policy)
+        defer { try? writer.close() }
+        try writer.append(Support.record(0))
+        #expect(Support.eventually(within: 5) { (try? JournalReader(path: path).read().records.count) == 1 })
+        // The background thread now waits for the sync, 30 s away; the next record must not wait with it.
+        var batch = JournalBatch()
+        Self.add(Support.record(1), to: &batch)
+        try writer.append(batch)
+        #expect(Support.eventually(within: 5) { (try? JournalReader(path: path).read().records.count) == 2 })
+    }
+
     @Test("a decoded value comes back through value(as:); a failure or another type throws")
     func values() throws {
         let folder = try TemporaryFolder()

@@ -209,6 +209,8 @@ func journalRates(
     defer { try? FileManager.default.removeItem(atPath: root) }
     try await journaledFarm(vm, n, in: root, run: 0)  // warm-up
     try await dispatchFarm(vm, n, chunkSize: 100)
+    // For profiling one side alone: BENCH_JOURNAL_ONLY=journaled or plain (the other side's figures are then void).
+    let only = ProcessInfo.processInfo.environment["BENCH_JOURNAL_ONLY"] ?? ""
     var journaled: [Double] = []
     var plain: [Double] = []
     var journaledCPU: [Double] = []
@@ -216,12 +218,12 @@ func journalRates(
     for repetition in 1...repetitions {
         var start = seconds()
         var cpu = cpuSecondsOfThisProcess()
-        try await journaledFarm(vm, n, in: root, run: repetition)
+        if only != "plain" { try await journaledFarm(vm, n, in: root, run: repetition) }
         journaled.append(Double(n) / (seconds() - start))
         journaledCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
         start = seconds()
         cpu = cpuSecondsOfThisProcess()
-        try await dispatchFarm(vm, n, chunkSize: 100)
+        if only != "journaled" { try await dispatchFarm(vm, n, chunkSize: 100) }
         plain.append(Double(n) / (seconds() - start))
         plainCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
     }

@@ -60,7 +60,9 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///   - chunker: joins queued jobs into chunks of the sizes it picks (``ChunkSize/auto``).
     ///   - lookaheadInChunks: count `lookaheadPerSlot` in chunks of the chunker's size rather than in units.
     ///   - deferHandover: wake a waiting joiner only once the queue runs low (or the farm drains), so that it
-    ///     takes many results at once; for a joiner that only collects them.
+    ///     takes many results at once; for a joiner that only collects or journals them.
+    ///   - deferredHandoverLimit: how long, in seconds, a deferred hand-over keeps finished jobs from a
+    ///     waiting joiner at most.
     init(
         _ vm: VM,
         remote: Bool,
@@ -71,7 +73,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         retries: Int = 0,
         chunker: AutoChunker? = nil,
         lookaheadInChunks: Bool = false,
-        deferHandover: Bool = false
+        deferHandover: Bool = false,
+        deferredHandoverLimit: Double = 0.02
     ) throws {
         if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
@@ -86,7 +89,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             retries: retries,
             chunker: chunker,
             lookaheadInChunks: lookaheadInChunks,
-            deferHandover: deferHandover
+            deferHandover: deferHandover,
+            deferredHandoverLimit: deferredHandoverLimit
         )
         engine.start()
     }
@@ -190,6 +194,24 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         return jobResult
     }
 
+    /// ``jobResult(of:index:job:)`` with what a journal keeps of it, so that journaling needs no code
+    /// generic over `Value`: the job's error when it failed, else its value's bytes (the worker's, or
+    /// encoded here for a job run in this process).
+    func journaledResult(
+        of result: FarmResult,
+        index: Int,
+        job: Job<Value>?
+    ) throws -> (result: JobResult<Value>, failure: JobError?, value: [UInt8]) {
+        let jobResult = jobResult(of: result, index: index, job: job)
+        switch jobResult.outcome {
+        case .failure(let error):
+            return (jobResult, error, [])
+        case .success(let value):
+            if case .encoded(_, let bytes) = result.outcome { return (jobResult, nil, bytes) }
+            return (jobResult, nil, try BinaryEncoder.encode(value))
+        }
+    }
+
     private func decode(typeName: String, bytes: [UInt8], index: Int, job: Job<Value>) -> Result<Value, JobError> {
         guard typeName == valueTypeName else {
             let error = VMError(
@@ -239,6 +261,9 @@ final class FarmEngine: @unchecked Sendable {
     let retries: Int
     /// Whether a waiting joiner is woken only once the queue runs low (see `handOverNowLocked`).
     let deferHandover: Bool
+    /// How long a deferred hand-over keeps finished jobs from a waiting joiner at most, in seconds: long
+    /// jobs still reach a progress line (and a journal) promptly.
+    let deferredHandoverLimit: Double
     private let condition = NSCondition()
     /// Counts the changes callers make that the farm's thread must look at (jobs queued, stop, kill), so
     /// that it takes the condition's lock only when something changed.
@@ -273,12 +298,14 @@ final class FarmEngine: @unchecked Sendable {
         retries: Int,
         chunker: AutoChunker?,
         lookaheadInChunks: Bool,
-        deferHandover: Bool
+        deferHandover: Bool,
+        deferredHandoverLimit: Double
     ) {
         self.vm = vm
         self.timeout = timeout
         self.retries = retries
         self.deferHandover = deferHandover
+        self.deferredHandoverLimit = deferredHandoverLimit
         let workers = vm.slots() - 1
         self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -357,10 +384,6 @@ final class FarmEngine: @unchecked Sendable {
         resumeSlotWaiterIfRoomLocked()
         joinWaiter.continuation.resume(returning: ready)
     }
-
-    /// How long a deferred hand-over keeps finished jobs from a waiting joiner at most, in seconds: long
-    /// jobs still reach a progress line promptly.
-    static var deferredHandoverLimit: Double { 0.02 }
 
     /// How many units of `unitSize` jobs can be submitted now, one after another (see ``hasRoom``).
     func room(unitSize: Int) -> Int { condition.withLock { queue.room(unitSize: unitSize) } }
@@ -513,7 +536,7 @@ final class FarmEngine: @unchecked Sendable {
     /// Hands finished jobs over to a waiting joiner that a deferred hand-over has kept them from for too long.
     func handOverIfStale() {
         condition.withLock {
-            if let unhandedSince, monotonicSeconds() - unhandedSince > Self.deferredHandoverLimit {
+            if let unhandedSince, monotonicSeconds() - unhandedSince > deferredHandoverLimit {
                 resumeJoinerIfReadyLocked(force: true)
             }
         }

@@ -95,6 +95,7 @@ extension VM {
             collector: collector,
             progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count)
         )
+        if let count = (jobs as? any Collection)?.count { run.expect(count) }
         let farm = run.farm
         let unitSize = run.unitSize
         var iterator = jobs.makeIterator()
@@ -291,8 +292,8 @@ struct DispatchRun<Value: Codable & Sendable> {
     /// Starts the farm a dispatch runs on. With a collector: one unit queued ahead per slot, and no more
     /// than two units per slot finished but not yet taken, so a fast feeder cannot run ahead of the
     /// results. Without one, a deeper queue and results handed over in batches (see the `Sequence` form
-    /// of `VM.dispatch`); `journaled`: handed over as they come, so that a finished job's record is in
-    /// the journal's buffer at once (the README's flush policy counts from there).
+    /// of `VM.dispatch`), at most 20 ms late; `journaled`: at most 5 ms late, so that a finished job's
+    /// record is in the journal's buffer within 5 ms of its arrival (the README's flush policy).
     init(
         vm: VM,
         remote: Bool,
@@ -322,13 +323,23 @@ struct DispatchRun<Value: Codable & Sendable> {
             // together, which would let a job that hangs hold its chunk-mates that long.
             chunker: fixed == nil && timeout == nil ? AutoChunker() : nil,
             lookaheadInChunks: batched,
-            deferHandover: batched && !journaled
+            deferHandover: batched,
+            // A journaled result reaches the journal's buffer within 5 ms of its arrival.
+            deferredHandoverLimit: journaled ? 0.005 : 0.02
         )
         self.unitSize = farm.isRemote ? (fixed ?? 1) : 1
         self.failFast = failFast
         self.collectResults = collectResults
         self.collector = collector
         self.progress = progress
+    }
+
+    /// Makes room for the results of `count` jobs at once, when the dispatch knows how many it has: the
+    /// arrays would otherwise be copied each time they grow.
+    mutating func expect(_ count: Int) {
+        guard collectResults, count > 0, positions.isEmpty else { return }
+        arrived.reserveCapacity(count)
+        positions = Array(repeating: -1, count: count)
     }
 
     /// Handles finished jobs, in the order given; without a collector, with no suspension.

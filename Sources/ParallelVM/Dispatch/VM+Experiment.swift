@@ -70,6 +70,7 @@ extension VM {
                     }
                 }
                 knownKeys = keys
+                run.expect(keys.count)
             }
             try experiment.beginRun(keys: knownKeys ?? [], hosts: hosts().map(\.name))
             try journal.log.log(
@@ -135,29 +136,30 @@ extension VM {
                 guard let farmResults = try await farm.joinFarmResults() else { break }
                 // Journaled together, then handed out together.
                 var results: [JobResult<Value>] = []
-                var records: [JournalRecord] = []
-                var units: [(first: Int, size: Int)] = []
                 results.reserveCapacity(farmResults.count)
-                records.reserveCapacity(farmResults.count)
-                units.reserveCapacity(farmResults.count)
                 let ended = Date()
                 for farmResult in farmResults {
                     let jobIndex = jobIndexOfFarmIndex[farmResult.index]
                     let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
-                    let result = farm.jobResult(of: farmResult, index: jobIndex, job: original)
-                    records.append(
-                        try journal.record(
-                            of: result,
-                            encodedValue: farmResult.encodedValue,
-                            key: journal.keys[jobIndex],
-                            started: queuedAt[farmResult.index],
-                            ended: ended
-                        )
+                    let (result, failure, value) = try farm.journaledResult(
+                        of: farmResult,
+                        index: jobIndex,
+                        job: original
                     )
-                    units.append(unitOfFarmIndex[farmResult.index])
+                    try journal.add(
+                        farmResult,
+                        failure: failure,
+                        value: value,
+                        typeName: farm.valueTypeName,
+                        index: jobIndex,
+                        key: journal.keys[jobIndex],
+                        started: queuedAt[farmResult.index],
+                        ended: ended,
+                        unit: unitOfFarmIndex[farmResult.index]
+                    )
                     results.append(result)
                 }
-                try journal.append(records, units: units)
+                try journal.commit(writing: collector != nil)
                 try await run.take(results)
             }
         } catch {
@@ -267,8 +269,6 @@ struct RunJournal {
     let localHost: String
     var keys: [JobKey] = []
     var counts = Manifest.Counts()
-    /// The result type's name, for the records of successful jobs.
-    private var valueTypeName: String?
     /// Units (a job, or a chunk run as one task) with results still to come, by their number: their
     /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
     /// of tiny jobs more than the jobs did); failures are logged as they come.
@@ -276,12 +276,45 @@ struct RunJournal {
     /// The unit whose results came last, out of `pendingUnits`.
     private var current: PendingUnit?
 
-    private struct PendingUnit {
+    /// A class, so that counting a result in it changes it in place (as an optional struct it was copied,
+    /// with its array of indices, for every job).
+    private final class PendingUnit {
         let unit: Int
         var remaining: Int
         var succeeded: [Int] = []
-        var last: JournalRecord?
+        var last: LastSuccess?
+
+        init(unit: Int, remaining: Int) {
+            self.unit = unit
+            self.remaining = remaining
+        }
     }
+
+    /// What the log line of a unit's successes says of them, from the last one.
+    private struct LastSuccess {
+        let index: Int
+        let attempts: Int
+        let host: String
+        let task: String
+        let started: Date
+        let ended: Date
+
+        var record: JournalRecord {
+            JournalRecord(
+                index: index,
+                key: JobKey(value: 0),
+                outcome: .success(typeName: "", value: []),
+                attempts: attempts,
+                host: host,
+                task: task,
+                started: started,
+                ended: ended
+            )
+        }
+    }
+
+    /// Results added and not yet committed.
+    private var batch = JournalBatch()
 
     init(experiment: Experiment, localHost: String) throws {
         self.experiment = experiment
@@ -314,7 +347,7 @@ struct RunJournal {
     }
 
     private func logSuccesses(of unit: PendingUnit) throws {
-        guard let last = unit.last else { return }
+        guard let last = unit.last?.record else { return }
         if unit.succeeded.count == 1 {
             try log.jobFinished(last)
         } else {
@@ -322,67 +355,88 @@ struct RunJournal {
         }
     }
 
-    /// The record of a finished job, for ``append(_:units:)``. `encodedValue` is a successful job's value
-    /// as its worker encoded it, kept as it is (nil: the value is encoded here).
-    mutating func record<Value>(
-        of result: JobResult<Value>,
-        encodedValue: [UInt8]?,
+    /// Adds a finished job to the batch that ``commit()`` journals, and counts and logs it: `failure` is
+    /// its error when it failed, else `value` its value's bytes, of the type `typeName`; `index` its index
+    /// in the dispatch; `unit` its unit (a job, or a chunk run as one task: the farm index of its first
+    /// job) and the unit's size. Not generic, so that it runs specialised code for any result type.
+    mutating func add(
+        _ result: FarmResult,
+        failure: JobError?,
+        value: [UInt8],
+        typeName: String,
+        index: Int,
         key: JobKey,
         started: Date,
-        ended: Date
-    ) throws -> JournalRecord {
-        let outcome: JournalRecord.Outcome
-        switch result.outcome {
-        case .success(let value):
-            // Looked up once: a type name is built from the type's metadata on every call.
-            let typeName = valueTypeName ?? _typeName(Value.self, qualified: true)
-            valueTypeName = typeName
-            outcome = .success(typeName: typeName, value: try encodedValue ?? BinaryEncoder.encode(value))
-        case .failure(let error):
-            outcome = .failure(typeName: error.typeName, message: error.message)
+        ended: Date,
+        unit: (first: Int, size: Int)
+    ) throws {
+        let host = result.host?.name ?? localHost
+        let task = taskName(result.task)
+        if let failure {
+            let record = JournalRecord(
+                index: index,
+                key: key,
+                outcome: .failure(typeName: failure.typeName, message: failure.message),
+                attempts: result.attempts,
+                host: host,
+                task: task,
+                started: started,
+                ended: ended
+            )
+            guard batch.add(record) else { throw writer.refusal(ofJob: index) }
+            counts.failed += 1
+            try log.jobFinished(record)
+        } else {
+            guard
+                batch.addSuccess(
+                    index: index,
+                    key: key,
+                    attempts: result.attempts,
+                    typeName: typeName,
+                    value: value,
+                    host: host,
+                    task: task,
+                    started: started,
+                    ended: ended
+                )
+            else { throw writer.refusal(ofJob: index) }
         }
-        return JournalRecord(
-            index: result.index,
-            key: key,
-            outcome: outcome,
-            attempts: result.attempts,
-            host: result.host?.name ?? localHost,
-            task: taskName(result.task),
-            started: started,
-            ended: ended
-        )
+        counts.ran += 1
+        // The results of a unit come together: its entry is kept out of the table meanwhile.
+        let pending: PendingUnit
+        if let current, current.unit == unit.first {
+            pending = current
+        } else {
+            if let current { pendingUnits[current.unit] = current }
+            pending = pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
+            current = pending
+        }
+        pending.remaining -= 1
+        if failure == nil {
+            pending.succeeded.append(index)
+            pending.last = LastSuccess(
+                index: index,
+                attempts: result.attempts,
+                host: host,
+                task: task,
+                started: started,
+                ended: ended
+            )
+        }
+        if pending.remaining == 0 {
+            current = nil
+            try logSuccesses(of: pending)
+        }
     }
 
-    /// Journals the records of finished jobs under one lock of the writer (they reach the file within its
-    /// flush interval), and logs them; `units` names each record's unit (a job, or a chunk run as one
-    /// task: the farm index of its first job) and the unit's size.
-    mutating func append(_ records: [JournalRecord], units: [(first: Int, size: Int)]) throws {
-        try writer.append(contentsOf: records)
-        for (record, unit) in zip(records, units) {
-            counts.ran += 1
-            let succeeded: Bool
-            if case .success = record.outcome {
-                succeeded = true
-            } else {
-                succeeded = false
-                counts.failed += 1
-                try log.jobFinished(record)
-            }
-            // The results of a unit come together: its entry is kept out of the table meanwhile.
-            if current?.unit != unit.first {
-                if let current { pendingUnits[current.unit] = current }
-                current =
-                    pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
-            }
-            current!.remaining -= 1
-            if succeeded {
-                current!.succeeded.append(record.index)
-                current!.last = record
-            }
-            if current!.remaining == 0 {
-                try logSuccesses(of: current!)
-                current = nil
-            }
-        }
+    /// Journals what ``add(_:failure:value:typeName:index:key:started:ended:unit:)`` gathered, under one
+    /// lock of the writer: it reaches the file within the writer's flush interval, or before this returns
+    /// with `writing` (before a collector sees the results, so that what it reports done survives a kill
+    /// of the process).
+    mutating func commit(writing: Bool) throws {
+        guard !batch.isEmpty else { return }
+        defer { batch = JournalBatch() }
+        try writer.append(batch)
+        if writing { try writer.flush() }
     }
 }

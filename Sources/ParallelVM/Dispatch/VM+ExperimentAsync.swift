@@ -100,24 +100,26 @@ extension VM {
                         case .finished(let farmResults):
                             // Journaled together, then handed out together.
                             var results: [JobResult<Value>] = []
-                            var records: [JournalRecord] = []
-                            var units: [(first: Int, size: Int)] = []
                             let ended = Date()
                             for farmResult in farmResults {
-                                let (result, started, unit) = feed.jobResult(for: farmResult, of: farm)
-                                records.append(
-                                    try journal.record(
-                                        of: result,
-                                        encodedValue: farmResult.encodedValue,
-                                        key: feed.key(of: result.index),
-                                        started: started,
-                                        ended: ended
-                                    )
+                                let (result, failure, value, started, unit) = try feed.journaledResult(
+                                    for: farmResult,
+                                    of: farm
                                 )
-                                units.append(unit)
+                                try journal.add(
+                                    farmResult,
+                                    failure: failure,
+                                    value: value,
+                                    typeName: farm.valueTypeName,
+                                    index: result.index,
+                                    key: feed.key(of: result.index),
+                                    started: started,
+                                    ended: ended,
+                                    unit: unit
+                                )
                                 results.append(result)
                             }
-                            try journal.append(records, units: units)
+                            try journal.commit(writing: collector != nil)
                             try await run.take(results)
                         }
                     }
@@ -186,19 +188,21 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
 
     func key(of index: Int) -> JobKey { state.withLock { $0.keys[index] } }
 
-    /// The farm's result as the result of its job in the sequence (decoded here, outside the lock), when
-    /// that job was queued, and its unit.
-    func jobResult(
+    /// The farm's result as the result of its job in the sequence (decoded here, outside the lock) with
+    /// what the journal keeps of it (see ``Farm/journaledResult(of:index:job:)``), when that job was
+    /// queued, and its unit.
+    func journaledResult(
         for farmResult: FarmResult,
         of farm: Farm<Value>
-    ) -> (JobResult<Value>, Date, (first: Int, size: Int)) {
+    ) throws -> (JobResult<Value>, JobError?, [UInt8], Date, (first: Int, size: Int)) {
         let (index, original, started, unit) = state.withLock { state in
             let index = state.jobIndexOfFarmIndex.removeValue(forKey: farmResult.index)!
             let started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
             let unit = state.unitOfFarmIndex.removeValue(forKey: farmResult.index) ?? (farmResult.index, 1)
             return (index, state.originals.removeValue(forKey: index), started, unit)
         }
-        return (farm.jobResult(of: farmResult, index: index, job: original), started, unit)
+        let (result, failure, value) = try farm.journaledResult(of: farmResult, index: index, job: original)
+        return (result, failure, value, started, unit)
     }
 
     /// Takes jobs while the farm has room: a journaled one becomes a `.reused` event, the others go to the
