@@ -107,7 +107,10 @@ struct JournalTests {
         for index in 10..<20 { Self.add(record(index), to: &second) }
         let group = second.sealed()
         for cut in [1, 13, group.count / 2, group.count - 1] {
-            try Support.writeBytes(path, Array(try Support.readBytes(path).prefix(goodLength)) + Array(group.prefix(cut)))
+            try Support.writeBytes(
+                path,
+                Array(try Support.readBytes(path).prefix(goodLength)) + Array(group.prefix(cut))
+            )
             let contents = try JournalReader(path: path).read()
             if case .tornTail? = contents.problem {} else { Issue.record("cut at \(cut): no torn tail reported") }
             #expect(contents.records.map(\.index) == Array(0..<10))

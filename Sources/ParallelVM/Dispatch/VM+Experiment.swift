@@ -408,7 +408,8 @@ struct RunJournal {
             pending = current
         } else {
             if let current { pendingUnits[current.unit] = current }
-            pending = pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
+            pending =
+                pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
             current = pending
         }
         pending.remaining -= 1
