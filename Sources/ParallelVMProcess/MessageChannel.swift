@@ -9,25 +9,93 @@ internal import Synchronization
 /// a `SIGPIPE`.
 ///
 /// Sends are serialised among themselves and receives among themselves, so one thread may send while
-/// another receives. `receive` reads no further than the frame it returns, so when it returns, a frame not
-/// yet received is still in the socket and `fileDescriptor` polls readable for it.
+/// another receives. `receive` buffers what it reads: once it has returned `nil`, at most part of a frame
+/// is buffered, and `fileDescriptor` polls readable when the next frame (or the rest of that one) comes.
 package final class MessageChannel: Sendable {
     /// Longer frames are refused: a header announcing more is taken as a corrupt stream, not as a reason
     /// to allocate gigabytes.
     package static let maximumFrameLength = 1 << 30
 
-    /// The socket, for callers that poll it together with other descriptors. Reading or writing it
-    /// directly would break the framing.
+    /// The socket, for callers that poll it together with other descriptors, after `receive` returned
+    /// `nil`. Reading or writing it directly would break the framing.
     package let fileDescriptor: Int32
     private let sending = Mutex(())
-    private let receiving = Mutex(PartialFrame())
+    private let receiving = Mutex(ReadState())
 
-    /// A frame read in part when a receive timed out, completed by the next receive.
-    private struct PartialFrame {
-        var header: [UInt8] = []
-        var payload: [UInt8] = []
-        var payloadFilled = 0
-        var length: Int?
+    /// What was read and not yet returned: buffered bytes (whole frames, then part of one), or a frame
+    /// too large for the buffer being read into its own array.
+    private struct ReadState {
+        /// Frames up to this size go through the buffer; larger ones are read into their own array.
+        static let chunk = 64 * 1024
+        /// The buffer, allocated on the first read; `start..<end` is what was read and not yet returned.
+        var buffer: [UInt8] = []
+        var start = 0
+        var end = 0
+        var large: LargeFrame?
+
+        struct LargeFrame {
+            var payload: [UInt8]
+            var filled: Int
+        }
+
+        var holdsPartialFrame: Bool { large != nil || start < end }
+
+        /// Room to read into at the end of the buffer, moving what was not returned to its front when the
+        /// room runs short of a whole chunk.
+        mutating func makeRoom() {
+            if buffer.isEmpty { buffer = [UInt8](repeating: 0, count: 2 * ReadState.chunk + 8) }
+            if start == end {
+                start = 0
+                end = 0
+            } else if buffer.count - end < ReadState.chunk + 4 {
+                let count = end - start
+                buffer.withUnsafeMutableBytes { raw in
+                    raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: count)
+                }
+                start = 0
+                end = count
+            }
+        }
+
+        /// The next complete frame, if the bytes read hold one.
+        mutating func takeFrame() throws(ProcessError) -> [UInt8]? {
+            if let frame = large {
+                guard frame.filled == frame.payload.count else { return nil }
+                large = nil
+                return frame.payload
+            }
+            let available = end - start
+            guard available >= 4 else { return nil }
+            let length = buffer.withUnsafeBytes { raw in
+                Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: start, as: UInt32.self)))
+            }
+            guard length <= MessageChannel.maximumFrameLength else {
+                throw ProcessError(
+                    .corruptFrame,
+                    "a frame header announced \(length) bytes, above the limit of \(MessageChannel.maximumFrameLength)"
+                )
+            }
+            if available - 4 >= length {
+                let frame = Array(buffer[(start + 4)..<(start + 4 + length)])
+                start += 4 + length
+                return frame
+            }
+            if length > ReadState.chunk {
+                // The rest goes straight into the frame's own array, not through the buffer.
+                var payload = [UInt8](repeating: 0, count: length)
+                let have = available - 4
+                let from = start + 4
+                payload.withUnsafeMutableBytes { raw in
+                    buffer.withUnsafeBytes { source in
+                        raw.baseAddress!.copyMemory(from: source.baseAddress! + from, byteCount: have)
+                    }
+                }
+                start = 0
+                end = 0
+                large = LargeFrame(payload: payload, filled: have)
+            }
+            return nil
+        }
     }
 
     /// Takes ownership of a connected stream socket; `deinit` closes it.
@@ -147,6 +215,12 @@ package final class MessageChannel: Sendable {
 
     /// Receives one frame.
     ///
+    /// Bytes are read in large pieces into a buffer of the channel, so that a frame usually takes one
+    /// system call (or none, when it came in with the one before), and looking for a frame that is not
+    /// there takes one non-blocking `recv`. Bytes past the frame returned may stay buffered: a caller that
+    /// polls `fileDescriptor` first receives until `nil`, after which at most part of a frame is buffered
+    /// and its rest makes the descriptor readable.
+    ///
     /// - Parameter timeout: how long to wait; `nil` waits as long as it takes. A frame that arrives only in
     ///   part within the timeout is kept, and the next call completes it.
     /// - Returns: the frame, or `nil` if the timeout passed first.
@@ -154,73 +228,57 @@ package final class MessageChannel: Sendable {
     ///   for a length above `maximumFrameLength`.
     package func receive(timeout: Duration? = nil) throws(ProcessError) -> [UInt8]? {
         let deadline = timeout.map { ContinuousClock.now + $0 }
-        return try receiving.withLock { (frame: inout PartialFrame) throws(ProcessError) -> [UInt8]? in
+        return try receiving.withLock { (state: inout ReadState) throws(ProcessError) -> [UInt8]? in
             while true {
-                if let length = frame.length, frame.payloadFilled == length {
-                    let payload = frame.payload
-                    frame = PartialFrame()
-                    return payload
+                if let frame = try state.takeFrame() { return frame }
+                guard let deadline else {
+                    try fill(&state, waiting: true)
+                    continue
                 }
-                if let deadline {
-                    guard try waitReadable(until: deadline) else { return nil }
-                }
-                if frame.length == nil {
-                    try readHeader(into: &frame)
-                } else {
-                    try readPayload(into: &frame)
-                }
+                if try fill(&state, waiting: false) { continue }
+                if ContinuousClock.now >= deadline { return nil }
+                guard try waitReadable(until: deadline) else { return nil }
             }
         }
     }
 
-    private func readHeader(into frame: inout PartialFrame) throws(ProcessError) {
-        var bytes: [UInt8] = [0, 0, 0, 0]
-        let wanted = 4 - frame.header.count
-        let count = try readSome(into: &bytes, at: 0, count: wanted, midFrame: !frame.header.isEmpty)
-        frame.header += bytes[0..<count]
-        guard frame.header.count == 4 else { return }
-        let length = frame.header.reversed().reduce(0) { $0 << 8 | Int($1) }
-        guard length <= MessageChannel.maximumFrameLength else {
-            throw ProcessError(
-                .corruptFrame,
-                "a frame header announced \(length) bytes, above the limit of \(MessageChannel.maximumFrameLength)"
-            )
-        }
-        frame.length = length
-        frame.payload = [UInt8](repeating: 0, count: length)
-    }
-
-    private func readPayload(into frame: inout PartialFrame) throws(ProcessError) {
-        let length = frame.length!
-        frame.payloadFilled += try readSome(
-            into: &frame.payload,
-            at: frame.payloadFilled,
-            count: length - frame.payloadFilled,
-            midFrame: true
-        )
-    }
-
-    /// One `read` of at most `count` bytes; end of file is the peer gone.
-    private func readSome(
-        into buffer: inout [UInt8],
-        at offset: Int,
-        count: Int,
-        midFrame: Bool
-    ) throws(ProcessError) -> Int {
+    /// Reads what the socket holds into the buffer (or into a large frame's payload directly); returns
+    /// whether it read anything. Without `waiting`, it does not block.
+    @discardableResult
+    private func fill(_ state: inout ReadState, waiting: Bool) throws(ProcessError) -> Bool {
+        let flags = waiting ? Int32(0) : Int32(MSG_DONTWAIT)
         while true {
-            let result = buffer.withUnsafeMutableBytes { read(fileDescriptor, $0.baseAddress! + offset, count) }
-            if result > 0 { return result }
+            let result: Int
+            if var large = state.large {
+                state.large = nil
+                result = large.payload.withUnsafeMutableBytes { raw in
+                    recv(fileDescriptor, raw.baseAddress! + large.filled, raw.count - large.filled, flags)
+                }
+                if result > 0 { large.filled += result }
+                state.large = large
+            } else {
+                state.makeRoom()
+                let end = state.end
+                result = state.buffer.withUnsafeMutableBytes { raw in
+                    recv(fileDescriptor, raw.baseAddress! + end, raw.count - end, flags)
+                }
+                if result > 0 { state.end += result }
+            }
+            if result > 0 { return true }
             if result == 0 {
                 throw ProcessError(
                     .peerGone,
-                    midFrame ? "the peer closed the channel in the middle of a frame" : "the peer closed the channel"
+                    state.holdsPartialFrame
+                        ? "the peer closed the channel in the middle of a frame" : "the peer closed the channel"
                 )
             }
             let number = errno
             switch number {
-            case EINTR, EAGAIN: continue
-            case ECONNRESET: throw ProcessError(.peerGone, "the peer reset the channel", call: "read")
-            default: throw .systemCall("read", errno: number, "could not receive a frame")
+            case EINTR: continue
+            case EAGAIN where !waiting: return false
+            case EAGAIN: continue
+            case ECONNRESET: throw ProcessError(.peerGone, "the peer reset the channel", call: "recv")
+            default: throw .systemCall("recv", errno: number, "could not receive a frame")
             }
         }
     }

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import ParallelVMProcess
 import Testing
@@ -40,6 +41,41 @@ struct MessageChannelTests {
         #expect(error?.message.contains("middle of a frame") == true)
         let sendError = #expect(throws: ProcessError.self) { try right.send([1]) }
         #expect(sendError?.code == .peerGone)
+    }
+
+    @Test func framesWrittenInOddPiecesArriveWholeAndInOrderAndLeaveNothingBuffered() throws {
+        let (left, right) = try MessageChannel.pair()
+        // Small frames, one larger than the read buffer, and small ones after it, as one byte stream.
+        let frames: [[UInt8]] =
+            (0..<300).map { Array(repeating: UInt8($0 & 0xFF), count: $0 % 37) }
+            + [Array((0..<200_000).map { UInt8($0 % 251) })]
+            + (0..<50).map { [UInt8($0), 1, 2] }
+        var stream: [UInt8] = []
+        for frame in frames {
+            let length = UInt32(frame.count)
+            stream += [0, 8, 16, 24].map { UInt8(truncatingIfNeeded: length >> $0) } + frame
+        }
+        let bytes = stream
+        let writer = Thread {
+            // Pieces of 1 to 9000 bytes, so that headers and frames are split everywhere.
+            var offset = 0
+            var piece = 1
+            while offset < bytes.count {
+                let end = min(bytes.count, offset + piece)
+                _ = bytes[offset..<end].withUnsafeBytes { write(left.fileDescriptor, $0.baseAddress, $0.count) }
+                offset = end
+                piece = piece * 7 % 9001 + 1
+            }
+        }
+        writer.start()
+        for (index, frame) in frames.enumerated() {
+            // Blocking and timed receives in turn.
+            let received = index % 2 == 0 ? try right.receive() : try right.receive(timeout: .seconds(10))
+            #expect(received == frame, "frame \(index)")
+        }
+        #expect(try right.receive(timeout: .zero) == nil)
+        var request = pollfd(fd: right.fileDescriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&request, 1, 0) == 0, "the descriptor polls readable with nothing left to receive")
     }
 
     private func writeRaw(_ fd: Int32, _ bytes: [UInt8]) throws {

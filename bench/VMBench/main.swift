@@ -83,7 +83,11 @@ func stopBounce(_ vm: VM, _ task: TaskID) throws {
 }
 
 /// Round trips per repetition, as in bench/c/pingpong.c: about 0.1 s for small payloads, at least 5.
-func roundTrips(_ size: Int) -> Int { max(5, min(20_000, 200_000_000 / max(size, 10_000))) }
+/// BENCH_ROUND_TRIPS caps the count, for profiling under valgrind.
+func roundTrips(_ size: Int) -> Int {
+    let cap = ProcessInfo.processInfo.environment["BENCH_ROUND_TRIPS"].flatMap { Int($0) } ?? 20_000
+    return max(5, min(cap, 200_000_000 / max(size, 10_000)))
+}
 
 /// Median one-way time (seconds) of `repetitions` runs of `count` round trips of `send`.
 func pingPong(

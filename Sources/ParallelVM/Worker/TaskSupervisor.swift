@@ -113,6 +113,8 @@ final class TaskSupervisor: @unchecked Sendable {
         }
         startChild()
         var backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
+        // When the running task started to have nothing to relay (monotonic seconds).
+        var quietSince: Double? = nil
         while true {
             var progressed = false
             progressed = relayFromChild() || progressed
@@ -137,15 +139,32 @@ final class TaskSupervisor: @unchecked Sendable {
             if stopped { return }
             if progressed {
                 backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
+                quietSince = nil
             } else if running != nil, let idleWait {
                 // While a task runs, its process needs the core more than this rank does: block until it
-                // writes (or the doorbell rings, or 10 ms pass) instead of spinning beside it.
-                _ = idleWait()
+                // writes (or the doorbell rings, or 10 ms pass) instead of spinning beside it. A short
+                // task's result comes within microseconds, sooner than a wake-up from a block takes: look
+                // without blocking, yielding the core, for the first `supervisorSpin` seconds.
+                let now = monotonicSeconds()
+                if quietSince == nil { quietSince = now }
+                if now - quietSince! < TaskSupervisor.supervisorSpin, !transport.waitPolicy.spin.isZero {
+                    sched_yield()
+                } else {
+                    _ = idleWait()
+                }
             } else {
+                quietSince = nil
                 backoff.pause()
             }
         }
     }
+
+    /// How long the rank looks for a running task's frames without blocking, in seconds (from the
+    /// environment `PARALLELVM_SUPERVISOR_SPIN_US` when set, for measuring).
+    static let supervisorSpin: Double = {
+        let text = ProcessInfo.processInfo.environment["PARALLELVM_SUPERVISOR_SPIN_US"] ?? ""
+        return (Double(text) ?? 50) / 1e6
+    }()
 
     /// How this rank waits once its spin time is over: on its doorbell (if the spawner rings it) and its
     /// task process's channel at once. The 10 ms bound also bounds how late a message for a running task,
@@ -365,23 +384,49 @@ final class TaskSupervisor: @unchecked Sendable {
         running = nil
         guard let child else { return }
         // A local slot's process has other children: the other slots' task processes, the program's own.
-        let strays =
-            localLink == nil && TaskSupervisor.childPIDs(ofThread: getpid(), in: getpid()).contains { $0 != child.pid }
+        let strays = localLink == nil && ownChildren.read().contains { $0 != child.pid }
         guard strays || leftProcesses else { return }
         _ = ChildProcess.killDescendants(of: child.pid)
         reapOrphans()
     }
 
-    /// The children of thread `thread` of process `pid`, from `/proc/PID/task/TID/children`. Orphans are
-    /// re-parented to a subreaper's main thread, so for this rank that thread is the one to read.
-    static func childPIDs(ofThread thread: Int32, in pid: Int32) -> [Int32] {
-        let fd = open("/proc/\(pid)/task/\(thread)/children", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = read(fd, &buffer, buffer.count)
-        guard count > 0 else { return [] }
-        return String(decoding: buffer[..<count], as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
+    /// This rank's children, read after every task.
+    private let ownChildren = ChildList()
+
+    /// The children of this process's main thread, from `/proc/PID/task/PID/children`: orphans are
+    /// re-parented to a subreaper's main thread, so for this rank that thread is the one to read. The
+    /// file stays open and is read again from its start, one system call per task instead of a path to
+    /// look up, an open, a read and a close.
+    final class ChildList {
+        private var fd: Int32 = -1
+        private var buffer = [UInt8](repeating: 0, count: 4096)
+
+        deinit { if fd >= 0 { close(fd) } }
+
+        func read() -> [Int32] {
+            if fd < 0 {
+                let pid = getpid()
+                fd = open("/proc/\(pid)/task/\(pid)/children", O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { return [] }
+            }
+            let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { return [] }
+            var children: [Int32] = []
+            var value: Int32 = 0
+            var inNumber = false
+            for byte in buffer[..<count] {
+                if byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") {
+                    value = value &* 10 &+ Int32(byte - UInt8(ascii: "0"))
+                    inNumber = true
+                } else if inNumber {
+                    children.append(value)
+                    value = 0
+                    inNumber = false
+                }
+            }
+            if inNumber { children.append(value) }
+            return children
+        }
     }
 
     /// The task process died (or was killed): report the task it ran, clean up after it, start another.
