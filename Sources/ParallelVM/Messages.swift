@@ -114,12 +114,12 @@ public struct UserMessage: Sendable, CustomStringConvertible {
 
     /// Decodes the value; throws a ``VMError`` naming both types when `T` is not the type that was sent.
     public func decode<T: Decodable>(as type: T.Type = T.self) throws -> T {
+        // A byte array travels as it is: no decoding, no type names to compare, and no dynamic cast either.
+        if raw, T.self == [UInt8].self { return unsafeBitCast(bytes, to: T.self) }
         let expected = TypeNames.qualified(T.self)
         guard expected == typeName else {
             throw VMError(.typeMismatch, "the message holds a \(typeName), not a \(expected)")
         }
-        // A byte array travels as it is: no decoding, and no dynamic cast either.
-        if raw, T.self == [UInt8].self { return unsafeBitCast(bytes, to: T.self) }
         do {
             return try BinaryDecoder.decode(T.self, from: bytes)
         } catch {
@@ -128,7 +128,10 @@ public struct UserMessage: Sendable, CustomStringConvertible {
     }
 
     /// Whether the value is of type `T`.
-    public func holds<T>(_ type: T.Type) -> Bool { typeName == TypeNames.qualified(T.self) }
+    public func holds<T>(_ type: T.Type) -> Bool {
+        if raw { return T.self == [UInt8].self }
+        return typeName == TypeNames.qualified(T.self)
+    }
 
     public var description: String { "UserMessage(\(typeName), \(bytes.count) bytes)" }
 }

@@ -350,21 +350,29 @@ public final class VM: Sendable {
         guard task.slot >= 0, task.number >= 0 else {
             throw VMError(.invalidArgument, "cannot send to task \(task): task IDs are never negative")
         }
-        let refusal: String? = spawner.withBook { book in
-            if task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task)) { return nil }
-            guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
-            if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
-            let future =
-                task.number >= book.nextTaskNumber ? "; no task number \(task.number) has been spawned yet" : ""
-            if let other = book.task(in: task.slot) {
-                return "slot \(task.slot) now runs task \(task.slot):\(other)\(future)"
+        // One look at the book: whether the task runs, and the known-tasks mark the message carries.
+        let (refusal, knownTasks): (String?, Int) = spawner.withBook { book in
+            if task == .spawner || (task.slot > 0 && task.slot < book.count && book.isRunning(task)) {
+                return (nil, book.nextTaskNumber)
             }
-            return "slot \(task.slot) is free\(future)"
+            return (Self.refusal(of: task, in: book), book.nextTaskNumber)
         }
         if let refusal {
             throw VMError(.invalidDestination, "cannot send to task \(task): it is not running (\(refusal))")
         }
-        try spawner.send(value, to: task)
+        try spawner.send(value, to: task, knownTasks: knownTasks)
+    }
+
+    /// Why `task` cannot be sent to, as `sendMessage` says it.
+    private static func refusal(of task: TaskID, in book: SlotBook) -> String {
+        guard task.slot < book.count else { return "the VM has slots 0...\(book.count - 1)" }
+        if task.slot == 0 { return "slot 0 only runs the spawner, 0:0" }
+        let future =
+            task.number >= book.nextTaskNumber ? "; no task number \(task.number) has been spawned yet" : ""
+        if let other = book.task(in: task.slot) {
+            return "slot \(task.slot) now runs task \(task.slot):\(other)\(future)"
+        }
+        return "slot \(task.slot) is free\(future)"
     }
 
     /// The next message for the spawner: `timeout` nil, negative or `.infinity` waits for ever, 0 polls,

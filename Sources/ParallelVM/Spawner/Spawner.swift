@@ -329,14 +329,14 @@ final class Spawner: Sendable {
     }
 
     /// Sends a user value to `destination`, which the caller has checked is running.
-    func send<T: Encodable>(_ value: T, to destination: TaskID) throws(VMError) {
+    func send<T: Encodable>(_ value: T, to destination: TaskID, knownTasks: Int? = nil) throws(VMError) {
         guard let transport else {
             throw VMError(
                 .invalidDestination,
                 "task \(destination) does not exist: the VM runs without workers (not under mpirun)"
             )
         }
-        let knownTasks = withBook { $0.nextTaskNumber }
+        let knownTasks = knownTasks ?? withBook { $0.nextTaskNumber }
         // A worker rank supervising a task process may wait on its doorbell while its task runs.
         if isolation.kind == .process { ringDoorbell(of: destination.slot, always: true) }
         try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: transport)

@@ -4,7 +4,8 @@ import Synchronization
 /// anew on every call, which costs more instructions than framing and sending a small message.
 enum TypeNames {
     private static let cache = Mutex<[ObjectIdentifier: String]>([:])
-    private static let bytes = _typeName([UInt8].self, qualified: true)
+    /// The name of `[UInt8]`, the type of a message sent as it is.
+    static let bytes = _typeName([UInt8].self, qualified: true)
 
     /// `_typeName(type, qualified: true)`, from the cache after the first call for a type.
     static func qualified<T>(_ type: T.Type) -> String {

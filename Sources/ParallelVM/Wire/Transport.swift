@@ -83,13 +83,17 @@ final class Transport: SpawnerLink {
     ) throws(MPIError) {
         var first: SendRequest? = nil
         var second: SendRequest? = nil
-        try state.withLock { (_) throws(MPIError) in
+        var firstDone = false
+        // A small frame is usually sent at once: started and found done under one lock.
+        let sent = try state.withLock { (_) throws(MPIError) -> Bool in
             first = try communicator.startSend(frame, to: rank, tag: Wire.tag)
             second = try payload.map { (bytes) throws(MPIError) in
                 try communicator.startSend(bytes, to: rank, tag: Wire.tag)
             }
+            firstDone = try first!.test()
+            return firstDone && second == nil
         }
-        var firstDone = false
+        if sent { return }
         var backoff = Backoff(waitPolicy)
         while true {
             let done = try state.withLock { (state) throws(MPIError) -> Bool in

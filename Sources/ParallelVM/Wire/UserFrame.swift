@@ -2,8 +2,8 @@ import ParallelVMCodec
 
 /// Any task to any task: a user value.
 ///
-/// Body: type name, raw flag (the value is `[UInt8]` sent as is), known-tasks mark, then the encoded value
-/// (appended, or a payload message of its own when large).
+/// Body: type name (empty for a raw value), raw flag (the value is `[UInt8]` sent as is), known-tasks mark,
+/// then the encoded value (appended, or a payload message of its own when large).
 ///
 /// The known-tasks mark is the sender's knowledge of which task numbers exist: every number below it had
 /// been handed out by the spawner when the sender last heard. A task only learns of another task through
@@ -49,7 +49,8 @@ enum UserFrame {
             destinationTask: destination.number,
             capacity: 64 + payload.count
         )
-        frame.append(TypeNames.qualified(T.self))
+        // A byte array needs no type name: the raw flag says what it is.
+        frame.append(raw ? "" : TypeNames.qualified(T.self))
         frame.append(raw)
         frame.append(Int64(knownTasks))
         return (frame, payload)
@@ -66,9 +67,9 @@ enum UserFrame {
 
     static func message(from envelope: Envelope) throws(VMError) -> UserMessage {
         var reader = envelope.reader
-        let typeName = try reader.readString()
+        let named = try reader.readString()
         let raw = try reader.readBool()
         _ = try reader.read(Int64.self)
-        return UserMessage(typeName: typeName, bytes: envelope.payload(after: &reader), raw: raw)
+        return UserMessage(typeName: raw ? TypeNames.bytes : named, bytes: envelope.payload(after: &reader), raw: raw)
     }
 }
