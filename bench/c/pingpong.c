@@ -47,6 +47,38 @@ int main(int argc, char **argv) {
             if (size >= 1000000) printf("bandwidth_%d %.1f\n", size, size / t / 1e6);
         }
     }
+    // The same small ping-pongs with the MPI calls the VM makes: MPI_Isend then MPI_Test until done, and a
+    // receive of unknown size from any rank (MPI_Improbe until a message is there, MPI_Mrecv into a new
+    // buffer of its size). `pattern_latency_*` is the floor under the VM's `latency_*` rows.
+    static const long pattern_sizes[] = {0, 8, 1000};
+    for (size_t s = 0; s < sizeof pattern_sizes / sizeof pattern_sizes[0]; s++) {
+        int size = (int)pattern_sizes[s], n = round_trips(size);
+        double one_way[REPETITIONS];
+        for (int r = -1; r < REPETITIONS; r++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double start = now_seconds();
+            for (int i = 0; i < (r < 0 ? 2 : 2 * n); i++) {
+                int sending = (rank == 0) == (i % 2 == 0);
+                if (sending) {
+                    MPI_Request request;
+                    int done = 0;
+                    MPI_Isend(buffer, size, MPI_BYTE, 1 - rank, 2, MPI_COMM_WORLD, &request);
+                    while (!done) MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+                } else {
+                    MPI_Message message;
+                    MPI_Status status;
+                    int found = 0, count = 0;
+                    while (!found) MPI_Improbe(MPI_ANY_SOURCE, 2, MPI_COMM_WORLD, &found, &message, &status);
+                    MPI_Get_count(&status, MPI_BYTE, &count);
+                    char *received = malloc(count > 0 ? count : 1);
+                    MPI_Mrecv(received, count, MPI_BYTE, &message, MPI_STATUS_IGNORE);
+                    free(received);
+                }
+            }
+            if (r >= 0) one_way[r] = (now_seconds() - start) / (2.0 * n);
+        }
+        if (rank == 0) printf("pattern_latency_%d %.3f\n", size, median(one_way, REPETITIONS) * 1e6);
+    }
     free(buffer);
     MPI_Finalize();
     return 0;
