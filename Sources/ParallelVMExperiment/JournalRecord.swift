@@ -241,7 +241,7 @@ enum JournalFormat {
         }
     }
 
-    static func putBytes(_ bytes: [UInt8], _ buffer: inout [UInt8]) -> Bool {
+    private static func putBytes(_ bytes: [UInt8], _ buffer: inout [UInt8]) -> Bool {
         guard bytes.count <= maxBodyLength else { return false }
         putInteger(UInt32(bytes.count), &buffer)
         buffer.append(contentsOf: bytes)

@@ -157,24 +157,14 @@ package final class JournalWriter: @unchecked Sendable {
     }
 
     /// Buffers a batch of records and groups (the results that came in together) under one lock.
-    package func append(_ batch: JournalBatch) throws(ExperimentError) {
+    package func append(_ batch: consuming JournalBatch) throws(ExperimentError) {
         guard !batch.isEmpty else { return }
-        var batch = batch
         let bytes = batch.sealed()
         condition.lock()
         defer { condition.unlock() }
-        if let failure { throw failure }
-        guard !closed else {
-            throw ExperimentError(.notOpen, experiment: experiment, path: path, reason: "is closed", subject: "journal")
-        }
+        try requireWritableLocked()
         buffer += bytes
-        let wasEmpty = pending == 0
-        pending += batch.jobs
-        appended += batch.jobs
-        if wasEmpty {
-            firstPendingAt = Self.now()
-            wakeThreadIfLateLocked()
-        }
+        notePendingLocked(jobs: batch.jobs)
         if pending >= policy.maxRecords || buffer.count >= policy.maxBytes { try flushLocked() }
         try flushIfDueLocked()
     }
@@ -236,14 +226,25 @@ package final class JournalWriter: @unchecked Sendable {
     // MARK: - Under the lock
 
     private func appendLocked(_ record: JournalRecord) throws(ExperimentError) {
+        try requireWritableLocked()
+        guard JournalFormat.append(record, to: &buffer) else { throw refusal(ofJob: record.index) }
+        notePendingLocked(jobs: 1)
+    }
+
+    /// Throws when an earlier write failed or the writer is closed.
+    private func requireWritableLocked() throws(ExperimentError) {
         if let failure { throw failure }
         guard !closed else {
             throw ExperimentError(.notOpen, experiment: experiment, path: path, reason: "is closed", subject: "journal")
         }
-        guard JournalFormat.append(record, to: &buffer) else { throw refusal(ofJob: record.index) }
-        pending += 1
-        appended += 1
-        if pending == 1 {
+    }
+
+    /// Counts `jobs` more records in the buffer; the first after a write starts the flush interval.
+    private func notePendingLocked(jobs: Int) {
+        let wasEmpty = pending == 0
+        pending += jobs
+        appended += jobs
+        if wasEmpty {
             firstPendingAt = Self.now()
             wakeThreadIfLateLocked()
         }

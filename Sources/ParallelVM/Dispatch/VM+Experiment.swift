@@ -436,8 +436,10 @@ struct RunJournal {
     /// of the process).
     mutating func commit(writing: Bool) throws {
         guard !batch.isEmpty else { return }
-        defer { batch = JournalBatch() }
-        try writer.append(batch)
+        // Handed over whole, not shared: sealing it in the writer then copies nothing.
+        let taken = batch
+        batch = JournalBatch()
+        try writer.append(taken)
         if writing { try writer.flush() }
     }
 }
