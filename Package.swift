@@ -29,6 +29,8 @@ let package = Package(
         ),
         // The few MPI routines the VM uses, each checked and turned into a thrown MPIError.
         .target(name: "MPI", dependencies: ["CMPI"]),
+        // How rank 0 ended (exit status or signal), written for scripts/mpirun.sh from before main on.
+        .target(name: "CRunStatus"),
         // The binary Codable codec every VM message and result travels in. No MPI.
         .target(name: "ParallelVMCodec"),
         // Local storage: path translation, mirroring, task folders, clearing. No MPI.
@@ -44,8 +46,8 @@ let package = Package(
         .target(
             name: "ParallelVM",
             dependencies: [
-                "MPI", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess", "ParallelVMExperiment",
-                .product(name: "Logging", package: "swift-log"),
+                "MPI", "CRunStatus", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
+                "ParallelVMExperiment", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The web monitor: cluster, host and task pages, kill, live updates, a JSON API and Prometheus metrics.

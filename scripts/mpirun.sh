@@ -14,12 +14,19 @@ extra=()
 if [ -r /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" != 0 ]; then
   extra+=(--mca btl_vader_single_copy_mechanism none)
 fi
-# PARALLELVM_RECOVERY=1: a worker rank that dies (kill -9, a lost host) does not end the job; the spawner
+# Open MPI's recovery: a worker rank that dies (kill -9, a lost host) does not end the job; the spawner
 # notices, reports its task as lost and goes on without it, and workers end by themselves when the spawner
-# is gone. It is off by default because Open MPI then also ignores a non-zero exit of the spawner: mpirun
-# would exit 0 for a program that failed.
-if [ "${PARALLELVM_RECOVERY:-0}" = 1 ]; then
+# is gone. Under recovery mpirun exits 0 whatever its ranks did, so rank 0 of a ParallelVM program writes
+# how it ended (`exit N`, `signal N`, or `running PID` when it was killed with SIGKILL) into the file named
+# by PARALLELVM_STATUS_FILE, and this script exits with that status. PARALLELVM_RECOVERY=0 turns recovery
+# off: any rank that fails then ends the whole job, and mpirun's own status is used.
+status_file=""
+if [ "${PARALLELVM_RECOVERY:-1}" != 0 ]; then
   extra+=(--enable-recovery --mca orte_abort_on_non_zero_status 0)
+  status_file=$(mktemp "${TMPDIR:-/tmp}/parallelvm-status.XXXXXX")
+  : >"$status_file"
+  export PARALLELVM_STATUS_FILE="$status_file"
+  extra+=(-x PARALLELVM_STATUS_FILE)
 fi
 
 # Ranks interrupted by mpirun get 2 s after its SIGTERM (default 1) to end their task
@@ -42,5 +49,25 @@ while true; do
   wait "$job" && status=0 || status=$?
   kill -0 "$job" 2>/dev/null || break
 done
-if [ -n "$interrupted" ]; then exit "$interrupted"; fi
+if [ -n "$interrupted" ]; then
+  [ -z "$status_file" ] || rm -f "$status_file"
+  exit "$interrupted"
+fi
+if [ -n "$status_file" ]; then
+  # Rank 0's own account of its end, when it left one (a program that is not a ParallelVM program, or whose
+  # rank 0 ran on another host without this file, leaves it empty: mpirun's status stands).
+  read -r how value <"$status_file" || true
+  rm -f "$status_file"
+  case "${how:-}" in
+    exit) if [ "$value" != 0 ]; then status=$value; fi ;;
+    signal)
+      echo "scripts/mpirun.sh: rank 0 ended on signal $value" >&2
+      status=$((128 + value))
+      ;;
+    running)
+      echo "scripts/mpirun.sh: rank 0 (PID $value) ended without an exit status: it was killed with SIGKILL" >&2
+      status=137
+      ;;
+  esac
+fi
 exit "$status"

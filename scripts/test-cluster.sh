@@ -232,7 +232,7 @@ bench_idle_remote_worker() {
 lost_host_during_dispatch() {
   local began=$SECONDS status
   rm -f "$out"
-  PARALLELVM_RECOVERY=1 timeout -k 5 "$limit" "$sim" run -n $ranks "$bin/vm-scenarios" cluster-lost-host 80 0.5 \
+  timeout -k 5 "$limit" "$sim" run -n $ranks "$bin/vm-scenarios" cluster-lost-host 80 0.5 \
     >"$out" 2>&1 &
   local run=$!
   for _ in $(seq 1 300); do grep -q '^done=8 ' "$out" 2>/dev/null && break; sleep 0.1; done

@@ -1,3 +1,4 @@
+import CRunStatus
 import Foundation
 import Logging
 import MPI
@@ -93,6 +94,10 @@ enum Startup {
         }
 
         tuneAllocatorForLargeMessages(environment)
+        StartWatchdog.start(
+            limit: try StartWatchdog.limit(from: environment),
+            waitingFor: "MPI did not start (a rank of this run may have ended before starting it)"
+        )
         let communicator: Communicator
         let host: HostID
         do {
@@ -105,6 +110,8 @@ enum Startup {
         } catch {
             throw VMError(.mpi, "starting MPI failed: \(error)", underlying: error)
         }
+        // MPI may have put its own fatal-signal handlers in front of the ones recording rank 0's end.
+        parallelvm_run_status_rearm()
         if let error = Launcher.srunWithoutPMI(environment, worldSize: communicator.size) { throw error }
         if communicator.size == 1, isolation.kind == .process, localSlots > 0 {
             // `mpirun -n 1`: the same local slots as without mpirun; MPI is only initialised and finalized.

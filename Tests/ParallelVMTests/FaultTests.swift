@@ -120,7 +120,8 @@ struct FaultTests {
     }
 
     @Test func aLostWorkerRankIsReportedAndTheRunGoesOnWithoutIt() throws {
-        let output = try run("lost-worker", environment: ["PARALLELVM_RECOVERY": "1"])
+        // Open MPI's recovery is on by default in scripts/mpirun.sh.
+        let output = try run("lost-worker")
         #expect(output.value("lost")?.hasPrefix("workerLost|was lost with its worker rank") == true, "\(output)")
         // Noticed within the documented bound (the spawner looks every 0.5 s).
         #expect((Double(output.value("lostAfter") ?? "") ?? 99) < 5, "\(output)")
@@ -152,7 +153,7 @@ struct FaultTests {
 @Suite(.serialized)
 struct InterruptTests {
     /// Where the signal goes: the spawner rank; the launcher `scripts/mpirun.sh` the user started; the
-    /// mpirun process itself (which exits 1 when interrupted: Open MPI's choice); the launcher's process group.
+    /// mpirun process itself (which passes SIGTERM on); the launcher's process group.
     static let cases = [
         "spawner:INT", "spawner:TERM", "launcher:INT", "launcher:TERM", "mpirun:INT", "mpirun:TERM", "group:INT",
         "group:TERM",
@@ -201,7 +202,9 @@ struct InterruptTests {
         let (marker, sent) = observed.get()
         let sentAt = try #require(sent, "the scenario never got ready: \(output)")
         #expect(!output.timedOut, "\(output)")
-        #expect(output.status == (parts[0] == "mpirun" ? 1 : 128 + signal), "\(output)")
+        // mpirun passes SIGTERM on to the ranks for both signals; scripts/mpirun.sh then exits with the
+        // status the spawner recorded (a plain mpirun exits 1: Open MPI's choice).
+        #expect(output.status == (parts[0] == "mpirun" ? 128 + SIGTERM : 128 + signal), "\(output)")
         #expect(Date().timeIntervalSince(sentAt) < 10, "\(output)")
         #expect(output.value("tasks") == "2", "\(output)")
         #expect(output.value("notInterrupted") == nil)
@@ -223,6 +226,93 @@ struct InterruptTests {
                 (try? FileManager.default.contentsOfDirectory(atPath: local.appendingPathComponent(user).path)) ?? []
             #expect(left.isEmpty, "left in local storage: \(left)")
         }
+    }
+}
+
+/// Under Open MPI's recovery (on by default in `scripts/mpirun.sh`) mpirun exits 0 whatever its ranks do;
+/// the launcher must still exit with the spawner's status: its exit status, 128 + the signal of a crash,
+/// 137 for a kill -9, and the status of a program that fails before its VM exists.
+@Suite(.serialized)
+struct LauncherStatusTests {
+    /// Runs the `spawner-end` scenario with a TMPDIR of its own, and checks that the launcher's status file
+    /// is gone afterwards.
+    private func run(
+        _ arguments: [String],
+        during: (@Sendable (_ pid: Int32, _ marker: String, _ stdout: URL) -> Void)? = nil
+    ) throws -> RunOutput {
+        let temporary = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "parallelvm-status-\(UUID().uuidString)"
+        )
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: temporary) }
+        let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        let output = try MPIRun.run(
+            script,
+            ["-n", "3", MPIRun.scenarios] + arguments,
+            environment: ["TMPDIR": temporary.path],
+            timeout: 60,
+            during: during
+        )
+        #expect(!output.timedOut, "\(output)")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []
+        #expect(!left.contains { $0.hasPrefix("parallelvm-status") }, "left behind: \(left)")
+        return output
+    }
+
+    @Test func aNormalEndIsZero() throws {
+        let output = try run(["spawner-end", "ok"])
+        #expect(output.status == 0, "\(output)")
+        #expect(output.value("pid") != nil)
+    }
+
+    @Test func theSpawnersExitStatusIsTheLaunchersStatus() throws {
+        let output = try run(["spawner-end", "exit", "3"])
+        #expect(output.status == 3, "\(output)")
+        #expect(output.value("pid") != nil, "\(output)")
+    }
+
+    @Test func aSpawnerThatTrapsGivesTheSignalsStatus() throws {
+        let output = try run(["spawner-end", "trap"])
+        #expect(output.status == 128 + SIGILL, "\(output)")
+        #expect(output.stderr.contains("rank 0 ended on signal 4"), "\(output)")
+        // The Swift runtime's own crash report still runs after the status is written.
+        #expect(output.stderr.contains("Unexpectedly found nil"), "\(output)")
+    }
+
+    @Test func aSpawnerKilledWithSIGKILLGives137() throws {
+        let output = try run(["spawner-end", "kill"]) { _, _, stdout in
+            guard let pidText = MPIRun.waitForLine("pid=", in: stdout, timeout: 30), let pid = Int32(pidText) else {
+                return
+            }
+            kill(pid, SIGKILL)
+        }
+        #expect(output.status == 137, "\(output)")
+        #expect(output.stderr.contains("killed with SIGKILL"), "\(output)")
+        #expect(output.seconds < 30, "\(output)")
+    }
+
+    @Test func aRankThatEndsBeforeStartingMPIEndsTheRunWithinTheStartLimit() throws {
+        // Under recovery the other ranks would wait in MPI's start for ever; the start limit ends them.
+        let script = MPIRun.packageRoot.appendingPathComponent("scripts/mpirun.sh").path
+        let output = try MPIRun.run(
+            script,
+            ["-n", "2", MPIRun.scenarios, "spawner-end", "ok", ":", "-n", "1", "/bin/false"],
+            environment: ["PARALLELVM_START_TIMEOUT": "3"],
+            timeout: 60
+        )
+        #expect(!output.timedOut, "\(output)")
+        #expect(output.status == 1, "\(output)")
+        #expect(output.seconds < 20, "\(output)")
+        #expect(output.stderr.contains("ParallelVM rank 0 on "), "\(output)")
+        #expect(output.stderr.contains("MPI did not start"), "\(output)")
+        #expect(output.stderr.contains("within 3.0 s of the start"), "\(output)")
+        #expect(output.value("pid") == nil)
+    }
+
+    @Test func aProgramThatFailsBeforeItsVMExistsKeepsItsStatus() throws {
+        // An unknown scenario name: the program exits 2 before it creates its VM.
+        let output = try run(["no-such-scenario"])
+        #expect(output.status == 2, "\(output)")
     }
 }
 

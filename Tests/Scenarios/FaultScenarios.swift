@@ -292,6 +292,20 @@ let faultScenarios: [String: Scenario] = [
         report("config", vm.formatSpawnerConfig().contains("lost"))
     },
 
+    // How the spawner ends, for scripts/mpirun.sh's status under Open MPI's recovery: `exit N` after a
+    // task, `trap` (a force-unwrapped nil), `kill` (waits to be killed), `ok` (a normal end).
+    "spawner-end": { vm, arguments in
+        let tasks = try vm.spawnFunction(double, args: 21, count: 1)
+        _ = try collect(vm, tasks)
+        report("pid", getpid())
+        switch arguments.first ?? "ok" {
+        case "exit": exit(Int32(arguments[1])!)
+        case "trap": report("value", opaqueNil!)
+        case "kill": sleep(60)
+        default: break
+        }
+    },
+
     // A job once on every slot, and once on every host.
     "everywhere": { vm, _ in
         let slots = try vm.runEverywhere(parentProcess, args: 0)

@@ -1,3 +1,4 @@
+import CRunStatus
 import Foundation
 import Glibc
 import Logging
@@ -180,8 +181,14 @@ final class Spawner: Sendable {
             repeating: .init(host: host, cpus: ProcessInfo.processInfo.activeProcessorCount, pid: pid, task: nil),
             count: transport.size
         )
+        var silent = Set(1..<transport.size)
         for _ in 1..<transport.size {
+            StartWatchdog.waiting(
+                for:
+                    "worker rank(s) \(silent.sorted().map(String.init).joined(separator: ", ")) did not report to the spawner"
+            )
             guard let envelope = try transport.receive(until: .never, matching: { $0.kind == .hello }) else { continue }
+            silent.remove(envelope.sourceRank)
             let hello = try Hello(envelope)
             slots[envelope.sourceRank] = .init(
                 host: hello.host,
@@ -200,6 +207,7 @@ final class Spawner: Sendable {
             bell: slots.contains { $0.host != host } ? NetworkBell.of(doorbell) : .none
         )
         for worker in 1..<transport.size { try welcome.send(over: transport, to: worker) }
+        StartWatchdog.finish()
         return Spawner(
             transport: transport,
             host: host,
@@ -635,6 +643,9 @@ final class Spawner: Sendable {
     /// Ends an interrupted run: the program's handlers first, then every worker ends its task process and
     /// removes its task folder, then this process exits with 128 plus the signal number.
     func interrupted(_ interrupt: Interrupt) -> Never {
+        // Should mpirun's SIGKILL come before the end of this (it gives 2 s), the launcher still learns
+        // that the run was interrupted.
+        parallelvm_run_status_exiting(interrupt.exitStatus)
         for handler in state.withLock({ $0.interruptHandlers }) { handler(interrupt) }
         if let transport, size > 1 {
             var waiting = Set<Int>()
@@ -657,6 +668,7 @@ final class Spawner: Sendable {
             }
         }
         fflush(nil)
+        parallelvm_run_status_exiting(interrupt.exitStatus)
         _exit(interrupt.exitStatus)
     }
 

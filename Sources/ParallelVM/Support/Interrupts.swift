@@ -1,3 +1,4 @@
+import CRunStatus
 import Foundation
 import Glibc
 import Synchronization
@@ -43,6 +44,7 @@ enum Interrupts {
         var handler = sigaction()
         handler.__sigaction_handler.sa_handler = { signal in
             if Interrupts.pending {
+                parallelvm_run_status_exiting(128 + signal)
                 _exit(128 + signal)
             }
             Interrupts.pending = true

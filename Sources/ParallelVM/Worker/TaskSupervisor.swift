@@ -111,6 +111,7 @@ final class TaskSupervisor: @unchecked Sendable {
         } catch {
             fail("cannot report to the spawner: \(error)")
         }
+        StartWatchdog.waiting(for: "the spawner did not answer this worker's report")
         startChild()
         var backoff = Backoff(transport.waitPolicy, idleWait: idleWait)
         // When the running task started to have nothing to relay (monotonic seconds).
@@ -549,6 +550,7 @@ final class TaskSupervisor: @unchecked Sendable {
             stop(Interrupt(signal: InterruptNotice.signal(of: envelope)), acknowledge: true)
         case .welcome:
             welcomed = true
+            StartWatchdog.finish()
             guard let welcome = try? Welcome(envelope) else { return }
             if welcome.host != host, heartbeat == nil { heartbeat = Heartbeat(over: transport) }
             if welcome.host == host { localSpawner = welcome.pid }

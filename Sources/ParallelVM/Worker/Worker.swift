@@ -84,6 +84,7 @@ final class Worker: @unchecked Sendable {
             } catch {
                 fail("cannot report to the spawner: \(error)")
             }
+            StartWatchdog.waiting(for: "the spawner did not answer this worker's report")
         }
         while !state.withLock({ $0.finalizeRequested }) {
             let envelope: Envelope?
@@ -118,6 +119,7 @@ final class Worker: @unchecked Sendable {
             case .clearStorage:
                 clearStorageOnWorker()
             case .welcome:
+                StartWatchdog.finish()
                 guard let welcome = try? Welcome(envelope) else { continue }
                 if welcome.host != host, !inTaskProcess {
                     let heartbeat = Heartbeat(over: transport)
