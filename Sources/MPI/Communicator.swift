@@ -139,6 +139,17 @@ public struct MatchedMessage: ~Copyable {
         let count = self.count
         var message = handle
         var failure: Int32 = MPI_SUCCESS
+        // A small message is received on the stack and copied into its array: making an array from a
+        // buffer of bytes is specialised in the standard library, while `init(unsafeUninitializedCapacity:)`
+        // looks up the array's storage type at run time, which costs more than copying a few kilobytes.
+        if count <= 4096 {
+            let bytes = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: Swift.max(count, 1)) { scratch in
+                failure = MPI_Mrecv(scratch.baseAddress, Int32(count), MPI_BYTE, &message, MPI_STATUS_IGNORE)
+                return failure == MPI_SUCCESS ? [UInt8](UnsafeBufferPointer(rebasing: scratch[0..<count])) : []
+            }
+            try check(failure, "MPI_Mrecv")
+            return bytes
+        }
         let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             failure = MPI_Mrecv(buffer.baseAddress, Int32(count), MPI_BYTE, &message, MPI_STATUS_IGNORE)
             initialized = failure == MPI_SUCCESS ? count : 0

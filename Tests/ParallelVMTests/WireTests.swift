@@ -103,7 +103,8 @@ import Testing
 
     @Test func userValueRoundTripsWithItsMark() throws {
         let (frame, payload) = try UserFrame.frame([1.5, 2.5], from: 4, to: TaskID(slot: 3, number: 5), knownTasks: 6)
-        let envelope = try received(frame, payload: payload, from: 2)
+        #expect(payload == nil)
+        let envelope = try Envelope(sourceRank: 2, frame: frame, payload: nil)
         #expect(envelope.destinationTask == 5)
         #expect(UserFrame.knownTasks(envelope) == 6)
         let message = try UserFrame.message(from: envelope)
@@ -118,10 +119,27 @@ import Testing
             to: TaskID(slot: 1, number: 1),
             knownTasks: 2
         )
-        #expect(payload == [0, 255])
-        #expect(
-            try UserFrame.message(from: try received(frame, payload: payload)).decode(as: [UInt8].self) == [0, 255]
-        )
+        #expect(payload == nil)
+        #expect(Array(frame.suffix(2)) == [0, 255])
+        let envelope = try Envelope(sourceRank: 1, frame: frame, payload: nil)
+        #expect(try UserFrame.message(from: envelope).decode(as: [UInt8].self) == [0, 255])
+    }
+
+    @Test func aLargeValueTravelsApartFromItsFrame() throws {
+        let bytes = [UInt8](repeating: 7, count: Wire.separatePayloadThreshold)
+        let (frame, payload) = try UserFrame.frame(bytes, from: 2, to: TaskID(slot: 1, number: 3), knownTasks: 4)
+        #expect(payload == bytes)
+        let envelope = try Envelope(sourceRank: 2, frame: frame, payload: payload)
+        #expect(envelope.flags & Wire.flagSeparatePayload != 0)
+        #expect(envelope.sourceTask == 2 && envelope.destinationTask == 3)
+        #expect(UserFrame.knownTasks(envelope) == 4)
+        #expect(try UserFrame.message(from: envelope).decode(as: [UInt8].self) == bytes)
+        // The same layout as the fields WireWriter appends.
+        var writer = WireWriter(kind: .user, flags: Wire.flagSeparatePayload, sourceTask: 2, destinationTask: 3)
+        writer.append("")
+        writer.append(true)
+        writer.append(Int64(4))
+        #expect(writer.bytes == frame)
     }
 
     @Test func logRecordKeepsItsMetadata() throws {

@@ -117,6 +117,106 @@ struct WireWriter {
     }
 }
 
+/// Writes a frame whose size is known beforehand straight into its one allocation: the frames of user
+/// messages, which are the latency path. ``WireWriter`` grows its array with each field instead.
+struct FrameBuilder {
+    private let base: UnsafeMutableRawPointer
+    private(set) var offset = 0
+
+    /// A frame of `size` bytes: the header, then `body` writes exactly `size - Wire.headerSize` bytes.
+    static func frame(
+        kind: MessageKind,
+        flags: UInt8 = 0,
+        sourceTask: Int,
+        destinationTask: Int,
+        size: Int,
+        body: (inout FrameBuilder) -> Void
+    ) -> [UInt8] {
+        func write(into base: UnsafeMutableRawPointer) {
+            var builder = FrameBuilder(base: base)
+            builder.put(kind.rawValue)
+            builder.put(flags)
+            builder.put(Int64(sourceTask))
+            builder.put(Int64(destinationTask))
+            body(&builder)
+            precondition(builder.offset == size, "a frame of \(size) bytes was written with \(builder.offset)")
+        }
+        // A small frame is written on the stack and copied into its array: making an array from a buffer
+        // of bytes is specialised in the standard library, while `init(unsafeUninitializedCapacity:)`
+        // looks up the array's storage type at run time, which costs more than the frame's bytes.
+        guard size > FrameBuilder.stackLimit else {
+            return withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { scratch in
+                write(into: scratch.baseAddress!)
+                return [UInt8](UnsafeRawBufferPointer(scratch).assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            write(into: UnsafeMutableRawPointer(buffer.baseAddress!))
+            count = size
+        }
+    }
+
+    /// Builds a frame of at most ``stackLimit`` bytes on the stack and hands it to `use`, which must not
+    /// keep the buffer: no array is made at all.
+    static func withSmallFrame(
+        kind: MessageKind,
+        flags: UInt8 = 0,
+        sourceTask: Int,
+        destinationTask: Int,
+        size: Int,
+        body: (inout FrameBuilder) -> Void,
+        use: (UnsafeRawBufferPointer) throws(VMError) -> Void
+    ) throws(VMError) {
+        precondition(size <= stackLimit, "a frame of \(size) bytes is not small")
+        let failure = withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { scratch -> VMError? in
+            var builder = FrameBuilder(base: scratch.baseAddress!)
+            builder.put(kind.rawValue)
+            builder.put(flags)
+            builder.put(Int64(sourceTask))
+            builder.put(Int64(destinationTask))
+            body(&builder)
+            precondition(builder.offset == size, "a frame of \(size) bytes was written with \(builder.offset)")
+            do throws(VMError) {
+                try use(UnsafeRawBufferPointer(scratch))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Frames up to this size are written on the stack first.
+    static let stackLimit = 4096
+
+    private init(base: UnsafeMutableRawPointer) { self.base = base }
+
+    mutating func put<I: FixedWidthInteger>(_ value: I) {
+        base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: I.self)
+        offset += MemoryLayout<I>.size
+    }
+
+    mutating func put(_ value: Bool) { put(UInt8(value ? 1 : 0)) }
+
+    mutating func put(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
+        (base + offset).copyMemory(from: source, byteCount: bytes.count)
+        offset += bytes.count
+    }
+
+    /// A length-prefixed UTF-8 string, as ``WireWriter/append(_:)-(String)`` writes it.
+    mutating func put(_ value: String) {
+        var value = value
+        value.withUTF8 { utf8 in
+            put(UInt32(utf8.count))
+            put(UnsafeRawBufferPointer(utf8))
+        }
+    }
+
+    /// The bytes ``put(_:)-(String)`` writes for `value`.
+    static func size(of value: String) -> Int { 4 + value.utf8.count }
+}
+
 /// Reads little-endian values from a received frame; every read is bounds-checked and throws.
 struct WireReader {
     let bytes: [UInt8]
@@ -140,14 +240,7 @@ struct WireReader {
 
     mutating func read<I: FixedWidthInteger>(_ type: I.Type) throws(VMError) -> I {
         try need(MemoryLayout<I>.size, String(describing: I.self))
-        var value = I.zero
-        withUnsafeMutableBytes(of: &value) { target in
-            bytes.withUnsafeBytes { source in
-                target.copyMemory(
-                    from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + MemoryLayout<I>.size])
-                )
-            }
-        }
+        let value = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: I.self) }
         offset += MemoryLayout<I>.size
         return I(littleEndian: value)
     }
@@ -156,9 +249,10 @@ struct WireReader {
 
     mutating func readString() throws(VMError) -> String {
         let count = Int(try read(UInt32.self))
+        if count == 0 { return "" }
         try need(count, "string")
         defer { offset += count }
-        return String(decoding: bytes[offset..<offset + count], as: UTF8.self)
+        return bytes.withUnsafeBytes { String(decoding: $0[offset..<offset + count], as: UTF8.self) }
     }
 
     mutating func readLengthPrefixed() throws(VMError) -> [UInt8] {
@@ -191,12 +285,15 @@ struct Envelope {
         guard frame.count >= Wire.headerSize, let kind = MessageKind(rawValue: frame[0]) else {
             throw VMError(.encoding, "malformed VM message of \(frame.count) bytes from rank \(sourceRank)")
         }
-        var reader = WireReader(frame, offset: 2)
         self.sourceRank = sourceRank
         self.kind = kind
         self.flags = frame[1]
-        self.sourceTask = Int(try reader.read(Int64.self))
-        self.destinationTask = Int(try reader.read(Int64.self))
+        (sourceTask, destinationTask) = frame.withUnsafeBytes { bytes in
+            (
+                Int(Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 2, as: Int64.self))),
+                Int(Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 10, as: Int64.self)))
+            )
+        }
         self.frame = frame
         self.payload = payload
     }

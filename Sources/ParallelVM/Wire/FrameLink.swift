@@ -1,6 +1,6 @@
 /// Where a process's VM frames go and come from: MPI between ranks (``Transport``), or, in a task process,
 /// the channel to the worker rank that supervises it (``ChannelLink``). A ``Worker`` serves tasks over either.
-protocol FrameLink: Sendable {
+protocol FrameLink: AnyObject, Sendable {
     /// The rank whose frames these are (a task process has its worker's).
     var rank: Int { get }
     /// The number of ranks.
@@ -11,6 +11,8 @@ protocol FrameLink: Sendable {
 
     /// Sends a frame, and a separate payload after it when given, to `rank`.
     func send(_ frame: [UInt8], payload: [UInt8]?, to rank: Int) throws(VMError)
+    /// Sends a small frame that lives only for the call (on the caller's stack) to `rank`.
+    func sendTransient(_ frame: UnsafeRawBufferPointer, to rank: Int) throws(VMError)
     /// The first frame that satisfies `matching`, waiting until `deadline`; others stay queued in order.
     func receive(
         until deadline: Deadline,
@@ -45,6 +47,11 @@ extension FrameLink {
     }
 
     func send(_ frame: [UInt8], to rank: Int) throws(VMError) { try send(frame, payload: nil, to: rank) }
+
+    /// Links that queue frames keep a copy.
+    func sendTransient(_ frame: UnsafeRawBufferPointer, to rank: Int) throws(VMError) {
+        try send([UInt8](frame.assumingMemoryBound(to: UInt8.self)), payload: nil, to: rank)
+    }
 
     func receive(until deadline: Deadline, matching: (Envelope) -> Bool = { _ in true }) throws(VMError) -> Envelope? {
         try receive(until: deadline, matching: matching, idleWait: nil)

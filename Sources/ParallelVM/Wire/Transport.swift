@@ -76,6 +76,18 @@ final class Transport: SpawnerLink {
         }
     }
 
+    /// Sends a frame from a buffer that lives only for the call: MPI is done with it when this returns.
+    func sendTransient(_ frame: UnsafeRawBufferPointer, to rank: Int) throws(VMError) {
+        guard rank >= 0, rank < size else {
+            throw VMError(.invalidDestination, "rank \(rank) does not exist (the VM has ranks 0...\(size - 1))")
+        }
+        do {
+            try transfer(frame, payload: nil, to: Rank(rank))
+        } catch {
+            throw VMError(.mpi, "sending to rank \(rank) failed: \(error)", underlying: error)
+        }
+    }
+
     private func transfer(
         _ frame: UnsafeRawBufferPointer,
         payload: UnsafeRawBufferPointer?,

@@ -17,17 +17,39 @@ enum UserFrame {
         knownTasks: Int,
         over transport: any FrameLink
     ) throws(VMError) {
-        var (frame, payload) = try frame(value, from: sourceTask, to: destination, knownTasks: knownTasks)
-        try transport.sendFrame(&frame, payload: payload, to: destination.slot)
+        // A small byte array, the latency path: framed on the stack and sent from there.
+        if T.self == [UInt8].self {
+            let bytes = unsafeBitCast(value, to: [UInt8].self)
+            let size = Wire.headerSize + FrameBuilder.size(of: "") + 1 + 8 + bytes.count
+            if size <= FrameBuilder.stackLimit {
+                try FrameBuilder.withSmallFrame(
+                    kind: .user,
+                    sourceTask: sourceTask,
+                    destinationTask: destination.number,
+                    size: size,
+                    body: { body in
+                        body.put("")
+                        body.put(true)
+                        body.put(Int64(knownTasks))
+                        bytes.withUnsafeBytes { body.put($0) }
+                    },
+                    use: { (frame) throws(VMError) in try transport.sendTransient(frame, to: destination.slot) }
+                )
+                return
+            }
+        }
+        let (frame, payload) = try frame(value, from: sourceTask, to: destination, knownTasks: knownTasks)
+        try transport.send(frame, payload: payload, to: destination.slot)
     }
 
-    /// The frame of a user value, and the encoded value that travels as its payload.
+    /// The frame of a user value, built in one allocation with the encoded value in it, and the encoded
+    /// value on its own instead when it is large enough to travel as a message of its own.
     static func frame<T: Encodable>(
         _ value: T,
         from sourceTask: Int,
         to destination: TaskID,
         knownTasks: Int
-    ) throws(VMError) -> (WireWriter, payload: [UInt8]) {
+    ) throws(VMError) -> (frame: [UInt8], payload: [UInt8]?) {
         let raw = T.self == [UInt8].self
         let payload: [UInt8]
         if raw {
@@ -43,33 +65,68 @@ enum UserFrame {
                 )
             }
         }
-        var frame = WireWriter(
+        // A byte array needs no type name: the raw flag says what it is.
+        let typeName = raw ? "" : TypeNames.qualified(T.self)
+        let separate = payload.count >= Wire.separatePayloadThreshold
+        let frame = FrameBuilder.frame(
             kind: .user,
+            flags: separate ? Wire.flagSeparatePayload : 0,
             sourceTask: sourceTask,
             destinationTask: destination.number,
-            capacity: 64 + payload.count
-        )
-        // A byte array needs no type name: the raw flag says what it is.
-        frame.append(raw ? "" : TypeNames.qualified(T.self))
-        frame.append(raw)
-        frame.append(Int64(knownTasks))
-        return (frame, payload)
+            size: Wire.headerSize + FrameBuilder.size(of: typeName) + 1 + 8 + (separate ? 0 : payload.count)
+        ) { body in
+            body.put(typeName)
+            body.put(raw)
+            body.put(Int64(knownTasks))
+            if !separate { payload.withUnsafeBytes { body.put($0) } }
+        }
+        return (frame, separate ? payload : nil)
     }
 
     /// The sender's known-tasks mark, read without decoding the rest.
     static func knownTasks(_ envelope: Envelope) -> Int {
-        var reader = envelope.reader
-        guard (try? reader.readString()) != nil, (try? reader.readBool()) != nil,
-            let mark = try? reader.read(Int64.self)
-        else { return 0 }
-        return Int(mark)
+        guard let fields = fields(of: envelope.frame) else { return 0 }
+        return fields.knownTasks
     }
 
     static func message(from envelope: Envelope) throws(VMError) -> UserMessage {
-        var reader = envelope.reader
-        let named = try reader.readString()
-        let raw = try reader.readBool()
-        _ = try reader.read(Int64.self)
-        return UserMessage(typeName: raw ? TypeNames.bytes : named, bytes: envelope.payload(after: &reader), raw: raw)
+        guard let fields = fields(of: envelope.frame) else {
+            throw VMError(
+                .encoding,
+                "malformed VM message: a user message of \(envelope.frame.count) bytes from rank \(envelope.sourceRank)"
+            )
+        }
+        let frame = envelope.frame
+        let typeName =
+            fields.raw
+            ? TypeNames.bytes
+            : fields.nameLength == 0
+                ? ""
+                : frame.withUnsafeBytes {
+                    String(decoding: $0[Wire.headerSize + 4..<Wire.headerSize + 4 + fields.nameLength], as: UTF8.self)
+                }
+        let bytes =
+            envelope.payload
+            ?? (fields.payloadOffset == frame.count
+                ? []
+                : frame.withUnsafeBytes { [UInt8]($0[fields.payloadOffset...].assumingMemoryBound(to: UInt8.self)) })
+        return UserMessage(typeName: typeName, bytes: bytes, raw: fields.raw)
+    }
+
+    /// The body's fixed fields, read in place: the type name's length, the raw flag, the known-tasks
+    /// mark, and where the inline payload starts; nil when the frame is too short for them.
+    private static func fields(
+        of frame: [UInt8]
+    ) -> (nameLength: Int, raw: Bool, knownTasks: Int, payloadOffset: Int)? {
+        frame.withUnsafeBytes { bytes in
+            guard bytes.count >= Wire.headerSize + 4 else { return nil }
+            let nameLength = Int(
+                UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: Wire.headerSize, as: UInt32.self))
+            )
+            let flagOffset = Wire.headerSize + 4 + nameLength
+            guard bytes.count >= flagOffset + 9 else { return nil }
+            let mark = Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: flagOffset + 1, as: Int64.self))
+            return (nameLength, bytes[flagOffset] != 0, Int(mark), flagOffset + 9)
+        }
     }
 }
