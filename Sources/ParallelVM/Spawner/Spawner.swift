@@ -45,6 +45,8 @@ final class Spawner: Sendable {
         var lostResults: [(task: TaskID, result: TaskResult)] = []
         /// When the worker ranks on this host were last checked for life.
         var lastLivenessCheck = 0.0
+        /// Calls of ``nextEvent(until:where:)`` that only looked: they read the clock one time in 32.
+        var looks = 0
     }
     private let state: Mutex<State>
     /// The worker slots each mirror tree (by digest) has been offered to; held while a tree is brought to a
@@ -362,12 +364,16 @@ final class Spawner: Sendable {
         guard let transport else { return nil }
         let idleWait = spawnerIdleWait
         while true {
-            // One look at the state on the hot path: a poll finds nothing queued here almost always.
-            let now = monotonicSeconds()
-            let (queued, due) = state.withLock { state in
-                (
+            // One look at the state on the hot path: a poll finds nothing queued here almost always. A
+            // caller that only looks (the dispatcher's loop polls so) reads the clock one time in 32.
+            let immediate = deadline.isImmediate
+            let (queued, now, due) = state.withLock { state -> (Bool, Double?, Bool) in
+                state.looks &+= 1
+                let clock = !immediate || state.looks & 31 == 0 ? monotonicSeconds() : nil
+                return (
                     !state.lostResults.isEmpty || !state.endedTasks.isEmpty,
-                    now - state.lastLivenessCheck >= Spawner.livenessInterval
+                    clock,
+                    clock.map { $0 - state.lastLivenessCheck >= Spawner.livenessInterval } ?? false
                 )
             }
             if due { checkWorkersAlive() }
@@ -376,9 +382,15 @@ final class Spawner: Sendable {
                 if let exit = takeEndedTask(where: accept) { return exit }
             }
             // Wait in slices, so that a worker lost meanwhile is noticed within the slice.
-            let slice =
-                deadline.at.map { $0 - now <= Spawner.livenessInterval } == true
-                ? deadline : Deadline.after(seconds: Spawner.livenessInterval, from: now)
+            let slice: Deadline
+            if immediate {
+                slice = deadline
+            } else {
+                let now = now ?? monotonicSeconds()
+                slice =
+                    deadline.at.map { $0 - now <= Spawner.livenessInterval } == true
+                    ? deadline : Deadline.after(seconds: Spawner.livenessInterval, from: now)
+            }
             let envelope = try transport.receive(
                 until: slice,
                 matching: { envelope in

@@ -18,7 +18,11 @@ struct Deadline: Sendable, Equatable {
     let at: Double?
 
     static let never = Deadline(at: nil)
-    static var now: Deadline { Deadline(at: monotonicSeconds()) }
+    /// Already passed: a wait that only looks. It reads no clock, which matters to loops that poll.
+    static let now = Deadline(at: -.infinity)
+
+    /// Whether this is ``now``: a wait that only looks.
+    var isImmediate: Bool { at == -.infinity }
 
     fileprivate init(at: Double?) { self.at = at }
 
@@ -38,11 +42,14 @@ struct Deadline: Sendable, Equatable {
     }
 
     /// Seconds left (never negative), or nil for a wait without end.
-    var remaining: Double? { at.map { Swift.max(0, $0 - monotonicSeconds()) } }
+    var remaining: Double? {
+        guard let at else { return nil }
+        return at == -.infinity ? 0 : Swift.max(0, at - monotonicSeconds())
+    }
 
     var hasPassed: Bool {
         guard let at else { return false }
-        return monotonicSeconds() >= at
+        return at == -.infinity || monotonicSeconds() >= at
     }
 }
 
