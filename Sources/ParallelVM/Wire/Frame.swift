@@ -134,10 +134,7 @@ struct FrameBuilder {
     ) -> [UInt8] {
         func write(into base: UnsafeMutableRawPointer) {
             var builder = FrameBuilder(base: base)
-            builder.put(kind.rawValue)
-            builder.put(flags)
-            builder.put(Int64(sourceTask))
-            builder.put(Int64(destinationTask))
+            builder.putHeader(kind: kind, flags: flags, sourceTask: sourceTask, destinationTask: destinationTask)
             body(&builder)
             precondition(builder.offset == size, "a frame of \(size) bytes was written with \(builder.offset)")
         }
@@ -170,10 +167,7 @@ struct FrameBuilder {
         precondition(size <= stackLimit, "a frame of \(size) bytes is not small")
         let failure = withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { scratch -> VMError? in
             var builder = FrameBuilder(base: scratch.baseAddress!)
-            builder.put(kind.rawValue)
-            builder.put(flags)
-            builder.put(Int64(sourceTask))
-            builder.put(Int64(destinationTask))
+            builder.putHeader(kind: kind, flags: flags, sourceTask: sourceTask, destinationTask: destinationTask)
             body(&builder)
             precondition(builder.offset == size, "a frame of \(size) bytes was written with \(builder.offset)")
             do throws(VMError) {
@@ -190,6 +184,14 @@ struct FrameBuilder {
     static let stackLimit = 4096
 
     private init(base: UnsafeMutableRawPointer) { self.base = base }
+
+    /// The header every frame starts with (see the layout at the top of this file).
+    private mutating func putHeader(kind: MessageKind, flags: UInt8, sourceTask: Int, destinationTask: Int) {
+        put(kind.rawValue)
+        put(flags)
+        put(Int64(sourceTask))
+        put(Int64(destinationTask))
+    }
 
     mutating func put<I: FixedWidthInteger>(_ value: I) {
         base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: I.self)
