@@ -438,6 +438,9 @@ final class Spawner: Sendable {
         }
     }
 
+    /// Seconds `MPI_Finalize` may take after a worker rank was lost before the process ends.
+    static let finalizeLimitAfterLoss = 10.0
+
     /// How often the spawner looks whether the worker ranks on its host still live, in seconds.
     static let livenessInterval = 0.5
 
@@ -731,11 +734,31 @@ final class Spawner: Sendable {
             printForwardedLog(envelope)
         }
         localSlots?.waitUntilEnded(until: .never)
+        // Open MPI's finalize waits in a collective exchange for every rank; after a loss, under its
+        // recovery, it has been seen to wait for the lost rank for ever. Bound it then.
+        let lost = withBook { book in book.slots.indices.filter { $0 > 0 && book.slots[$0].lost } }
+        let finalized = DispatchSemaphore(value: 0)
+        if usesMPI, !lost.isEmpty {
+            let ranks = lost.map(String.init).joined(separator: ", ")
+            Thread.detachNewThread {
+                guard finalized.wait(timeout: .now() + Spawner.finalizeLimitAfterLoss) == .timedOut else { return }
+                FileHandle.standardError.write(
+                    Data(
+                        "ParallelVM: MPI_Finalize did not return within \(Int(Spawner.finalizeLimitAfterLoss)) s after worker rank(s) \(ranks) were lost; ending the process\n"
+                            .utf8
+                    )
+                )
+                fflush(nil)
+                parallelvm_run_status_exiting(1)
+                _exit(1)
+            }
+        }
         do {
             if usesMPI { try MPIEnvironment.finalize() }
         } catch {
             failures.append("\(error)")
         }
+        finalized.signal()
         if !failures.isEmpty {
             throw VMError(.mpi, "finalizing the VM failed: \(failures.joined(separator: "; "))")
         }
