@@ -85,6 +85,9 @@ struct SlotBook: Sendable {
     /// The worker ranks not lost.
     var liveWorkers: [Int] { slots.indices.filter { $0 > 0 && !slots[$0].lost } }
 
+    /// The worker ranks lost.
+    var lostWorkers: [Int] { slots.indices.filter { $0 > 0 && slots[$0].lost } }
+
     /// A table of hosts with their slots, as `formatSpawnerConfig` prints it.
     func formatted() -> String {
         var lines = ["Hosts: \(hosts.count), slots: \(count), free: \(freeSlots().count)"]

@@ -736,29 +736,18 @@ final class Spawner: Sendable {
         localSlots?.waitUntilEnded(until: .never)
         // Open MPI's finalize waits in a collective exchange for every rank; after a loss, under its
         // recovery, it has been seen to wait for the lost rank for ever. Bound it then.
-        let lost = withBook { book in book.slots.indices.filter { $0 > 0 && book.slots[$0].lost } }
-        let finalized = DispatchSemaphore(value: 0)
-        if usesMPI, !lost.isEmpty {
-            let ranks = lost.map(String.init).joined(separator: ", ")
-            Thread.detachNewThread {
-                guard finalized.wait(timeout: .now() + Spawner.finalizeLimitAfterLoss) == .timedOut else { return }
-                FileHandle.standardError.write(
-                    Data(
-                        "ParallelVM: MPI_Finalize did not return within \(Int(Spawner.finalizeLimitAfterLoss)) s after worker rank(s) \(ranks) were lost; ending the process\n"
-                            .utf8
-                    )
-                )
-                fflush(nil)
-                parallelvm_run_status_exiting(1)
-                _exit(1)
-            }
-        }
+        let lost = withBook { $0.lostWorkers }
+        let bound =
+            usesMPI && !lost.isEmpty
+            ? ExitTimer(limit: Spawner.finalizeLimitAfterLoss, name: "ParallelVM.finalize-bound") {
+                "ParallelVM: MPI_Finalize did not return within \(Int(Spawner.finalizeLimitAfterLoss)) s after worker rank(s) \(lost.map(String.init).joined(separator: ", ")) were lost; ending the process"
+            } : nil
         do {
             if usesMPI { try MPIEnvironment.finalize() }
         } catch {
             failures.append("\(error)")
         }
-        finalized.signal()
+        bound?.cancel()
         if !failures.isEmpty {
             throw VMError(.mpi, "finalizing the VM failed: \(failures.joined(separator: "; "))")
         }
@@ -771,10 +760,7 @@ final class Spawner: Sendable {
     /// non-zero status, which says the run lost a host.
     func endMpirunIfHostsLost() {
         let lost = withBook { book in
-            Set(
-                book.slots.indices.filter { $0 > 0 && book.slots[$0].lost && book.slots[$0].host != host }
-                    .compactMap { book.host(of: $0) }
-            )
+            Set(book.lostWorkers.compactMap { book.host(of: $0) }.filter { $0 != host })
         }
         guard !lost.isEmpty else { return }
         let parent = getppid()

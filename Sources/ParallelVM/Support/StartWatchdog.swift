@@ -1,4 +1,3 @@
-import CRunStatus
 import Foundation
 import Synchronization
 
@@ -15,12 +14,11 @@ enum StartWatchdog {
     static let defaultLimit = 60.0
 
     private struct State {
-        var started = false
+        var timer: ExitTimer?
         var finished = false
         var waitingFor = ""
     }
     private static let state = Mutex(State())
-    private static let finished = DispatchSemaphore(value: 0)
 
     /// The limit in seconds from `PARALLELVM_START_TIMEOUT`, or the default.
     static func limit(from environment: [String: String]) throws(VMError) -> Double {
@@ -33,30 +31,18 @@ enum StartWatchdog {
 
     /// Starts watching this rank's start, once per process.
     static func start(limit: Double, waitingFor text: String) {
-        let first = state.withLock { state -> Bool in
-            defer { state.started = true }
+        state.withLock { state in
             state.waitingFor = text
-            return !state.started
+            guard state.timer == nil else { return }
+            state.timer = ExitTimer(limit: limit, name: "ParallelVM.start-watchdog") {
+                let (done, waitingFor) = Self.state.withLock { ($0.finished, $0.waitingFor) }
+                if done { return nil }
+                let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "?"
+                let host = ProcessInfo.processInfo.hostName
+                return
+                    "ParallelVM rank \(rank) on \(host): \(waitingFor) within \(limit) s of the start; ending (\(variable) sets this limit)"
+            }
         }
-        guard first else { return }
-        let thread = Thread {
-            guard finished.wait(timeout: .now() + limit) == .timedOut else { return }
-            let (done, waitingFor) = state.withLock { ($0.finished, $0.waitingFor) }
-            if done { return }
-            let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"] ?? "?"
-            let host = ProcessInfo.processInfo.hostName
-            FileHandle.standardError.write(
-                Data(
-                    "ParallelVM rank \(rank) on \(host): \(waitingFor) within \(limit) s of the start; ending (\(variable) sets this limit)\n"
-                        .utf8
-                )
-            )
-            fflush(nil)
-            parallelvm_run_status_exiting(1)
-            _exit(1)
-        }
-        thread.name = "ParallelVM.start-watchdog"
-        thread.start()
     }
 
     /// What the rank waits for now, for the message should the time run out.
@@ -66,10 +52,10 @@ enum StartWatchdog {
 
     /// The start is complete: the watchdog stops.
     static func finish() {
-        let signal = state.withLock { state -> Bool in
+        let timer = state.withLock { state -> ExitTimer? in
             defer { state.finished = true }
-            return state.started && !state.finished
+            return state.finished ? nil : state.timer
         }
-        if signal { finished.signal() }
+        timer?.cancel()
     }
 }

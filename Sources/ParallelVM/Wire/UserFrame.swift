@@ -20,19 +20,14 @@ enum UserFrame {
         // A small byte array, the latency path: framed on the stack and sent from there.
         if T.self == [UInt8].self {
             let bytes = unsafeBitCast(value, to: [UInt8].self)
-            let size = Wire.headerSize + FrameBuilder.size(of: "") + 1 + 8 + bytes.count
+            let size = bodySize(typeName: "", inline: bytes.count)
             if size <= FrameBuilder.stackLimit {
                 try FrameBuilder.withSmallFrame(
                     kind: .user,
                     sourceTask: sourceTask,
                     destinationTask: destination.number,
                     size: size,
-                    body: { body in
-                        body.put("")
-                        body.put(true)
-                        body.put(Int64(knownTasks))
-                        bytes.withUnsafeBytes { body.put($0) }
-                    },
+                    body: { body in putBody(&body, typeName: "", raw: true, knownTasks: knownTasks, inline: bytes) },
                     use: { (frame) throws(VMError) in try transport.sendTransient(frame, to: destination.slot) }
                 )
                 return
@@ -73,14 +68,30 @@ enum UserFrame {
             flags: separate ? Wire.flagSeparatePayload : 0,
             sourceTask: sourceTask,
             destinationTask: destination.number,
-            size: Wire.headerSize + FrameBuilder.size(of: typeName) + 1 + 8 + (separate ? 0 : payload.count)
+            size: bodySize(typeName: typeName, inline: separate ? 0 : payload.count)
         ) { body in
-            body.put(typeName)
-            body.put(raw)
-            body.put(Int64(knownTasks))
-            if !separate { payload.withUnsafeBytes { body.put($0) } }
+            putBody(&body, typeName: typeName, raw: raw, knownTasks: knownTasks, inline: separate ? nil : payload)
         }
         return (frame, separate ? payload : nil)
+    }
+
+    /// The size of a user frame whose body carries `inline` bytes of the value.
+    private static func bodySize(typeName: String, inline: Int) -> Int {
+        Wire.headerSize + FrameBuilder.size(of: typeName) + 1 + 8 + inline
+    }
+
+    /// Writes a user frame's body: type name, raw flag, known-tasks mark, then the value when it travels inline.
+    private static func putBody(
+        _ body: inout FrameBuilder,
+        typeName: String,
+        raw: Bool,
+        knownTasks: Int,
+        inline: [UInt8]?
+    ) {
+        body.put(typeName)
+        body.put(raw)
+        body.put(Int64(knownTasks))
+        inline?.withUnsafeBytes { body.put($0) }
     }
 
     /// The sender's known-tasks mark, read without decoding the rest.
