@@ -153,8 +153,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     /// Queues jobs as units of `unitSize` jobs (by default, one unit: a chunk when remote) for the next
     /// free slots; returns the first job's index, or nil when the farm is stopped. `jobs` are the
     /// ``Job/storage`` of jobs of this farm's `Value`.
-    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
-        engine.submit(jobs, unitSize: unitSize)
+    func submit(_ jobs: [FarmJob], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
+        engine.submit(jobs, arguments: arguments, unitSize: unitSize)
     }
 
     /// The finished jobs waiting (at least one, waiting for one when none is), in completion order; nil
@@ -388,10 +388,11 @@ final class FarmEngine: @unchecked Sendable {
     /// How many units of `unitSize` jobs can be submitted now, one after another (see ``hasRoom``).
     func room(unitSize: Int) -> Int { condition.withLock { queue.room(unitSize: unitSize) } }
 
-    /// Queues `jobs` as units of `unitSize` jobs (by default, one unit); returns the first job's index.
-    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
+    /// Queues `jobs` as units of `unitSize` jobs (by default, one unit), with their encoded `arguments`
+    /// when the caller has them; returns the first job's index.
+    func submit(_ jobs: [FarmJob], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
         condition.withLock {
-            guard let first = queue.submit(jobs, unitSize: unitSize) else { return nil }
+            guard let first = queue.submit(jobs, arguments: arguments, unitSize: unitSize) else { return nil }
             callAttention()
             condition.signal()
             return first

@@ -30,9 +30,6 @@ class FarmJob: @unchecked Sendable {
     let spawn: @Sendable (VM, Double?, Set<Int>) throws -> TaskID?
     /// Encodes the arguments, for a chunk of jobs sent as one task.
     let encode: @Sendable () throws -> [UInt8]
-    /// The arguments encoded already (a journaled dispatch encodes them for the job's key), for a chunk;
-    /// nil: encoded when the job is sent.
-    let encodedArguments: [UInt8]?
 
     fileprivate init(
         function: String,
@@ -42,8 +39,7 @@ class FarmJob: @unchecked Sendable {
         extra: (any Sendable)?,
         timeout: Double?,
         spawn: @escaping @Sendable (VM, Double?, Set<Int>) throws -> TaskID?,
-        encode: @escaping @Sendable () throws -> [UInt8],
-        encodedArguments: [UInt8]?
+        encode: @escaping @Sendable () throws -> [UInt8]
     ) {
         self.function = function
         self.spawnedFunction = spawnedFunction
@@ -53,7 +49,6 @@ class FarmJob: @unchecked Sendable {
         self.timeout = timeout
         self.spawn = spawn
         self.encode = encode
-        self.encodedArguments = encodedArguments
     }
 
     /// How results and errors name the job (see ``Job/name``).
@@ -63,12 +58,6 @@ class FarmJob: @unchecked Sendable {
         var text = String(describing: arguments)
         if text.count > 60 { text = text.prefix(57) + "…" }
         return "\(function)(\(text))"
-    }
-
-    /// The arguments as a chunk sends them: encoded once only.
-    func argumentsForChunk() throws -> [UInt8] {
-        if let encodedArguments { return encodedArguments }
-        return try encode()
     }
 
     /// Whether the job's body is async (run in this process as a task of its own).
@@ -92,6 +81,8 @@ final class JobStorage<Value: Codable & Sendable>: FarmJob, @unchecked Sendable 
     let local: LocalBody<Value>
     /// The outputs to collect and the job as it was before `collecting(_:)` wrapped it.
     let outputRequest: Job<Value>.OutputRequest?
+    /// Whether the job collects outputs (`outputRequest` is not nil), read without copying the request.
+    let collectsOutputs: Bool
 
     init(
         function: String,
@@ -102,11 +93,11 @@ final class JobStorage<Value: Codable & Sendable>: FarmJob, @unchecked Sendable 
         spawn: @escaping @Sendable (VM, Double?, Set<Int>) throws -> TaskID?,
         encode: @escaping @Sendable () throws -> [UInt8],
         local: LocalBody<Value>,
-        outputRequest: Job<Value>.OutputRequest?,
-        encodedArguments: [UInt8]? = nil
+        outputRequest: Job<Value>.OutputRequest?
     ) {
         self.local = local
         self.outputRequest = outputRequest
+        self.collectsOutputs = outputRequest != nil
         super.init(
             function: function,
             spawnedFunction: outputRequest == nil ? function : OutputJob.name,
@@ -115,26 +106,7 @@ final class JobStorage<Value: Codable & Sendable>: FarmJob, @unchecked Sendable 
             extra: extra,
             timeout: timeout,
             spawn: spawn,
-            encode: encode,
-            // A job that collects outputs sends its arguments wrapped.
-            encodedArguments: outputRequest == nil ? encodedArguments : nil
-        )
-    }
-
-    /// The same job with its arguments encoded already, `arguments`.
-    func withEncodedArguments(_ arguments: [UInt8]?) -> JobStorage {
-        guard let arguments, outputRequest == nil else { return self }
-        return JobStorage(
-            function: function,
-            explicitName: explicitName,
-            arguments: self.arguments,
-            extra: extra,
-            timeout: timeout,
-            spawn: spawn,
-            encode: encode,
-            local: local,
-            outputRequest: outputRequest,
-            encodedArguments: arguments
+            encode: encode
         )
     }
 

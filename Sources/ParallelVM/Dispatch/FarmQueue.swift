@@ -10,6 +10,9 @@ struct FarmQueue<Item, Finished> {
     struct Element {
         let index: Int
         let item: Item
+        /// The item's arguments encoded already (a journaled dispatch encodes them for the job's key);
+        /// nil: encoded when the item is sent.
+        var arguments: [UInt8]? = nil
     }
 
     typealias Unit = [Element]
@@ -99,12 +102,15 @@ struct FarmQueue<Item, Finished> {
     /// Queues `items` as units of `unitSize` jobs, the last one shorter when they do not divide evenly
     /// (or one unit each, when splitting); returns the first one's index, or nil when the farm is stopped
     /// or `items` is empty.
-    mutating func submit(_ items: [Item], unitSize: Int = Int.max) -> Int? {
+    mutating func submit(_ items: [Item], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
         guard !items.isEmpty, !stopped else { return nil }
+        precondition(arguments == nil || arguments!.count == items.count, "arguments for every item, or none")
         let first = nextIndex
         if splitsUnits || chunker != nil {
             queue.reserveCapacity(queue.count + items.count)
-            for offset in items.indices { queue.append([Element(index: first + offset, item: items[offset])]) }
+            for offset in items.indices {
+                queue.append([Element(index: first + offset, item: items[offset], arguments: arguments?[offset])])
+            }
             unitsInFlight += items.count
         } else {
             var start = 0
@@ -112,7 +118,9 @@ struct FarmQueue<Item, Finished> {
                 let end = min(items.count, start + max(1, unitSize))
                 var unit: Unit = []
                 unit.reserveCapacity(end - start)
-                for offset in start..<end { unit.append(Element(index: first + offset, item: items[offset])) }
+                for offset in start..<end {
+                    unit.append(Element(index: first + offset, item: items[offset], arguments: arguments?[offset]))
+                }
                 queue.append(unit)
                 unitsInFlight += 1
                 start = end

@@ -131,7 +131,7 @@ final class RemoteExecution {
                         items.append(
                             ChunkRunner.Item(
                                 function: element.item.spawnedFunction,
-                                arguments: try element.item.argumentsForChunk()
+                                arguments: try element.arguments ?? element.item.encode()
                             )
                         )
                         encodable.append(element)

@@ -52,8 +52,10 @@ extension VM {
             throw error
         }
         do {
-            // With every job known up front, the manifest names the run's inputs from the start. The
-            // arguments encoded for the keys are kept to be sent (up to a limit): encoded once, not twice.
+            // With every job known up front, the manifest names the run's inputs from the start. The jobs
+            // are taken in one pass, and the arguments encoded for the keys are kept to be sent (up to a
+            // limit): encoded once, not twice.
+            var knownJobs: [JobStorage<Value>] = []
             var knownKeys: [JobKey]? = nil
             var knownArguments: [[UInt8]?] = []
             if jobs is any Collection {
@@ -61,6 +63,7 @@ extension VM {
                 var kept = 0
                 for job in jobs {
                     let (key, arguments) = try Self.keyed(job)
+                    knownJobs.append(job.storage)
                     keys.append(key)
                     if let arguments, kept + arguments.count <= Self.keptArgumentsLimit {
                         kept += arguments.count
@@ -93,21 +96,29 @@ extension VM {
             while true {
                 while !exhausted && !farm.isStopped && farm.engine.hasRoom {
                     var unit: [FarmJob] = []
+                    var unitArguments: [[UInt8]?] = []
                     var indices: [Int] = []
                     // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
                     while unit.count < unitSize {
-                        guard let job = iterator.next() else {
-                            exhausted = true
-                            break
-                        }
                         let index = journal.keys.count
+                        let job: Job<Value>
                         let key: JobKey
                         let arguments: [UInt8]?
                         if let knownKeys {
+                            guard index < knownJobs.count else {
+                                exhausted = true
+                                break
+                            }
+                            job = Job(storage: knownJobs[index])
                             key = knownKeys[index]
                             arguments = knownArguments[index]
                             knownArguments[index] = nil
                         } else {
+                            guard let next = iterator.next() else {
+                                exhausted = true
+                                break
+                            }
+                            job = next
                             (key, arguments) = try Self.keyed(job)
                         }
                         journal.keys.append(key)
@@ -116,18 +127,20 @@ extension VM {
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
                             if farm.isStopped { break }
-                        } else if job.outputRequest != nil {
+                        } else if job.storage.collectsOutputs {
                             if let error = job.outputPatternError(in: experiment) { throw error }
                             originals[index] = job
                             unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
+                            unitArguments.append(nil)
                             indices.append(index)
                         } else {
-                            unit.append(job.storage.withEncodedArguments(arguments))
+                            unit.append(job.storage)
+                            unitArguments.append(arguments)
                             indices.append(index)
                         }
                     }
                     guard !unit.isEmpty else { continue }
-                    guard let first = farm.submit(unit) else { break }
+                    guard let first = farm.submit(unit, arguments: unitArguments) else { break }
                     jobIndexOfFarmIndex += indices
                     queuedAt += repeatElement(Date(), count: indices.count)
                     unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
@@ -217,7 +230,7 @@ extension VM {
     /// outputs, those of the job it wraps: the patterns are not part of it). With it, the encoded
     /// arguments to send, unless the job collects outputs (its worker gets them wrapped).
     static func keyed<Value>(_ job: Job<Value>) throws -> (key: JobKey, arguments: [UInt8]?) {
-        if let request = job.outputRequest {
+        if job.storage.collectsOutputs, let request = job.outputRequest {
             return (JobKey(function: request.function, encodedArguments: try request.encodedArguments()), nil)
         }
         let arguments = try job.encodedArguments()

@@ -223,6 +223,7 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
             try await farm.waitForFreeSlot()
             if farm.isStopped { return }
             var unit: [FarmJob] = []
+            var unitArguments: [[UInt8]?] = []
             var indices: [Int] = []
             while unit.count < unitSize {
                 guard let job = try await iterator.next() else {
@@ -244,16 +245,16 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
                     if let error = job.outputPatternError(in: experiment) { throw error }
                     state.withLock { $0.originals[index] = job }
                 }
-                unit.append(
-                    job.bound(toIndex: index, of: experiment, at: location).storage.withEncodedArguments(arguments)
-                )
+                unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
+                // A job that collects outputs sends its arguments wrapped: `keyed` kept none of it.
+                unitArguments.append(arguments)
                 indices.append(index)
             }
             guard !unit.isEmpty else { continue }
             // Recorded under the lock that the journaling task takes to look a result up, so that a result
             // can never arrive before its job's numbers.
             let submitted = state.withLock { state -> Bool in
-                guard let first = farm.submit(unit) else { return false }
+                guard let first = farm.submit(unit, arguments: unitArguments) else { return false }
                 let now = Date()
                 for (offset, index) in indices.enumerated() {
                     state.jobIndexOfFarmIndex[first + offset] = index
