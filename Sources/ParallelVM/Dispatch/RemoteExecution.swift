@@ -124,15 +124,14 @@ final class RemoteExecution {
             if unit.count == 1 {
                 task = try sending[0].item.spawn(vm, timeout(of: sending[0].item), avoiding)
             } else {
-                var items: [ChunkRunner.Item] = []
+                var jobs = ChunkWriter(capacity: 24 * sending.count)
                 var encodable: Unit = []
+                encodable.reserveCapacity(sending.count)
                 for element in sending {
                     do {
-                        items.append(
-                            ChunkRunner.Item(
-                                function: element.item.spawnedFunction,
-                                arguments: try element.arguments ?? element.item.encode()
-                            )
+                        jobs.appendJob(
+                            function: element.item.spawnedFunction,
+                            arguments: try element.arguments ?? element.item.encode()
                         )
                         encodable.append(element)
                     } catch {
@@ -145,13 +144,13 @@ final class RemoteExecution {
                     }
                 }
                 sending = encodable
-                guard !items.isEmpty else { return true }
+                guard jobs.count > 0 else { return true }
                 // A chunk may run as long as its jobs together, when each of them has a limit.
                 let limits = sending.map { timeout(of: $0.item) }
                 let limit: Double? = limits.contains(nil) ? nil : limits.reduce(0) { $0 + $1! }
                 task = try vm.spawn(
                     named: ChunkRunner.name,
-                    args: items,
+                    args: jobs.finished(),
                     count: 1,
                     targets: nil,
                     sendBack: true,
@@ -245,16 +244,29 @@ final class RemoteExecution {
         guard result.function == ChunkRunner.name else {
             return [valueResult(unit[0], typeName: result.valueType, bytes: result.valueBytes, task: task, host: host)]
         }
-        let outcomes: [ChunkRunner.Outcome]
+        var outcomes: ChunkReader
         do {
-            outcomes = try BinaryDecoder.decode([ChunkRunner.Outcome].self, from: result.valueBytes)
+            outcomes = try ChunkReader(try BinaryDecoder.decode([UInt8].self, from: result.valueBytes), of: "outcomes")
             guard outcomes.count == unit.count else {
                 throw VMError(.encoding, "a chunk of \(unit.count) jobs returned \(outcomes.count) outcomes")
             }
         } catch {
             return unit.map { engine.failure(.encoding, $0, error, task: task) }
         }
-        return zip(unit, outcomes).map { element, outcome in
+        var results: [FarmResult] = []
+        results.reserveCapacity(unit.count)
+        // The outcomes before a malformed one stand; it and those after it cannot be read.
+        var malformed: VMError?
+        for element in unit {
+            let outcome: ChunkRunner.Outcome
+            do throws(VMError) {
+                if let malformed { throw malformed }
+                outcome = try outcomes.nextOutcome()
+            } catch {
+                malformed = error
+                results.append(engine.failure(.encoding, element, error, task: task))
+                continue
+            }
             guard outcome.success else {
                 let error = RemoteError(
                     function: element.item.function,
@@ -263,10 +275,14 @@ final class RemoteExecution {
                     task: task,
                     host: host
                 )
-                return engine.failure(.failed, element, error, task: task)
+                results.append(engine.failure(.failed, element, error, task: task))
+                continue
             }
-            return valueResult(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
+            results.append(
+                valueResult(element, typeName: outcome.typeName, bytes: outcome.value, task: task, host: host)
+            )
         }
+        return results
     }
 
     /// A worker's value, handed over encoded: the farm's caller checks its type and decodes it.
