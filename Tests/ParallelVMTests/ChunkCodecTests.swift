@@ -14,7 +14,7 @@ import Testing
             ("double", [9]),
             ("", [5]),
         ]
-        for (function, arguments) in jobs { writer.appendJob(function: function, arguments: arguments) }
+        for (function, arguments) in jobs { try writer.appendJob(function: function, arguments: arguments) }
         let bytes = writer.finished()
         var reader = try ChunkReader(bytes, of: "jobs")
         #expect(reader.count == jobs.count)
@@ -27,11 +27,11 @@ import Testing
         #expect(throws: VMError.self) { try reader.nextJob() }
         // The second "double" repeats the first: 4 bytes for it instead of 4 + 6.
         var spelled = ChunkWriter(capacity: 0)
-        spelled.appendJob(function: "double", arguments: [])
-        spelled.appendJob(function: "triple", arguments: [])
+        try spelled.appendJob(function: "double", arguments: [])
+        try spelled.appendJob(function: "triple", arguments: [])
         var repeated = ChunkWriter(capacity: 0)
-        repeated.appendJob(function: "double", arguments: [])
-        repeated.appendJob(function: "double", arguments: [])
+        try repeated.appendJob(function: "double", arguments: [])
+        try repeated.appendJob(function: "double", arguments: [])
         #expect(spelled.finished().count - repeated.finished().count == 6)
     }
 
@@ -60,8 +60,8 @@ import Testing
 
     @Test func damagedChunksAreRefusedWithTheEntryNamed() throws {
         var writer = ChunkWriter(capacity: 0)
-        writer.appendJob(function: "double", arguments: [1, 2, 3, 4])
-        writer.appendJob(function: "double", arguments: [5, 6, 7, 8])
+        try writer.appendJob(function: "double", arguments: [1, 2, 3, 4])
+        try writer.appendJob(function: "double", arguments: [5, 6, 7, 8])
         let bytes = writer.finished()
 
         // Cut inside the second job: the first still reads, the second is named as malformed.

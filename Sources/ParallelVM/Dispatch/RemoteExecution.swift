@@ -129,7 +129,7 @@ final class RemoteExecution {
                 encodable.reserveCapacity(sending.count)
                 for element in sending {
                     do {
-                        jobs.appendJob(
+                        try jobs.appendJob(
                             function: element.item.spawnedFunction,
                             arguments: try element.arguments ?? element.item.encode()
                         )

@@ -45,6 +45,12 @@ enum ChunkRunner {
                 }
                 do {
                     let (type, bytes) = try function.call(arguments, task)
+                    guard bytes.count <= ChunkCodec.maxBlock else {
+                        throw VMError(
+                            .encoding,
+                            "the result of '\(functionName)' is \(bytes.count) bytes, more than a chunk carries (\(ChunkCodec.maxBlock)); run it without chunks"
+                        )
+                    }
                     outcomes.appendOutcome(success: true, typeName: type, value: bytes, message: "")
                 } catch {
                     let failure = TaskFailure(error)
@@ -70,6 +76,8 @@ enum ChunkRunner {
 /// name's length of ``sameAsPrevious`` stands for the name of the entry before, which most entries share.
 enum ChunkCodec {
     static let sameAsPrevious = UInt32.max
+    /// The largest name, value or message an entry holds.
+    static let maxBlock = Int(UInt32.max - 1)
 }
 
 /// Writes a chunk's jobs or outcomes in ``ChunkCodec``'s format.
@@ -83,7 +91,14 @@ struct ChunkWriter {
         bytes.reserveCapacity(4 + capacity)
     }
 
-    mutating func appendJob(function: String, arguments: [UInt8]) {
+    /// Appends a job; throws when its arguments are too large for a chunk.
+    mutating func appendJob(function: String, arguments: [UInt8]) throws(VMError) {
+        guard arguments.count <= ChunkCodec.maxBlock else {
+            throw VMError(
+                .encoding,
+                "the arguments of '\(function)' are \(arguments.count) bytes, more than a chunk carries (\(ChunkCodec.maxBlock)); run the job without chunks"
+            )
+        }
         appendName(function)
         appendBlock(arguments)
         count += 1
@@ -94,7 +109,7 @@ struct ChunkWriter {
         appendName(typeName)
         appendBlock(value)
         var message = message
-        message.withUTF8 { appendBlock($0) }
+        message.withUTF8 { appendBlock(UnsafeBufferPointer(rebasing: $0.prefix(ChunkCodec.maxBlock))) }
         count += 1
     }
 
