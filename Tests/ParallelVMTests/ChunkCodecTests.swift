@@ -54,7 +54,8 @@ import Testing
     }
 
     @Test func anEmptyChunkHoldsNoEntries() throws {
-        let reader = try ChunkReader(ChunkWriter(capacity: 0).finished(), of: "jobs")
+        var empty = ChunkWriter(capacity: 0)
+        let reader = try ChunkReader(empty.finished(), of: "jobs")
         #expect(reader.count == 0)
     }
 

@@ -113,12 +113,9 @@ struct ChunkWriter {
         count += 1
     }
 
-    /// The bytes, with the count in front.
-    func finished() -> [UInt8] {
-        var bytes = bytes
-        withUnsafeBytes(of: UInt32(count).littleEndian) { count in
-            for offset in 0..<4 { bytes[offset] = count[offset] }
-        }
+    /// The bytes, with the count in front (written in place: the bytes are not copied).
+    mutating func finished() -> [UInt8] {
+        bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
         return bytes
     }
 
