@@ -86,6 +86,12 @@ struct WireWriter {
         append(Int64(destinationTask))
     }
 
+    /// Bytes that are not a frame (a chunk's jobs or outcomes): no header.
+    init(reservingCapacity capacity: Int) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+    }
+
     mutating func append<I: FixedWidthInteger>(_ value: I) {
         withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
     }

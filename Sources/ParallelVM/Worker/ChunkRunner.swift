@@ -82,13 +82,13 @@ enum ChunkCodec {
 
 /// Writes a chunk's jobs or outcomes in ``ChunkCodec``'s format.
 struct ChunkWriter {
-    private var bytes: [UInt8]
+    private var writer: WireWriter
     private(set) var count = 0
     private var previousName: String?
 
     init(capacity: Int) {
-        bytes = [0, 0, 0, 0]
-        bytes.reserveCapacity(4 + capacity)
+        writer = WireWriter(reservingCapacity: 4 + capacity)
+        writer.append(UInt32(0))  // the count, written by `finished()`
     }
 
     /// Appends a job; throws when its arguments are too large for a chunk.
@@ -100,46 +100,38 @@ struct ChunkWriter {
             )
         }
         appendName(function)
-        appendBlock(arguments)
+        writer.append(lengthPrefixed: arguments)
         count += 1
     }
 
+    /// Appends an outcome; the caller keeps `value` within ``ChunkCodec/maxBlock``, and a longer message
+    /// is cut there.
     mutating func appendOutcome(success: Bool, typeName: String, value: [UInt8], message: String) {
-        bytes.append(success ? 1 : 0)
+        writer.append(success)
         appendName(typeName)
-        appendBlock(value)
-        var message = message
-        message.withUTF8 { appendBlock(UnsafeBufferPointer(rebasing: $0.prefix(ChunkCodec.maxBlock))) }
+        writer.append(lengthPrefixed: value)
+        writer.append(
+            message.utf8.count <= ChunkCodec.maxBlock
+                ? message : String(decoding: message.utf8.prefix(ChunkCodec.maxBlock), as: UTF8.self)
+        )
         count += 1
     }
 
     /// The bytes, with the count in front (written in place: the bytes are not copied).
     mutating func finished() -> [UInt8] {
-        bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self) }
-        return bytes
+        writer.bytes.withUnsafeMutableBytes {
+            $0.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self)
+        }
+        return writer.bytes
     }
 
     private mutating func appendName(_ name: String) {
         if let previousName, previousName == name {
-            appendLength(ChunkCodec.sameAsPrevious)
+            writer.append(ChunkCodec.sameAsPrevious)
             return
         }
-        var name = name
-        name.withUTF8 { appendBlock($0) }
+        writer.append(name)
         previousName = name
-    }
-
-    private mutating func appendBlock(_ block: [UInt8]) {
-        block.withUnsafeBufferPointer { appendBlock($0) }
-    }
-
-    private mutating func appendBlock(_ block: UnsafeBufferPointer<UInt8>) {
-        appendLength(UInt32(block.count))
-        bytes.append(contentsOf: block)
-    }
-
-    private mutating func appendLength(_ length: UInt32) {
-        withUnsafeBytes(of: length.littleEndian) { bytes.append(contentsOf: $0) }
     }
 }
 
