@@ -177,7 +177,8 @@ public final class Experiment: Sendable {
             manifest.name = name
             let recovered = journal.recovered
             do throws(ExperimentError) {
-                try manifest.write(in: folderFd, folder: folder, experiment: name)
+                // Not synced: a run writes it again when it begins, and synced when it ends.
+                try manifest.write(in: folderFd, folder: folder, experiment: name, synced: false)
                 var opened = "experiment \(name) opened by process \(getpid()) on host \(Paths.hostName()); "
                 opened += "the journal holds \(recovered.records.count) records"
                 if let problem = recovered.problem { opened += "; \(problem), \(recovered.ignoredBytes) bytes cut off" }
@@ -280,21 +281,22 @@ public final class Experiment: Sendable {
     /// The manifest as last written.
     package func manifest() throws(ExperimentError) -> Manifest { try withSession { $0.manifest } }
 
-    /// Changes the manifest and writes it atomically.
-    package func updateManifest(_ change: (inout Manifest) -> Void) throws(ExperimentError) {
+    /// Changes the manifest and writes it atomically; with `synced`, also to the disk before returning.
+    package func updateManifest(synced: Bool = true, _ change: (inout Manifest) -> Void) throws(ExperimentError) {
         try session.withLock { (session: inout Session?) throws(ExperimentError) in
             guard var open = session else { throw notOpenError() }
             change(&open.manifest)
             open.manifest.name = name
-            try open.manifest.write(in: open.folderFd, folder: folder, experiment: name)
+            try open.manifest.write(in: open.folderFd, folder: folder, experiment: name, synced: synced)
             session = open
         }
     }
 
     /// Records the start of a run: the identity of its inputs (from every job's key, in job order), the
     /// hosts, now as the start and no end yet, counts at zero.
+    /// Not synced: the run's end writes it again, synced.
     package func beginRun(keys: [JobKey], hosts: [String]) throws(ExperimentError) {
-        try updateManifest { manifest in
+        try updateManifest(synced: false) { manifest in
             manifest.inputs = JobKey.inputsIdentity(of: keys)
             manifest.jobs = keys.count
             manifest.started = Timestamp.now()
@@ -304,10 +306,17 @@ public final class Experiment: Sendable {
         }
     }
 
-    /// Records the end of a run: its counts, now as the end, and the hosts it finished with.
-    package func endRun(counts: Manifest.Counts, hosts: [String]? = nil) throws(ExperimentError) {
+    /// Records the end of a run: its counts, now as the end, and the hosts it finished with; with `keys`,
+    /// the identity of its inputs from every job's key, in job order (for a run that learnt its jobs as
+    /// it went), in the same write.
+    package func endRun(counts: Manifest.Counts, hosts: [String]? = nil, keys: [JobKey]? = nil) throws(ExperimentError)
+    {
         var jobs = 0
         try updateManifest { manifest in
+            if let keys {
+                manifest.inputs = JobKey.inputsIdentity(of: keys)
+                manifest.jobs = keys.count
+            }
             manifest.counts = counts
             manifest.ended = Timestamp.now()
             if let hosts { manifest.hosts = hosts }

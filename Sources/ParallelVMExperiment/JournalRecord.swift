@@ -16,11 +16,8 @@ public struct JobKey: Hashable, Sendable, Codable, CustomStringConvertible {
 
     /// The key of calling `function` with arguments already encoded with `BinaryEncoder`.
     package init(function: String, encodedArguments: [UInt8]) {
-        var hash = FNV1a64()
-        hash.combine(function)
-        hash.combine(UInt64(encodedArguments.count))
-        hash.combine(encodedArguments)
-        value = hash.value
+        var maker = JobKeyMaker()
+        self = maker.key(function: function, encodedArguments: encodedArguments)
     }
 
     /// The key of calling `function` with `arguments`, encoded with `BinaryEncoder` as the VM sends them.
@@ -44,6 +41,30 @@ public struct JobKey: Hashable, Sendable, Codable, CustomStringConvertible {
             hash.combine(key.value)
         }
         return JobKey(value: hash.value).description
+    }
+}
+
+/// Makes the keys of many jobs (``JobKey/init(function:encodedArguments:)``), hashing a function's name
+/// once for the jobs that follow with the same function, as the jobs of a chunk do.
+package struct JobKeyMaker {
+    private var function: String?
+    /// The hash after the name of `function`.
+    private var afterFunction = FNV1a64()
+
+    package init() {}
+
+    /// The key of calling `function` with arguments already encoded with `BinaryEncoder`.
+    package mutating func key(function: String, encodedArguments: [UInt8]) -> JobKey {
+        if function != self.function {
+            var hash = FNV1a64()
+            hash.combine(function)
+            afterFunction = hash
+            self.function = function
+        }
+        var hash = afterFunction
+        hash.combine(UInt64(encodedArguments.count))
+        hash.combine(encodedArguments)
+        return JobKey(value: hash.value)
     }
 }
 

@@ -109,8 +109,12 @@ package final class JournalWriter: @unchecked Sendable {
                     try JournalFormat.fileHeader.withUnsafeBytes { SystemCall.writeAll(fd, $0) }
                         .get("written", experiment: experiment, path: path, subject: "journal")
                 }
-                try SystemCall.value("fsync") { fsync(fd) }
-                    .get("synced", experiment: experiment, path: path, subject: "journal")
+                // A cut tail is synced before anything is appended after it; a new journal's header goes
+                // to the disk with the first records (see `Policy.syncInterval`).
+                if !bytes.isEmpty {
+                    try SystemCall.value("fsync") { fsync(fd) }
+                        .get("synced", experiment: experiment, path: path, subject: "journal")
+                }
             }
         } catch {
             SystemCall.close(fd)

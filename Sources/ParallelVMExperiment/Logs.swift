@@ -142,9 +142,14 @@ package final class ExperimentLog: Sendable {
         )
     }
 
-    /// "job 3 queued", or "jobs 0-99 queued as one chunk".
-    package func jobsQueued(_ indices: [Int]) throws(ExperimentError) {
-        try log(indices.count == 1 ? "job \(indices[0]) queued" : "jobs \(Self.ranges(indices)) queued as one chunk")
+    /// "job 3 queued", "jobs 0-399 queued", or "jobs 0-399 queued in chunks of 100" (jobs queued together,
+    /// sent `chunkSize` at a time).
+    package func jobsQueued(_ indices: [Int], chunkSize: Int = 1) throws(ExperimentError) {
+        guard indices.count > 1 else {
+            if let index = indices.first { try log("job \(index) queued") }
+            return
+        }
+        try log("jobs \(Self.ranges(indices)) queued" + (chunkSize > 1 ? " in chunks of \(chunkSize)" : ""))
     }
 
     /// Job indices as ranges, in the order given: `0-41, 43, 45-99`.

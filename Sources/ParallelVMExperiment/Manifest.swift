@@ -100,8 +100,10 @@ package struct Manifest: Codable, Sendable, Hashable {
         return try? JSONDecoder().decode(Manifest.self, from: Data(bytes))
     }
 
-    /// Writes the manifest into the open folder atomically: temporary file, `fsync`, rename, folder `fsync`.
-    func write(in folderFd: Int32, folder: String, experiment: String) throws(ExperimentError) {
+    /// Writes the manifest into the open folder atomically: temporary file, `fsync`, rename, folder `fsync`;
+    /// without `synced`, the rename only (atomic, but after a host crash the previous manifest may be back,
+    /// or a damaged one, which reads as none).
+    func write(in folderFd: Int32, folder: String, experiment: String, synced: Bool = true) throws(ExperimentError) {
         let path = Paths.join(folder, Self.fileName)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -125,12 +127,14 @@ package struct Manifest: Codable, Sendable, Hashable {
             defer { SystemCall.close(fd) }
             try data.withUnsafeBytes { SystemCall.writeAll(fd, $0) }
                 .get("written", experiment: experiment, path: path, subject: "manifest")
-            try SystemCall.value("fsync") { fsync(fd) }.get(
-                "synced",
-                experiment: experiment,
-                path: path,
-                subject: "manifest"
-            )
+            if synced {
+                try SystemCall.value("fsync") { fsync(fd) }.get(
+                    "synced",
+                    experiment: experiment,
+                    path: path,
+                    subject: "manifest"
+                )
+            }
         } catch {
             _ = unlinkat(folderFd, temporary, 0)
             throw error
@@ -138,6 +142,7 @@ package struct Manifest: Codable, Sendable, Hashable {
         let renamed = SystemCall.value("renameat") { renameat(folderFd, temporary, folderFd, Self.fileName) }
         if renamed.failure != nil { _ = unlinkat(folderFd, temporary, 0) }
         try renamed.get("moved into place", experiment: experiment, path: path, subject: "manifest")
+        guard synced else { return }
         try SystemCall.value("fsync") { fsync(folderFd) }.get(
             "synced",
             experiment: experiment,

@@ -61,6 +61,9 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     ///   - lookaheadInChunks: count `lookaheadPerSlot` in chunks of the chunker's size rather than in units.
     ///   - deferHandover: wake a waiting joiner only once the queue runs low (or the farm drains), so that it
     ///     takes many results at once; for a joiner that only collects or journals them.
+    ///   - keysJobs: the farm's thread makes the journal key of every job it sends in a chunk from the
+    ///     arguments it encodes for it (``FarmResult/key``), so that a journaled dispatch need not encode
+    ///     them a second time.
     ///   - deferredHandoverLimit: how long, in seconds, a deferred hand-over keeps finished jobs from a
     ///     waiting joiner at most.
     init(
@@ -74,7 +77,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         chunker: AutoChunker? = nil,
         lookaheadInChunks: Bool = false,
         deferHandover: Bool = false,
-        deferredHandoverLimit: Double = 0.02
+        deferredHandoverLimit: Double = 0.02,
+        keysJobs: Bool = false
     ) throws {
         if vm.spawner.isFinalized {
             throw VMError(.finalized, "a farm cannot start: the VM was finalized")
@@ -90,7 +94,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
             chunker: chunker,
             lookaheadInChunks: lookaheadInChunks,
             deferHandover: deferHandover,
-            deferredHandoverLimit: deferredHandoverLimit
+            deferredHandoverLimit: deferredHandoverLimit,
+            keysJobs: keysJobs
         )
         engine.start()
     }
@@ -153,8 +158,8 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     /// Queues jobs as units of `unitSize` jobs (by default, one unit: a chunk when remote) for the next
     /// free slots; returns the first job's index, or nil when the farm is stopped. `jobs` are the
     /// ``Job/storage`` of jobs of this farm's `Value`.
-    func submit(_ jobs: [FarmJob], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
-        engine.submit(jobs, arguments: arguments, unitSize: unitSize)
+    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
+        engine.submit(jobs, unitSize: unitSize)
     }
 
     /// The finished jobs waiting (at least one, waiting for one when none is), in completion order; nil
@@ -195,21 +200,30 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     }
 
     /// ``jobResult(of:index:job:)`` with what a journal keeps of it, so that journaling needs no code
-    /// generic over `Value`: the job's error when it failed, else its value's bytes (the worker's, or
-    /// encoded here for a job run in this process).
+    /// generic over `Value`: in `failure` the job's error when it failed, else in `value` its value's
+    /// bytes (the worker's, or encoded here for a job run in this process). Not a tuple: unspecialised
+    /// code looks a tuple's type up under a lock each time it makes one.
     func journaledResult(
         of result: FarmResult,
         index: Int,
-        job: Job<Value>?
-    ) throws -> (result: JobResult<Value>, failure: JobError?, value: [UInt8]) {
+        job: Job<Value>?,
+        failure: inout JobError?,
+        value: inout [UInt8]
+    ) throws -> JobResult<Value> {
         let jobResult = jobResult(of: result, index: index, job: job)
         switch jobResult.outcome {
         case .failure(let error):
-            return (jobResult, error, [])
-        case .success(let value):
-            if case .encoded(_, let bytes) = result.outcome { return (jobResult, nil, bytes) }
-            return (jobResult, nil, try BinaryEncoder.encode(value))
+            failure = error
+            value = []
+        case .success(let decoded):
+            failure = nil
+            if case .encoded(_, let bytes) = result.outcome {
+                value = bytes
+            } else {
+                value = try BinaryEncoder.encode(decoded)
+            }
         }
+        return jobResult
     }
 
     private func decode(typeName: String, bytes: [UInt8], index: Int, job: Job<Value>) -> Result<Value, JobError> {
@@ -264,6 +278,8 @@ final class FarmEngine: @unchecked Sendable {
     /// How long a deferred hand-over keeps finished jobs from a waiting joiner at most, in seconds: long
     /// jobs still reach a progress line (and a journal) promptly.
     let deferredHandoverLimit: Double
+    /// Whether the farm's thread makes the journal keys of the jobs it sends in chunks (see ``Farm``'s init).
+    let keysJobs: Bool
     private let condition = NSCondition()
     /// Counts the changes callers make that the farm's thread must look at (jobs queued, stop, kill), so
     /// that it takes the condition's lock only when something changed.
@@ -299,13 +315,15 @@ final class FarmEngine: @unchecked Sendable {
         chunker: AutoChunker?,
         lookaheadInChunks: Bool,
         deferHandover: Bool,
-        deferredHandoverLimit: Double
+        deferredHandoverLimit: Double,
+        keysJobs: Bool
     ) {
         self.vm = vm
         self.timeout = timeout
         self.retries = retries
         self.deferHandover = deferHandover
         self.deferredHandoverLimit = deferredHandoverLimit
+        self.keysJobs = keysJobs
         let workers = vm.slots() - 1
         self.isRemote = remote && vm.spawner.hasWorkers
         let slots = isRemote ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -388,11 +406,10 @@ final class FarmEngine: @unchecked Sendable {
     /// How many units of `unitSize` jobs can be submitted now, one after another (see ``hasRoom``).
     func room(unitSize: Int) -> Int { condition.withLock { queue.room(unitSize: unitSize) } }
 
-    /// Queues `jobs` as units of `unitSize` jobs (by default, one unit), with their encoded `arguments`
-    /// when the caller has them; returns the first job's index.
-    func submit(_ jobs: [FarmJob], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
+    /// Queues `jobs` as units of `unitSize` jobs (by default, one unit); returns the first job's index.
+    func submit(_ jobs: [FarmJob], unitSize: Int = Int.max) -> Int? {
         condition.withLock {
-            guard let first = queue.submit(jobs, arguments: arguments, unitSize: unitSize) else { return nil }
+            guard let first = queue.submit(jobs, unitSize: unitSize) else { return nil }
             callAttention()
             condition.signal()
             return first

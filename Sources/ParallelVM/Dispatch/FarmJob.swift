@@ -1,4 +1,5 @@
 import ParallelVMCodec
+import ParallelVMExperiment
 
 /// A job as the farm's thread sees it: what starting it takes, with no trace of the job's result type.
 ///
@@ -151,6 +152,8 @@ struct FarmResult: Sendable {
     let task: TaskID?
     /// How many times the job was started.
     var attempts = 1
+    /// The job's journal key, when the farm's thread made it (see ``FarmQueue/Element/key``).
+    var key: JobKey?
 
     init(index: Int, job: FarmJob, outcome: Outcome, host: HostID?, task: TaskID?) {
         self.index = index

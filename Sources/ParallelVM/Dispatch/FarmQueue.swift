@@ -1,3 +1,5 @@
+import ParallelVMExperiment
+
 /// The bookkeeping of a ``Farm``, with no threads and no MPI: units of jobs waiting to start, how many are
 /// in flight, finished results waiting to be joined, and when there is room for more.
 ///
@@ -10,9 +12,9 @@ struct FarmQueue<Item, Finished> {
     struct Element {
         let index: Int
         let item: Item
-        /// The item's arguments encoded already (a journaled dispatch encodes them for the job's key);
-        /// nil: encoded when the item is sent.
-        var arguments: [UInt8]? = nil
+        /// The job's journal key, made by the farm's thread from the arguments it encoded to send the
+        /// job in a chunk (a journaled dispatch's farm, see ``FarmEngine/keysJobs``); nil: not made.
+        var key: JobKey? = nil
     }
 
     typealias Unit = [Element]
@@ -102,14 +104,13 @@ struct FarmQueue<Item, Finished> {
     /// Queues `items` as units of `unitSize` jobs, the last one shorter when they do not divide evenly
     /// (or one unit each, when splitting); returns the first one's index, or nil when the farm is stopped
     /// or `items` is empty.
-    mutating func submit(_ items: [Item], arguments: [[UInt8]?]? = nil, unitSize: Int = Int.max) -> Int? {
+    mutating func submit(_ items: [Item], unitSize: Int = Int.max) -> Int? {
         guard !items.isEmpty, !stopped else { return nil }
-        precondition(arguments == nil || arguments!.count == items.count, "arguments for every item, or none")
         let first = nextIndex
         if splitsUnits || chunker != nil {
             queue.reserveCapacity(queue.count + items.count)
             for offset in items.indices {
-                queue.append([Element(index: first + offset, item: items[offset], arguments: arguments?[offset])])
+                queue.append([Element(index: first + offset, item: items[offset])])
             }
             unitsInFlight += items.count
         } else {
@@ -119,7 +120,7 @@ struct FarmQueue<Item, Finished> {
                 var unit: Unit = []
                 unit.reserveCapacity(end - start)
                 for offset in start..<end {
-                    unit.append(Element(index: first + offset, item: items[offset], arguments: arguments?[offset]))
+                    unit.append(Element(index: first + offset, item: items[offset]))
                 }
                 queue.append(unit)
                 unitsInFlight += 1

@@ -1,4 +1,5 @@
 import ParallelVMCodec
+import ParallelVMExperiment
 
 /// Runs a farm's units in worker slots, on the farm's thread: starts them as slots free up and turns the
 /// spawner's task events for them into job results. It reaches the VM through the spawner's API only.
@@ -34,10 +35,14 @@ final class RemoteExecution {
     private var lastKnownFunction: String?
     /// Whether the farm joins jobs into chunks by itself, read once.
     private let chunksAutomatically: Bool
+    /// Whether the jobs of a chunk get their journal keys here, read once (see ``FarmEngine/keysJobs``).
+    private let keysJobs: Bool
+    private var keyMaker = JobKeyMaker()
 
     init(engine: FarmEngine) {
         self.engine = engine
         self.chunksAutomatically = engine.chunksAutomatically
+        self.keysJobs = engine.keysJobs
     }
 
     func serve() {
@@ -127,12 +132,15 @@ final class RemoteExecution {
                 var jobs = ChunkWriter(capacity: 24 * sending.count)
                 var encodable: Unit = []
                 encodable.reserveCapacity(sending.count)
-                for element in sending {
+                for var element in sending {
                     do {
-                        try jobs.appendJob(
-                            function: element.item.spawnedFunction,
-                            arguments: try element.arguments ?? element.item.encode()
-                        )
+                        let arguments = try element.item.encode()
+                        try jobs.appendJob(function: element.item.spawnedFunction, arguments: arguments)
+                        // The key is of the job's own function and arguments: a job that collects
+                        // outputs runs wrapped, and its dispatch keys it.
+                        if keysJobs, element.item.spawnedFunction == element.item.function {
+                            element.key = keyMaker.key(function: element.item.function, encodedArguments: arguments)
+                        }
                         encodable.append(element)
                     } catch {
                         let reason = VMError(
@@ -293,13 +301,15 @@ final class RemoteExecution {
         task: TaskID,
         host: HostID
     ) -> FarmResult {
-        FarmResult(
+        var result = FarmResult(
             index: element.index,
             job: element.item,
             outcome: .encoded(typeName: typeName, bytes: bytes),
             host: host,
             task: task
         )
+        result.key = element.key
+        return result
     }
 
     /// The spawner failed: every running job fails, since its messages may never come.

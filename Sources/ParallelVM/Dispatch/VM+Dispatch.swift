@@ -325,7 +325,8 @@ struct DispatchRun<Value: Codable & Sendable> {
             lookaheadInChunks: batched,
             deferHandover: batched,
             // A journaled result reaches the journal's buffer within 5 ms of its arrival.
-            deferredHandoverLimit: journaled ? 0.005 : 0.02
+            deferredHandoverLimit: journaled ? 0.005 : 0.02,
+            keysJobs: journaled
         )
         self.unitSize = farm.isRemote ? (fixed ?? 1) : 1
         self.failFast = failFast

@@ -9,6 +9,11 @@ private let interruptSyncRegistered = Mutex(false)
 extension VM {
     /// `dispatch` with an experiment: reuses journaled results, journals every finished job, keeps the
     /// experiment's log and manifest, and closes the experiment however the dispatch ends.
+    ///
+    /// Jobs go to the farm as in a plain dispatch, many units at once. A job's key is made once, where its
+    /// arguments are encoded anyway: by the farm's thread for the jobs it sends in chunks (``FarmResult/key``),
+    /// when the job is taken for one that has a journal record (to compare) or collects outputs (it runs
+    /// wrapped), and else when its result comes (``journalKey(of:known:)``) or the run ends.
     nonisolated(nonsending) func dispatchJournaled<Value>(
         _ jobs: some Sequence<Job<Value>>,
         experiment: Experiment,
@@ -23,20 +28,22 @@ extension VM {
         collector: ((JobResult<Value>) async throws -> Bool)?
     ) async throws -> [JobResult<Value>] {
         let location = ExperimentLocation(experiment)
+        let count = (jobs as? any Collection)?.count
         var run = try DispatchRun(
             // Its spawn requests name the experiment, so that task processes keep the tasks' logs there.
             vm: try VM(self, experiment: location),
             remote: remote,
             chunkSize: chunkSize,
-            inputOpen: false,
+            inputOpen: true,
             failFast: failFast,
             timeout: timeout,
             retries: retries,
             collectResults: collectResults,
             collector: collector,
-            progress: ProgressLine(enabled: progress, total: (jobs as? any Collection)?.count),
+            progress: ProgressLine(enabled: progress, total: count),
             journaled: true
         )
+        if let count { run.expect(count) }
         let farm = run.farm
         var journal: RunJournal
         do {
@@ -51,124 +58,117 @@ extension VM {
             await farm.close()
             throw error
         }
+        var taken = TakenJobs()
         do {
-            // With every job known up front, the manifest names the run's inputs from the start. The jobs
-            // are taken in one pass, and the arguments encoded for the keys are kept to be sent (up to a
-            // limit): encoded once, not twice.
-            var knownJobs: [JobStorage<Value>] = []
-            var knownKeys: [JobKey]? = nil
-            var knownArguments: [[UInt8]?] = []
-            if jobs is any Collection {
-                var keys: [JobKey] = []
-                var kept = 0
-                for job in jobs {
-                    let (key, arguments) = try Self.keyed(job)
-                    knownJobs.append(job.storage)
-                    keys.append(key)
-                    if let arguments, kept + arguments.count <= Self.keptArgumentsLimit {
-                        kept += arguments.count
-                        knownArguments.append(arguments)
-                    } else {
-                        knownArguments.append(nil)
-                    }
-                }
-                knownKeys = keys
-                run.expect(keys.count)
-            }
-            try experiment.beginRun(keys: knownKeys ?? [], hosts: hosts().map(\.name))
+            try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
             try journal.log.log(
-                "run started: \(knownKeys.map { "\($0.count) jobs" } ?? "jobs produced as it goes"), "
+                "run started: \(count.map { "\($0) jobs" } ?? "jobs produced as it goes"), "
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
             )
             let unitSize = run.unitSize
             // Read once: the table does not change while the dispatch runs.
             let resume = try experiment.resumeTable()
+            // A new experiment: no job has a record to compare with.
+            let plainJobs = resume.count == 0
             var iterator = jobs.makeIterator()
-            var exhausted = false
+            var taking = true
             // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
             var jobIndexOfFarmIndex: [Int] = []
             var queuedAt: [Date] = []
-            // The farm index of the first job of each job's unit, and the unit's size: a unit's successes
-            // are logged together.
-            var unitOfFarmIndex: [(first: Int, size: Int)] = []
             // Jobs that collect outputs run wrapped; their results name the jobs as given.
             var originals: [Int: Job<Value>] = [:]
             while true {
-                while !exhausted && !farm.isStopped && farm.engine.hasRoom {
-                    var unit: [FarmJob] = []
-                    var unitArguments: [[UInt8]?] = []
+                // As many units as there is room for go to the farm at once: one lock, one wake-up.
+                var room = taking ? farm.engine.room(unitSize: unitSize) : 0
+                while room > 0 {
+                    let wanted = room * unitSize
+                    var batch: [FarmJob] = []
+                    batch.reserveCapacity(wanted)
                     var indices: [Int] = []
-                    // Only a reused result's collector can stop the farm here: `isStopped` takes the farm's lock.
-                    while unit.count < unitSize {
-                        let index = journal.keys.count
-                        let job: Job<Value>
-                        let key: JobKey
-                        let arguments: [UInt8]?
-                        if let knownKeys {
-                            guard index < knownJobs.count else {
-                                exhausted = true
-                                break
-                            }
-                            job = Job(storage: knownJobs[index])
-                            key = knownKeys[index]
-                            arguments = knownArguments[index]
-                            knownArguments[index] = nil
-                        } else {
-                            guard let next = iterator.next() else {
-                                exhausted = true
-                                break
-                            }
-                            job = next
-                            (key, arguments) = try Self.keyed(job)
+                    indices.reserveCapacity(wanted)
+                    while batch.count < wanted {
+                        guard let job = iterator.next() else {
+                            taking = false
+                            break
                         }
-                        journal.keys.append(key)
-                        if let record = resume.reusable(index: index, key: key, includeFailed: !rerunFailed) {
+                        let index = taken.count
+                        // Most jobs have no record and run as themselves: nothing to decide.
+                        if plainJobs, !job.storage.collectsOutputs {
+                            taken.append(job.storage, key: nil)
+                            batch.append(job.storage)
+                            indices.append(index)
+                            continue
+                        }
+                        let (key, record, storage) = try Self.take(
+                            job,
+                            index: index,
+                            resume: resume,
+                            includeFailed: !rerunFailed,
+                            experiment: experiment,
+                            location: location
+                        )
+                        taken.append(job.storage, key: key)
+                        if let record {
                             try journal.log.jobReused(record)
                             journal.counts.reused += 1
                             try await run.take(Self.result(from: record, job: job))
-                            if farm.isStopped { break }
-                        } else if job.storage.collectsOutputs {
-                            if let error = job.outputPatternError(in: experiment) { throw error }
-                            originals[index] = job
-                            unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
-                            unitArguments.append(nil)
-                            indices.append(index)
-                        } else {
-                            unit.append(job.storage)
-                            unitArguments.append(arguments)
-                            indices.append(index)
+                            // Only a reused result's collector can stop the farm here.
+                            if collector != nil, farm.isStopped {
+                                taking = false
+                                break
+                            }
+                            continue
                         }
+                        if job.storage.collectsOutputs { originals[index] = job }
+                        batch.append(storage)
+                        indices.append(index)
                     }
-                    guard !unit.isEmpty else { continue }
-                    guard let first = farm.submit(unit, arguments: unitArguments) else { break }
-                    jobIndexOfFarmIndex += indices
-                    queuedAt += repeatElement(Date(), count: indices.count)
-                    unitOfFarmIndex += repeatElement((first: first, size: indices.count), count: indices.count)
-                    try journal.log.jobsQueued(indices)
+                    if !batch.isEmpty {
+                        guard let first = farm.submit(batch, unitSize: unitSize) else {
+                            taking = false
+                            break
+                        }
+                        precondition(
+                            first == jobIndexOfFarmIndex.count,
+                            "a journaled dispatch is its farm's only feeder"
+                        )
+                        jobIndexOfFarmIndex += indices
+                        queuedAt += repeatElement(Date(), count: indices.count)
+                        try journal.log.jobsQueued(indices, chunkSize: unitSize)
+                    }
+                    guard taking else { break }
+                    room = farm.engine.room(unitSize: unitSize)
                 }
+                // The chunker shrinks the last chunks once it knows that no more jobs come.
+                if !taking { farm.finishInput() }
                 guard let farmResults = try await farm.joinFarmResults() else { break }
                 // Journaled together, then handed out together.
                 var results: [JobResult<Value>] = []
                 results.reserveCapacity(farmResults.count)
                 let ended = Date()
+                var failure: JobError?
+                var value: [UInt8] = []
                 for farmResult in farmResults {
                     let jobIndex = jobIndexOfFarmIndex[farmResult.index]
                     let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
-                    let (result, failure, value) = try farm.journaledResult(
+                    let result = try farm.journaledResult(
                         of: farmResult,
                         index: jobIndex,
-                        job: original
+                        job: original,
+                        failure: &failure,
+                        value: &value
                     )
+                    let key = Self.journalKey(of: farmResult, known: taken.keys[jobIndex])
+                    taken.keys[jobIndex] = key
                     try journal.add(
                         farmResult,
                         failure: failure,
                         value: value,
                         typeName: farm.valueTypeName,
                         index: jobIndex,
-                        key: journal.keys[jobIndex],
+                        key: key,
                         started: queuedAt[farmResult.index],
-                        ended: ended,
-                        unit: unitOfFarmIndex[farmResult.index]
+                        ended: ended
                     )
                     results.append(result)
                 }
@@ -176,33 +176,75 @@ extension VM {
                 try await run.take(results)
             }
         } catch {
-            try? journal.logUnfinishedUnits()
             if error is CancellationError { await farm.cancel() } else { await farm.close() }
             run.progress.finish()
-            try? journal.log.log(
-                "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
-            )
-            try? experiment.close()
+            stopJournaledRun(experiment, journal: &journal, taken: taken, error: error)
             throw error
         }
         await farm.close()
-        try endJournaledRun(experiment, journal: &journal, producedKeys: jobs is any Collection ? nil : journal.keys)
+        try endJournaledRun(experiment, journal: &journal, taken: taken)
         return try run.finish()
     }
 
-    /// Ends a journaled run that went to its end: records the keys of jobs produced as the run went (not
-    /// known when it began) in the manifest, logs the units left unfinished and the run's end with its
-    /// counts, and closes the experiment, also when one of these throws.
-    func endJournaledRun(_ experiment: Experiment, journal: inout RunJournal, producedKeys keys: [JobKey]?) throws {
-        do {
-            if let keys {
-                try experiment.updateManifest { manifest in
-                    manifest.inputs = JobKey.inputsIdentity(of: keys)
-                    manifest.jobs = keys.count
-                }
+    /// What becomes of a job a journaled dispatch takes: its key when it had to be made now (the job has
+    /// a record to compare with, or collects outputs), the record to reuse instead of running it, and
+    /// the farm job to run (wrapped to collect outputs when it does).
+    static func take<Value>(
+        _ job: Job<Value>,
+        index: Int,
+        resume: ResumeTable,
+        includeFailed: Bool,
+        experiment: Experiment,
+        location: ExperimentLocation
+    ) throws -> (key: JobKey?, record: JournalRecord?, storage: FarmJob) {
+        var key: JobKey?
+        if job.storage.collectsOutputs { key = try keyed(job) }
+        if resume.latestRecord(index: index) != nil {
+            // Arguments that cannot be encoded make the job fail when it runs, as in any dispatch.
+            if key == nil { key = try? keyed(job) }
+            if let key, let record = resume.reusable(index: index, key: key, includeFailed: includeFailed) {
+                return (key, record, job.storage)
             }
-            try journal.logUnfinishedUnits()
-            try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name))
+        }
+        guard job.storage.collectsOutputs else { return (key, nil, job.storage) }
+        if let error = job.outputPatternError(in: experiment) { throw error }
+        return (key, nil, job.bound(toIndex: index, of: experiment, at: location).storage)
+    }
+
+    /// A finished job's journal key: the one the farm's thread made, else `known`, else made here from
+    /// the job (which runs as itself: a job that collects outputs was keyed when taken).
+    static func journalKey(of result: FarmResult, known: JobKey?) -> JobKey {
+        result.key ?? known ?? journalKey(of: result.job)
+    }
+
+    /// The key of a job that runs as itself; ``JobKey/unencodable`` when its arguments cannot be encoded
+    /// (the job fails for it when it runs).
+    static func journalKey(of job: FarmJob) -> JobKey {
+        guard let arguments = try? job.encode() else { return .unencodable }
+        return JobKey(function: job.function, encodedArguments: arguments)
+    }
+
+    /// Logs how a journaled run stopped early, records the identity of its inputs, and closes the experiment.
+    func stopJournaledRun(_ experiment: Experiment, journal: inout RunJournal, taken: TakenJobs, error: any Error) {
+        try? journal.logPendingSuccesses()
+        try? journal.log.log(
+            "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
+        )
+        let keys = taken.allKeys()
+        try? experiment.updateManifest { manifest in
+            manifest.inputs = JobKey.inputsIdentity(of: keys)
+            manifest.jobs = keys.count
+        }
+        try? experiment.close()
+    }
+
+    /// Ends a journaled run that went to its end: logs it with its counts, records the identity of its
+    /// inputs (every job's key, in job order), its counts and end in the manifest, and closes the
+    /// experiment, also when one of these throws.
+    func endJournaledRun(_ experiment: Experiment, journal: inout RunJournal, taken: TakenJobs) throws {
+        do {
+            try journal.logPendingSuccesses()
+            try experiment.endRun(counts: journal.counts, hosts: hosts().map(\.name), keys: taken.allKeys())
             let counts = journal.counts
             try journal.log.log("run ended: ran \(counts.ran), reused \(counts.reused), failed \(counts.failed)")
         } catch {
@@ -227,19 +269,13 @@ extension VM {
     }
 
     /// The key a job is journaled under: its function and encoded arguments (for a job that collects
-    /// outputs, those of the job it wraps: the patterns are not part of it). With it, the encoded
-    /// arguments to send, unless the job collects outputs (its worker gets them wrapped).
-    static func keyed<Value>(_ job: Job<Value>) throws -> (key: JobKey, arguments: [UInt8]?) {
+    /// outputs, those of the job it wraps: the patterns are not part of it).
+    static func keyed<Value>(_ job: Job<Value>) throws -> JobKey {
         if job.storage.collectsOutputs, let request = job.outputRequest {
-            return (JobKey(function: request.function, encodedArguments: try request.encodedArguments()), nil)
+            return JobKey(function: request.function, encodedArguments: try request.encodedArguments())
         }
-        let arguments = try job.encodedArguments()
-        return (JobKey(function: job.function, encodedArguments: arguments), arguments)
+        return JobKey(function: job.function, encodedArguments: try job.encodedArguments())
     }
-
-    /// How many bytes of encoded arguments a journaled dispatch keeps from making the keys to sending
-    /// the jobs; past it, arguments are encoded again when sent, rather than held in memory all at once.
-    static var keptArgumentsLimit: Int { 64 << 20 }
 
     /// A journaled record given back as the job's result.
     static func result<Value>(from record: JournalRecord, job: Job<Value>) throws -> JobResult<Value> {
@@ -273,57 +309,50 @@ extension VM {
     }
 }
 
-/// What a journaled dispatch keeps: the keys of the jobs taken so far, the counts, the experiment's log.
+/// The jobs a journaled dispatch took, by index, with their keys as far as they are made (see
+/// ``VM/journalKey(of:known:)``): the jobs are kept to make the others when the run ends.
+struct TakenJobs {
+    private(set) var jobs: [FarmJob] = []
+    var keys: [JobKey?] = []
+
+    var count: Int { jobs.count }
+
+    mutating func append(_ job: FarmJob, key: JobKey?) {
+        jobs.append(job)
+        keys.append(key)
+    }
+
+    /// Every job's key, in job order, made now for the jobs that did not run (the run stopped first).
+    func allKeys() -> [JobKey] {
+        keys.indices.map { keys[$0] ?? VM.journalKey(of: jobs[$0]) }
+    }
+}
+
+extension JobKey {
+    /// The key of a job whose arguments cannot be encoded (it fails when it runs): no job that can run has it.
+    static var unencodable: JobKey { JobKey(value: 0) }
+}
+
+/// What a journaled dispatch keeps: the counts, the experiment's log and journal, the records added and
+/// not yet committed, and the successes not yet logged.
 struct RunJournal {
     let experiment: Experiment
     let log: ExperimentLog
     let writer: JournalWriter
     /// The host named in the records of jobs run in this process.
     let localHost: String
-    var keys: [JobKey] = []
     var counts = Manifest.Counts()
-    /// Units (a job, or a chunk run as one task) with results still to come, by their number: their
-    /// successes are logged in one line once every job of the unit is in (a line per job cost a dispatch
-    /// of tiny jobs more than the jobs did); failures are logged as they come.
-    private var pendingUnits: [Int: PendingUnit] = [:]
-    /// The unit whose results came last, out of `pendingUnits`.
-    private var current: PendingUnit?
+    /// Successes of one task that came one after another (the jobs of a chunk come together), logged in
+    /// one line when another task's result comes or the batch is committed: a line per job cost a
+    /// dispatch of tiny jobs more than the jobs did.
+    private var successes: Successes?
 
-    /// A class, so that counting a result in it changes it in place (as an optional struct it was copied,
-    /// with its array of indices, for every job).
-    private final class PendingUnit {
-        let unit: Int
-        var remaining: Int
-        var succeeded: [Int] = []
-        var last: LastSuccess?
-
-        init(unit: Int, remaining: Int) {
-            self.unit = unit
-            self.remaining = remaining
-        }
-    }
-
-    /// What the log line of a unit's successes says of them, from the last one.
-    private struct LastSuccess {
-        let index: Int
-        let attempts: Int
-        let host: String
-        let task: String
-        let started: Date
-        let ended: Date
-
-        var record: JournalRecord {
-            JournalRecord(
-                index: index,
-                key: JobKey(value: 0),
-                outcome: .success(typeName: "", value: []),
-                attempts: attempts,
-                host: host,
-                task: task,
-                started: started,
-                ended: ended
-            )
-        }
+    /// The successes of ``successes``: the jobs, and what the line says of them, from the first one (the
+    /// jobs of a chunk share their host, times and attempt).
+    private struct Successes {
+        let task: TaskID
+        var indices: [Int]
+        var last: JournalRecord
     }
 
     /// Results added and not yet committed.
@@ -348,30 +377,20 @@ struct RunJournal {
         return name
     }
 
-    /// Logs the successes of units that will not complete (the dispatch stopped, or is ending).
-    mutating func logUnfinishedUnits() throws {
-        if let current {
-            pendingUnits[current.unit] = current
-            self.current = nil
-        }
-        let units = pendingUnits
-        pendingUnits = [:]
-        for (_, unit) in units.sorted(by: { $0.key < $1.key }) { try logSuccesses(of: unit) }
-    }
-
-    private func logSuccesses(of unit: PendingUnit) throws {
-        guard let last = unit.last?.record else { return }
-        if unit.succeeded.count == 1 {
-            try log.jobFinished(last)
+    /// Logs the successes gathered and not yet logged.
+    mutating func logPendingSuccesses() throws {
+        guard let pending = successes else { return }
+        successes = nil
+        if pending.indices.count == 1 {
+            try log.jobFinished(pending.last)
         } else {
-            try log.jobsFinished(unit.succeeded, like: last)
+            try log.jobsFinished(pending.indices, like: pending.last)
         }
     }
 
-    /// Adds a finished job to the batch that ``commit()`` journals, and counts and logs it: `failure` is
-    /// its error when it failed, else `value` its value's bytes, of the type `typeName`; `index` its index
-    /// in the dispatch; `unit` its unit (a job, or a chunk run as one task: the farm index of its first
-    /// job) and the unit's size. Not generic, so that it runs specialised code for any result type.
+    /// Adds a finished job to the batch that ``commit(writing:)`` journals, and counts and logs it:
+    /// `failure` is its error when it failed, else `value` its value's bytes, of the type `typeName`;
+    /// `index` its index in the dispatch. Not generic, so that it runs specialised code for any result type.
     mutating func add(
         _ result: FarmResult,
         failure: JobError?,
@@ -380,11 +399,11 @@ struct RunJournal {
         index: Int,
         key: JobKey,
         started: Date,
-        ended: Date,
-        unit: (first: Int, size: Int)
+        ended: Date
     ) throws {
         let host = result.host?.name ?? localHost
         let task = taskName(result.task)
+        counts.ran += 1
         if let failure {
             let record = JournalRecord(
                 index: index,
@@ -398,56 +417,51 @@ struct RunJournal {
             )
             guard batch.add(record) else { throw writer.refusal(ofJob: index) }
             counts.failed += 1
+            try logPendingSuccesses()
             try log.jobFinished(record)
-        } else {
-            guard
-                batch.addSuccess(
-                    index: index,
-                    key: key,
-                    attempts: result.attempts,
-                    typeName: typeName,
-                    value: value,
-                    host: host,
-                    task: task,
-                    started: started,
-                    ended: ended
-                )
-            else { throw writer.refusal(ofJob: index) }
+            return
         }
-        counts.ran += 1
-        // The results of a unit come together: its entry is kept out of the table meanwhile.
-        let pending: PendingUnit
-        if let current, current.unit == unit.first {
-            pending = current
-        } else {
-            if let current { pendingUnits[current.unit] = current }
-            pending =
-                pendingUnits.removeValue(forKey: unit.first) ?? PendingUnit(unit: unit.first, remaining: unit.size)
-            current = pending
-        }
-        pending.remaining -= 1
-        if failure == nil {
-            pending.succeeded.append(index)
-            pending.last = LastSuccess(
+        guard
+            batch.addSuccess(
                 index: index,
+                key: key,
                 attempts: result.attempts,
+                typeName: typeName,
+                value: value,
                 host: host,
                 task: task,
                 started: started,
                 ended: ended
             )
+        else { throw writer.refusal(ofJob: index) }
+        if let running = result.task, successes?.task == running {
+            successes!.indices.append(index)
+            return
         }
-        if pending.remaining == 0 {
-            current = nil
-            try logSuccesses(of: pending)
+        try logPendingSuccesses()
+        let last = JournalRecord(
+            index: index,
+            key: key,
+            outcome: .success(typeName: "", value: []),
+            attempts: result.attempts,
+            host: host,
+            task: task,
+            started: started,
+            ended: ended
+        )
+        guard let running = result.task else {
+            try log.jobFinished(last)
+            return
         }
+        successes = Successes(task: running, indices: [index], last: last)
     }
 
-    /// Journals what ``add(_:failure:value:typeName:index:key:started:ended:unit:)`` gathered, under one
-    /// lock of the writer: it reaches the file within the writer's flush interval, or before this returns
-    /// with `writing` (before a collector sees the results, so that what it reports done survives a kill
-    /// of the process).
+    /// Journals what ``add(_:failure:value:typeName:index:key:started:ended:)`` gathered, under one lock
+    /// of the writer, and logs the successes not yet logged: it reaches the file within the writer's
+    /// flush interval, or before this returns with `writing` (before a collector sees the results, so
+    /// that what it reports done survives a kill of the process).
     mutating func commit(writing: Bool) throws {
+        try logPendingSuccesses()
         guard !batch.isEmpty else { return }
         // Handed over whole, not shared: sealing it in the writer then copies nothing.
         let taken = batch

@@ -56,7 +56,15 @@ extension VM {
             await farm.close()
             throw error
         }
-        let feed = JournaledFeed<Value>()
+        let feed: JournaledFeed<Value>
+        do {
+            // Read once: the table does not change while the dispatch runs.
+            feed = JournaledFeed<Value>(resume: try experiment.resumeTable())
+        } catch {
+            try? experiment.close()
+            await farm.close()
+            throw error
+        }
         let unitSize = run.unitSize
         let handover = JobsHandover(value: jobs)
         let log = journal.log
@@ -101,10 +109,18 @@ extension VM {
                             // Journaled together, then handed out together.
                             var results: [JobResult<Value>] = []
                             let ended = Date()
+                            var failure: JobError?
+                            var value: [UInt8] = []
+                            var started = ended
+                            var key = JobKey.unencodable
                             for farmResult in farmResults {
-                                let (result, failure, value, started, unit) = try feed.journaledResult(
+                                let result = try feed.journaledResult(
                                     for: farmResult,
-                                    of: farm
+                                    of: farm,
+                                    failure: &failure,
+                                    value: &value,
+                                    started: &started,
+                                    key: &key
                                 )
                                 try journal.add(
                                     farmResult,
@@ -112,10 +128,9 @@ extension VM {
                                     value: value,
                                     typeName: farm.valueTypeName,
                                     index: result.index,
-                                    key: feed.key(of: result.index),
+                                    key: key,
                                     started: started,
-                                    ended: ended,
-                                    unit: unit
+                                    ended: ended
                                 )
                                 results.append(result)
                             }
@@ -140,15 +155,11 @@ extension VM {
             }
         } catch {
             run.progress.finish()
-            try? journal.logUnfinishedUnits()
-            try? journal.log.log(
-                "run stopped after \(journal.counts.ran) jobs ran and \(journal.counts.reused) were reused: \(error)"
-            )
-            try? experiment.close()
+            stopJournaledRun(experiment, journal: &journal, taken: feed.taken, error: error)
             throw error
         }
         await farm.close()
-        try endJournaledRun(experiment, journal: &journal, producedKeys: feed.keys)
+        try endJournaledRun(experiment, journal: &journal, taken: feed.taken)
         return try run.finish()
     }
 }
@@ -161,9 +172,9 @@ private struct JobsHandover<Jobs>: @unchecked Sendable {
     let value: Jobs
 }
 
-/// What the feeder of a journaled `AsyncSequence` dispatch shares with the task that journals: the key of
-/// every job taken, and for every job submitted to the farm its index in the sequence and when it was
-/// queued (the farm numbers only the jobs it runs).
+/// What the feeder of a journaled `AsyncSequence` dispatch shares with the task that journals: every job
+/// taken with its key as far as it is made, and for every job submitted to the farm its index in the
+/// sequence and when it was queued (the farm numbers only the jobs it runs).
 private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
     enum Event: Sendable {
         /// A job's result read back from the journal.
@@ -173,36 +184,44 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
     }
 
     private struct State {
-        var keys: [JobKey] = []
+        var taken = TakenJobs()
         var jobIndexOfFarmIndex: [Int: Int] = [:]
         var queuedAt: [Int: Date] = [:]
-        /// The farm index of the first job of each job's unit, and the unit's size.
-        var unitOfFarmIndex: [Int: (first: Int, size: Int)] = [:]
         /// Jobs that collect outputs run bound to their index; results name the jobs as given.
         var originals: [Int: Job<Value>] = [:]
     }
 
     private let state = Mutex(State())
+    /// The journal's records when the experiment was opened.
+    private let resume: ResumeTable
 
-    var keys: [JobKey] { state.withLock { $0.keys } }
+    init(resume: ResumeTable) { self.resume = resume }
 
-    func key(of index: Int) -> JobKey { state.withLock { $0.keys[index] } }
+    var taken: TakenJobs { state.withLock { $0.taken } }
 
     /// The farm's result as the result of its job in the sequence (decoded here, outside the lock) with
-    /// what the journal keeps of it (see ``Farm/journaledResult(of:index:job:)``), when that job was
-    /// queued, and its unit.
+    /// what the journal keeps of it (see ``Farm/journaledResult(of:index:job:failure:value:)``), when
+    /// that job was queued, and its key.
     func journaledResult(
         for farmResult: FarmResult,
-        of farm: Farm<Value>
-    ) throws -> (JobResult<Value>, JobError?, [UInt8], Date, (first: Int, size: Int)) {
-        let (index, original, started, unit) = state.withLock { state in
+        of farm: Farm<Value>,
+        failure: inout JobError?,
+        value: inout [UInt8],
+        started: inout Date,
+        key: inout JobKey
+    ) throws -> JobResult<Value> {
+        var original: Job<Value>?
+        var known: JobKey?
+        let index = state.withLock { state in
             let index = state.jobIndexOfFarmIndex.removeValue(forKey: farmResult.index)!
-            let started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
-            let unit = state.unitOfFarmIndex.removeValue(forKey: farmResult.index) ?? (farmResult.index, 1)
-            return (index, state.originals.removeValue(forKey: index), started, unit)
+            started = state.queuedAt.removeValue(forKey: farmResult.index) ?? Date()
+            original = state.originals.removeValue(forKey: index)
+            known = state.taken.keys[index]
+            return index
         }
-        let (result, failure, value) = try farm.journaledResult(of: farmResult, index: index, job: original)
-        return (result, failure, value, started, unit)
+        key = VM.journalKey(of: farmResult, known: known)
+        if known == nil { state.withLock { [key] in $0.taken.keys[index] = key } }
+        return try farm.journaledResult(of: farmResult, index: index, job: original, failure: &failure, value: &value)
     }
 
     /// Takes jobs while the farm has room: a journaled one becomes a `.reused` event, the others go to the
@@ -223,7 +242,6 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
             try await farm.waitForFreeSlot()
             if farm.isStopped { return }
             var unit: [FarmJob] = []
-            var unitArguments: [[UInt8]?] = []
             var indices: [Int] = []
             while unit.count < unitSize {
                 guard let job = try await iterator.next() else {
@@ -231,40 +249,41 @@ private final class JournaledFeed<Value: Codable & Sendable>: Sendable {
                     break
                 }
                 if farm.isStopped { return }
-                let (key, arguments) = try VM.keyed(job)
-                let index = state.withLock { state in
-                    state.keys.append(key)
-                    return state.keys.count - 1
+                let index = state.withLock { $0.taken.count }
+                let (key, record, storage) = try VM.take(
+                    job,
+                    index: index,
+                    resume: resume,
+                    includeFailed: !rerunFailed,
+                    experiment: experiment,
+                    location: location
+                )
+                state.withLock { state in
+                    state.taken.append(job.storage, key: key)
+                    if record == nil, job.storage.collectsOutputs { state.originals[index] = job }
                 }
-                if let record = try experiment.reusable(index: index, key: key, includeFailed: !rerunFailed) {
+                if let record {
                     try log.jobReused(record)
                     events.yield(.reused(try VM.result(from: record, job: job)))
                     continue
                 }
-                if !job.outputs.isEmpty {
-                    if let error = job.outputPatternError(in: experiment) { throw error }
-                    state.withLock { $0.originals[index] = job }
-                }
-                unit.append(job.bound(toIndex: index, of: experiment, at: location).storage)
-                // A job that collects outputs sends its arguments wrapped: `keyed` kept none of it.
-                unitArguments.append(arguments)
+                unit.append(storage)
                 indices.append(index)
             }
             guard !unit.isEmpty else { continue }
             // Recorded under the lock that the journaling task takes to look a result up, so that a result
             // can never arrive before its job's numbers.
             let submitted = state.withLock { state -> Bool in
-                guard let first = farm.submit(unit, arguments: unitArguments) else { return false }
+                guard let first = farm.submit(unit) else { return false }
                 let now = Date()
                 for (offset, index) in indices.enumerated() {
                     state.jobIndexOfFarmIndex[first + offset] = index
                     state.queuedAt[first + offset] = now
-                    state.unitOfFarmIndex[first + offset] = (first, indices.count)
                 }
                 return true
             }
             guard submitted else { return }
-            try log.jobsQueued(indices)
+            try log.jobsQueued(indices, chunkSize: unitSize)
         }
     }
 }
