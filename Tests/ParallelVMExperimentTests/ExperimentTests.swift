@@ -82,6 +82,19 @@ struct ExperimentTests {
         try experiment.close()
     }
 
+    @Test("the farm's key maker gives every job the key it would have alone, across changes of function")
+    func keyMakerMatchesSingleKeys() throws {
+        var maker = JobKeyMaker()
+        let jobs: [(String, [UInt8])] = [
+            ("double", try BinaryEncoder.encode(3)), ("double", try BinaryEncoder.encode(4)),
+            ("triple", try BinaryEncoder.encode(3)), ("double", try BinaryEncoder.encode(3)),
+            ("", []), ("double", []),
+        ]
+        let made = jobs.map { maker.key(function: $0.0, encodedArguments: $0.1) }
+        #expect(made == jobs.map { JobKey(function: $0.0, encodedArguments: $0.1) })
+        #expect(made[0] == made[3] && made[0] != made[1] && made[0] != made[2] && made[4] != made[5])
+    }
+
     @Test("resume: same key reused, changed key runs again, failures only when asked, last record wins")
     func resumeTable() throws {
         let key = JobKey(function: "double", encodedArguments: try BinaryEncoder.encode(3))
