@@ -39,8 +39,13 @@ extension LocalStorageRoot {
     /// running task or a live worker's persistent folder; the report says by whom) and a mount point
     /// inside (with everything below it). Links are removed, never followed, and nothing outside
     /// `userFolder` is touched.
-    package func clear() -> ClearReport {
-        removeGroups { _, _ in true }
+    ///
+    /// Ranks of one host may clear at the same time, each finding the folders the others are removing in
+    /// use; the per-user folder is therefore tried last by each, and the last to finish removes it.
+    /// - Parameter beforeRemovingUserFolder: runs after the groups are removed and before the per-user
+    ///   folder is; tests use it to stand for another process of this host finishing its part meanwhile.
+    package func clear(beforeRemovingUserFolder: () -> Void = {}) -> ClearReport {
+        removeGroups(beforeRemovingUserFolder: beforeRemovingUserFolder) { _, _ in true }
     }
 
     /// Removes the folders (and staging folders) in this user's storage whose maker is provably gone,
@@ -67,6 +72,7 @@ extension LocalStorageRoot {
     /// Removes the groups `shouldRemove` accepts, each only while holding its lease.
     private func removeGroups(
         removingUserFolder: Bool = true,
+        beforeRemovingUserFolder: () -> Void = {},
         _ shouldRemove: (FolderGroup, Int32?) -> Bool
     ) -> ClearReport {
         var report = ClearReport(host: PathUtil.hostName())
@@ -115,13 +121,18 @@ extension LocalStorageRoot {
         for group in FolderGroup.grouping(names) {
             removeGroup(group, in: userFd, report: &report, shouldRemove)
         }
-        if removingUserFolder && report.failures.isEmpty {
-            let removed = SystemCall.value("unlinkat") { unlinkat(rootFd, userFolderName, AT_REMOVEDIR) }
-            if let failure = removed.failure, failure.errno != ENOENT {
-                report.failures[userFolder] = failure.errno == EBUSY ? TreeRemover.mountPointReason : failure.text
-            } else {
-                report.removed.append(userFolder)
-            }
+        guard removingUserFolder else { return report }
+        beforeRemovingUserFolder()
+        // Tried even when something stayed: what stayed may have been removed meanwhile by the process
+        // that was using it. If the folder is still not empty, the failures above already say why.
+        let removed = SystemCall.value("unlinkat") { unlinkat(rootFd, userFolderName, AT_REMOVEDIR) }
+        guard let failure = removed.failure, failure.errno != ENOENT else {
+            report.removed.append(userFolder)
+            return report
+        }
+        let notEmpty = failure.errno == ENOTEMPTY || failure.errno == EEXIST
+        if !(notEmpty && !report.failures.isEmpty) {
+            report.failures[userFolder] = failure.errno == EBUSY ? TreeRemover.mountPointReason : failure.text
         }
         return report
     }

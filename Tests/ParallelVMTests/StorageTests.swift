@@ -965,6 +965,33 @@ private func deadPID() throws -> Int32 {
         #expect(entries(root.userFolder).isEmpty)
     }
 
+    @Test func theLastOfTwoClearersRemovesTheUserFolder() throws {
+        // Two ranks of a host clear at once: this one finds the other's folder in use, and the other
+        // removes it and tries the user folder before this one is done. This one must remove it then.
+        let s = try Scratch()
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let p = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            holder: "task 1:8",
+            options: workerOptions()
+        )
+        let folder = try #require(p.folder)
+        var cleaned = false
+        let report = root.clear(beforeRemovingUserFolder: {
+            cleaned = (try? p.cleanup()) != nil
+        })
+        #expect(cleaned)
+        #expect(report.failures[folder]?.hasPrefix("is in use by task 1:8") == true, "\(report)")
+        #expect(report.failures[root.userFolder] == nil, "\(report)")
+        #expect(report.removed.contains(root.userFolder), "\(report)")
+        #expect(!exists(root.userFolder))
+    }
+
     @Test func aLeaseHeldByAnotherProcessProtectsTheFolderUntilThatProcessDies() throws {
         let s = try Scratch()
         let (m, req) = try source(s)
