@@ -33,14 +33,22 @@ public struct JobKey: Hashable, Sendable, Codable, CustomStringConvertible {
 
     /// The identity of a whole list of inputs: a hash over every (index, key) in order, in hexadecimal.
     /// Two runs with the same jobs in the same order have the same identity.
+    /// Words, not bytes, go into it (a run of many tiny jobs ends with this pass over all their keys),
+    /// each through a 64-bit mixer, so that it depends on every bit and on the order.
     package static func inputsIdentity(of keys: [JobKey]) -> String {
-        var hash = FNV1a64()
-        hash.combine(UInt64(keys.count))
-        for (index, key) in keys.enumerated() {
-            hash.combine(UInt64(index))
-            hash.combine(key.value)
+        var hash = mixed(UInt64(keys.count))
+        for index in keys.indices {
+            hash = (hash ^ mixed(UInt64(index) &+ 0x9E37_79B9_7F4A_7C15 &* keys[index].value)) &* 0x0000_0100_0000_01b3
         }
-        return JobKey(value: hash.value).description
+        return JobKey(value: mixed(hash)).description
+    }
+
+    /// The finaliser of splitmix64: every input bit changes about half the output bits.
+    private static func mixed(_ word: UInt64) -> UInt64 {
+        var z = word
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

@@ -182,17 +182,32 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
     /// type or cannot be decoded). `index` and `job` replace the farm's index and the job it ran (a
     /// journaled dispatch numbers its jobs by itself, and runs wrapped copies of some).
     func jobResult(of result: FarmResult, index: Int? = nil, job: Job<Value>? = nil) -> JobResult<Value> {
+        var failure: JobError?
+        return jobResult(of: result, index: index, job: job, failure: &failure)
+    }
+
+    /// ``jobResult(of:index:job:)`` that also leaves the job's error in `failure` when it failed (and
+    /// does not touch it otherwise), set where the error is made: a caller then needs no switch over the
+    /// generic outcome, which unspecialised code pays for with a metadata lookup per job.
+    private func jobResult(
+        of result: FarmResult,
+        index: Int?,
+        job: Job<Value>?,
+        failure: inout JobError?
+    ) -> JobResult<Value> {
         let index = index ?? result.index
         // Only this farm's callers submit its jobs, all of them a `Job<Value>`'s storage.
         let job = job ?? Job(storage: unsafeDowncast(result.job, to: JobStorage<Value>.self))
         let outcome: Result<Value, JobError>
         switch result.outcome {
         case .encoded(let typeName, let bytes):
-            outcome = decode(typeName: typeName, bytes: bytes, index: index, job: job)
+            outcome = decode(typeName: typeName, bytes: bytes, index: index, job: job, failure: &failure)
         case .value(let value):
             outcome = .success(value as! Value)
         case .failure(let code, let error):
-            outcome = .failure(JobError(code, index: index, job: job, underlying: error))
+            let made = JobError(code, index: index, job: job, underlying: error)
+            failure = made
+            outcome = .failure(made)
         }
         var jobResult = JobResult(index: index, job: job, outcome: outcome, host: result.host, task: result.task)
         jobResult.attempts = result.attempts
@@ -210,29 +225,35 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         failure: inout JobError?,
         value: inout [UInt8]
     ) throws -> JobResult<Value> {
-        let jobResult = jobResult(of: result, index: index, job: job)
-        switch jobResult.outcome {
-        case .failure(let error):
-            failure = error
+        failure = nil
+        let jobResult = jobResult(of: result, index: index, job: job, failure: &failure)
+        guard failure == nil else {
             value = []
-        case .success(let decoded):
-            failure = nil
-            if case .encoded(_, let bytes) = result.outcome {
-                value = bytes
-            } else {
-                value = try BinaryEncoder.encode(decoded)
-            }
+            return jobResult
+        }
+        switch result.outcome {
+        case .encoded(_, let bytes): value = bytes
+        case .value(let local): value = try BinaryEncoder.encode(local as! Value)
+        case .failure: value = []
         }
         return jobResult
     }
 
-    private func decode(typeName: String, bytes: [UInt8], index: Int, job: Job<Value>) -> Result<Value, JobError> {
+    private func decode(
+        typeName: String,
+        bytes: [UInt8],
+        index: Int,
+        job: Job<Value>,
+        failure: inout JobError?
+    ) -> Result<Value, JobError> {
         guard typeName == valueTypeName else {
             let error = VMError(
                 .typeMismatch,
                 "the result of '\(job.function)' is a \(typeName), not a \(valueTypeName)"
             )
-            return .failure(JobError(.encoding, index: index, job: job, underlying: error))
+            let made = JobError(.encoding, index: index, job: job, underlying: error)
+            failure = made
+            return .failure(made)
         }
         do {
             return .success(try BinaryDecoder.decode(Value.self, from: bytes))
@@ -242,7 +263,9 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
                 "the result of '\(job.function)' could not be decoded as \(valueTypeName): \(error)",
                 underlying: error
             )
-            return .failure(JobError(.encoding, index: index, job: job, underlying: reason))
+            let made = JobError(.encoding, index: index, job: job, underlying: reason)
+            failure = made
+            return .failure(made)
         }
     }
 
