@@ -163,6 +163,27 @@ public struct JobResult<Value: Codable & Sendable>: Sendable {
     /// earlier run with the same index, function and arguments).
     public internal(set) var reused: Bool = false
 
+    /// Always inlined: a farm makes one per job in code generic over `Value`, where a call of its own
+    /// would look the result's type metadata up again for every job.
+    @inline(__always)
+    init(
+        index: Int,
+        job: Job<Value>,
+        outcome: Result<Value, JobError>,
+        host: HostID?,
+        task: TaskID?,
+        attempts: Int = 1,
+        reused: Bool = false
+    ) {
+        self.index = index
+        self.job = job
+        self.outcome = outcome
+        self.host = host
+        self.task = task
+        self.attempts = attempts
+        self.reused = reused
+    }
+
     /// The job's ``Job/extra`` data.
     public var extra: (any Sendable)? { job.extra }
 
