@@ -896,6 +896,22 @@ private func deadPID() throws -> Int32 {
         return (m, req)
     }
 
+    /// The storage of a task running now as `holder` (its lease held), under a fresh local root.
+    private func runningTaskStorage(_ s: Scratch, holder: String) throws -> (LocalStorageRoot, PreparedStorage) {
+        let (m, req) = try source(s)
+        let root = try localRoot(s)
+        var served = PersistentFolders()
+        let prepared = try TaskStorage.prepare(
+            req,
+            mirrored: m,
+            root: root,
+            servedBefore: &served,
+            holder: holder,
+            options: workerOptions()
+        )
+        return (root, prepared)
+    }
+
     @Test func clearAndCleanupLeaveABindMountInsideAlone() throws {
         let s = try Scratch()
         try s.file("outside/precious.txt", "keep")
@@ -940,17 +956,7 @@ private func deadPID() throws -> Int32 {
 
     @Test func aRunningTasksFolderSurvivesClearAndSaysWhoUsesIt() throws {
         let s = try Scratch()
-        let (m, req) = try source(s)
-        let root = try localRoot(s)
-        var served = PersistentFolders()
-        let p = try TaskStorage.prepare(
-            req,
-            mirrored: m,
-            root: root,
-            servedBefore: &served,
-            holder: "task 1:7",
-            options: workerOptions()
-        )
+        let (root, p) = try runningTaskStorage(s, holder: "task 1:7")
         let folder = try #require(p.folder)
         let report = root.clear()
         #expect(
@@ -969,17 +975,7 @@ private func deadPID() throws -> Int32 {
         // Two ranks of a host clear at once: this one finds the other's folder in use, and the other
         // removes it and tries the user folder before this one is done. This one must remove it then.
         let s = try Scratch()
-        let (m, req) = try source(s)
-        let root = try localRoot(s)
-        var served = PersistentFolders()
-        let p = try TaskStorage.prepare(
-            req,
-            mirrored: m,
-            root: root,
-            servedBefore: &served,
-            holder: "task 1:8",
-            options: workerOptions()
-        )
+        let (root, p) = try runningTaskStorage(s, holder: "task 1:8")
         let folder = try #require(p.folder)
         var cleaned = false
         let report = root.clear(beforeRemovingUserFolder: {
