@@ -39,7 +39,9 @@ let package = Package(
             dependencies: ["ParallelVMCodec", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Task processes: spawning, supervising and killing a child, and the framed socket between them. No MPI.
-        .target(name: "ParallelVMProcess"),
+        // A ring of frames in memory shared by a worker rank and its task process (C for its atomics).
+        .target(name: "CSharedRing"),
+        .target(name: "ParallelVMProcess", dependencies: ["CSharedRing"]),
         // Experiments: a named folder with a results journal, logs, a manifest and collected outputs. No MPI.
         .target(name: "ParallelVMExperiment", dependencies: ["ParallelVMCodec", "ParallelVMStorage"]),
         // The virtual machine: spawner, workers, messages, dispatcher.

@@ -12,6 +12,9 @@
 #
 # How each ratio is formed (every figure is first the median over the rounds):
 #   ratio: Swift figure / C figure of the row's reference (for tasks_*: the C task farm, same workers).
+#   c_taskfarm_hop_*: the C task farm whose workers run each task in a child process of their own, passed
+#     over a socket pair (spin) or through shared memory (shm), over the plain C task farm: what two more
+#     process crossings per task cost on this machine with nothing else in the way.
 #   vs base (isolated rows): isolated figure / in-process figure of the same kind and workers,
 #     e.g. tasks_spawn_isolated_w2 / tasks_spawn_w2. The targets: at least 0.5 without chunks (isolation
 #     costs at most half the in-process rate), at least 0.9 with chunks of 100 (at most 10%).
@@ -57,7 +60,7 @@ echo "building vm-bench (release) and the C references..." >&2
 swift build --scratch-path "$scratch" -c release --product vm-bench >&2
 swift_bin="$root/$scratch/release/vm-bench"
 mkdir -p bench/c/bin
-for program in pingpong taskfarm idle; do
+for program in pingpong taskfarm taskfarm_hop idle; do
   mpicc -O2 -Wall -o "bench/c/bin/$program" "bench/c/$program.c"
 done
 
@@ -134,6 +137,8 @@ for round in $(seq 1 "$rounds"); do
   if [ "$peers" = 1 ]; then record peer "" python_peer -n 2 "$venv/bin/python" bench/peers/mpi4py_pingpong.py; fi
   for ranks in 2 3; do
     record ref "" mpi -n "$ranks" bench/c/bin/taskfarm $((tasks * 20))
+    # The same C farm with each task passed to a child process: over a socket pair, and through shared memory.
+    for hop in spin shm; do record ref "" mpi -n "$ranks" bench/c/bin/taskfarm_hop $((tasks * 4)) "$hop"; done
     record swift "" mpi -n "$ranks" -x PARALLELVM_WAIT= -x BENCH_ISOLATION=inProcess "$swift_bin" tasks "$tasks"
     # With one worker spawnFunction and the dispatcher without chunks are measured isolated; with two, every kind.
     if [ "$ranks" = 2 ]; then kinds=(spawn dispatch); else kinds=(spawn dispatch dispatch_auto dispatch_chunked); fi
@@ -203,6 +208,11 @@ for kind, workers in (("spawn", 1), ("dispatch", 1), ("spawn", 2), ("dispatch", 
     rows.append((f"tasks_{kind}_isolated_w{workers}", "tasks/s", swift.get(f"tasks_{kind}_isolated_w{workers}"),
                  ref.get(f"tasks_w{workers}"), f"C task farm; in-process: tasks_{kind}_w{workers}, target >= {target}",
                  swift.get(f"tasks_{kind}_w{workers}"), target, "inprocess"))
+# The floor under the isolated rows: C whose workers pass each task to a child process (a C figure over a C figure).
+for hop, how in (("spin", "over a socket pair"), ("shm", "through shared memory")):
+    for workers in (1, 2):
+        rows.append((f"c_taskfarm_hop_{hop}_w{workers}", "tasks/s", ref.get(f"tasks_hop_{hop}_w{workers}"),
+                     ref.get(f"tasks_w{workers}"), f"C task farm; C with a child process per worker, {how}"))
 # Journaling, against the C task farm and against the same dispatch without a journal (measured alternately).
 rows.append(("tasks_dispatch_chunked_journal_w2", "tasks/s", swift.get("tasks_dispatch_chunked_journal_w2"),
              ref.get("tasks_w2"), "C task farm; no journal: tasks_dispatch_chunked_nojournal_w2, target >= 0.9",

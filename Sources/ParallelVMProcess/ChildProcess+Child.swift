@@ -14,6 +14,7 @@ extension ChildProcess {
     /// - applies the memory limit in `memoryLimitVariable` as `RLIMIT_AS` (`posix_spawn` cannot set limits);
     /// - marks the channel close-on-exec, so programs the task starts do not hold it open after the task
     ///   process dies (which would hide its death from the supervisor);
+    /// - maps the memory of the channel's rings named by `sharedMemoryVariable`, when there is one;
     /// - removes these variables, so that a copy of the program the task starts is not taken for a task process.
     ///
     /// - Throws: `badEnvironment` if the variable does not name a socket descriptor.
@@ -40,8 +41,19 @@ extension ChildProcess {
             throw ProcessError(.badEnvironment, "\(channelVariable)=\(value) is not an open socket")
         }
         try checked("fcntl(F_SETFD)", "could not make the channel close-on-exec") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        for variable in [channelVariable, parentProcessVariable, memoryLimitVariable] { unsetenv(variable) }
-        return MessageChannel(adopting: fd)
+        var rings: SharedRings?
+        if let memoryText = getenv(sharedMemoryVariable).map({ String(cString: $0) }) {
+            guard let memory = Int32(memoryText), memory >= 0 else {
+                throw ProcessError(.badEnvironment, "\(sharedMemoryVariable)=\(memoryText) is not a descriptor number")
+            }
+            rings = try SharedRings(mapping: memory, supervisorEnd: false)
+            // The mapping stays; the descriptor must not reach what the task starts.
+            closeDescriptor(memory)
+        }
+        for variable in [channelVariable, parentProcessVariable, memoryLimitVariable, sharedMemoryVariable] {
+            unsetenv(variable)
+        }
+        return rings.map { MessageChannel(adopting: fd, rings: $0) } ?? MessageChannel(adopting: fd)
     }
 
     /// Lowers `RLIMIT_AS` (soft and hard, so the task cannot raise it again) to `limit` bytes.

@@ -37,6 +37,9 @@ package final class ChildProcess: Sendable {
     package static let parentProcessVariable = "PARALLELVM_PROCESS_PARENT"
     /// Holds the address-space limit in bytes that `childDidStart` applies (`RLIMIT_AS`).
     package static let memoryLimitVariable = "PARALLELVM_PROCESS_MEMORY_LIMIT"
+    /// The variable naming the descriptor of the memory shared for the channel's rings (at
+    /// `channelDescriptor + 1`), when the channel has them.
+    package static let sharedMemoryVariable = "PARALLELVM_PROCESS_CHANNEL_MEMORY"
     /// The executable of the running process, for starting a task process from the same program.
     package static let currentExecutable = "/proc/self/exe"
     /// How long a finished child's standard error may stay open (held by something that left its process
@@ -130,6 +133,8 @@ package final class ChildProcess: Sendable {
     ///   - memoryLimit: an address-space limit in bytes, applied by the child in `childDidStart`, so that a
     ///     runaway allocation fails inside the child instead of calling the host's out-of-memory killer.
     ///   - standardErrorTail: the bounds of the standard error tail kept.
+    ///   - sharedMemory: whether small frames of the channel pass through rings in shared memory (no
+    ///     system call per frame) instead of the socket.
     /// Spawn from a thread that lives as long as the supervisor: Linux sends the parent-death signal that
     /// `childDidStart` asks for when the spawning *thread* ends, not only when the process does.
     ///
@@ -143,10 +148,12 @@ package final class ChildProcess: Sendable {
         standardOutput: Output = .inherit,
         forwardStandardError: Bool = true,
         memoryLimit: Int? = nil,
-        standardErrorTail: StandardErrorTail = StandardErrorTail()
+        standardErrorTail: StandardErrorTail = StandardErrorTail(),
+        sharedMemory: Bool = true
     ) throws(ProcessError) -> ChildProcess {
         var environment = environment
         environment[channelVariable] = String(channelDescriptor)
+        environment[sharedMemoryVariable] = sharedMemory ? String(channelDescriptor + 1) : nil
         environment[parentProcessVariable] = String(getpid())
         environment[memoryLimitVariable] = memoryLimit.map { String($0) }
 
@@ -157,6 +164,9 @@ package final class ChildProcess: Sendable {
         let (parentEnd, childEnd) = try MessageChannel.socketPair()
         descriptors.add(parentEnd)
         descriptors.add(childEnd)
+        let memory = sharedMemory ? try SharedRings.createMemory() : nil
+        memory.map { descriptors.add($0) }
+        let rings = try memory.map { fd throws(ProcessError) in try SharedRings(mapping: fd, supervisorEnd: true) }
         let (errorRead, errorWrite) = try pipe(for: "standard error")
         descriptors.add(errorRead)
         descriptors.add(errorWrite)
@@ -178,6 +188,7 @@ package final class ChildProcess: Sendable {
         let childOutput = try output.map { fd throws(ProcessError) in try descriptors.moveHigh(fd) }
         let childError = try descriptors.moveHigh(errorWrite)
         let childChannel = try descriptors.moveHigh(childEnd)
+        let childMemory = try memory.map { fd throws(ProcessError) in try descriptors.moveHigh(fd) }
 
         let pid = try withSpawnActions { actions throws(ProcessError) in
             try checkedErrorNumber("posix_spawn_file_actions_adddup2") {
@@ -195,10 +206,15 @@ package final class ChildProcess: Sendable {
             try checkedErrorNumber("posix_spawn_file_actions_adddup2") {
                 posix_spawn_file_actions_adddup2(actions, childChannel, channelDescriptor)
             }
+            if let childMemory {
+                try checkedErrorNumber("posix_spawn_file_actions_adddup2") {
+                    posix_spawn_file_actions_adddup2(actions, childMemory, channelDescriptor + 1)
+                }
+            }
             if let addClosefrom = LinuxFunctions.addClosefrom {
                 // MPI and its transports open descriptors without close-on-exec; none may reach a task.
                 try checkedErrorNumber("posix_spawn_file_actions_addclosefrom_np") {
-                    addClosefrom(actions, channelDescriptor + 1)
+                    addClosefrom(actions, channelDescriptor + (childMemory == nil ? 1 : 2))
                 }
             } else {
                 markAllCloseOnExec()
@@ -254,7 +270,8 @@ package final class ChildProcess: Sendable {
         outputRead.map { descriptors.remove($0) }
         return ChildProcess(
             pid: pid,
-            channel: MessageChannel(adopting: parentEnd),
+            channel: rings.map { MessageChannel(adopting: parentEnd, rings: $0) }
+                ?? MessageChannel(adopting: parentEnd),
             standardOutput: standardOutput == .pipe ? outputRead : nil,
             drain: drains[0],
             outputDrain: drains.count > 1 ? drains[1] : nil

@@ -21,6 +21,13 @@ package final class MessageChannel: Sendable {
     package let fileDescriptor: Int32
     private let sending = Mutex(())
     private let receiving = Mutex(ReadState())
+    /// Rings in memory shared with the peer, when the channel has them: frames up to
+    /// `SharedRings.largestFrame` go through them, larger ones through the socket after a marker in the
+    /// ring, and the socket also carries wake-ups (empty frames) to a peer blocked in the kernel and the
+    /// peer's end (its closing).
+    private let rings: SharedRings?
+    /// With rings: whether this end has seen the peer's end (a frame in the ring would go nowhere).
+    private let peerGoneSeen = Atomic<Bool>(false)
 
     /// What was read and not yet returned: buffered bytes (whole frames, then part of one), or a frame
     /// too large for the buffer being read into its own array.
@@ -32,6 +39,14 @@ package final class MessageChannel: Sendable {
         var start = 0
         var end = 0
         var large: LargeFrame?
+        /// With rings: frames read from the socket (wake-ups left out), waiting for their markers.
+        var socketFrames: [[UInt8]] = []
+        /// With rings: markers taken whose frames have not been returned yet.
+        var markersTaken = 0
+        /// With rings: the socket was found closed; reported once the ring holds nothing more.
+        var peerClosed: ProcessError?
+        /// With rings: polls of an empty ring since the socket was last looked at.
+        var emptyPolls = 0
 
         struct LargeFrame {
             var payload: [UInt8]
@@ -101,16 +116,33 @@ package final class MessageChannel: Sendable {
     /// Takes ownership of a connected stream socket; `deinit` closes it.
     package init(adopting fileDescriptor: Int32) {
         self.fileDescriptor = fileDescriptor
+        self.rings = nil
     }
+
+    /// Takes ownership of a connected stream socket, with rings in the shared memory the two ends mapped.
+    init(adopting fileDescriptor: Int32, rings: SharedRings) {
+        self.fileDescriptor = fileDescriptor
+        self.rings = rings
+    }
+
+    /// Whether small frames pass through shared memory.
+    package var hasSharedMemory: Bool { rings != nil }
 
     deinit {
         closeDescriptor(fileDescriptor)
     }
 
-    /// Two connected channels in this process, for tests and for handing one end to a thread.
-    package static func pair() throws(ProcessError) -> (MessageChannel, MessageChannel) {
+    /// Two connected channels in this process, for tests and for handing one end to a thread; with
+    /// `sharedMemory`, with rings as between a supervisor and its task process.
+    package static func pair(sharedMemory: Bool = false) throws(ProcessError) -> (MessageChannel, MessageChannel) {
         let (first, second) = try socketPair()
-        return (MessageChannel(adopting: first), MessageChannel(adopting: second))
+        guard sharedMemory else { return (MessageChannel(adopting: first), MessageChannel(adopting: second)) }
+        let memory = try SharedRings.createMemory()
+        defer { closeDescriptor(memory) }
+        return (
+            MessageChannel(adopting: first, rings: try SharedRings(mapping: memory, supervisorEnd: true)),
+            MessageChannel(adopting: second, rings: try SharedRings(mapping: memory, supervisorEnd: false))
+        )
     }
 
     /// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
@@ -144,6 +176,23 @@ package final class MessageChannel: Sendable {
             UInt8(truncatingIfNeeded: length), UInt8(truncatingIfNeeded: length >> 8),
             UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 24),
         ]
+        if let rings {
+            guard !peerGoneSeen.load(ordering: .relaxed) else {
+                throw ProcessError(.peerGone, "the peer closed the channel", call: "send")
+            }
+            try sending.withLock { (_: inout Void) throws(ProcessError) in
+                if bytes.count <= SharedRings.largestFrame {
+                    while !bytes.withUnsafeBytes({ rings.write($0) }) { try waitForRoom() }
+                    wakePeer(rings)
+                } else {
+                    // The marker keeps the frame's place among the ring's frames; the socket wakes the peer.
+                    while !rings.writeMarker() { try waitForRoom() }
+                    try sendAll(header)
+                    try sendAll(bytes)
+                }
+            }
+            return
+        }
         try sending.withLock { (_: inout Void) throws(ProcessError) in
             // One write for small frames; a copy of a large one would cost more than the extra call.
             if bytes.count <= 64 * 1024 {
@@ -160,6 +209,16 @@ package final class MessageChannel: Sendable {
     /// is itself blocked sending.
     package func trySend(_ bytes: [UInt8]) throws(ProcessError) -> Bool {
         guard bytes.count <= 64 * 1024 else { return false }
+        if let rings {
+            guard !peerGoneSeen.load(ordering: .relaxed) else {
+                throw ProcessError(.peerGone, "the peer closed the channel", call: "send")
+            }
+            return sending.withLock { _ in
+                guard bytes.withUnsafeBytes({ rings.write($0) }) else { return false }
+                wakePeer(rings)
+                return true
+            }
+        }
         let length = UInt32(bytes.count)
         let frame: [UInt8] =
             [
@@ -183,6 +242,26 @@ package final class MessageChannel: Sendable {
             try sendAll(Array(frame[sent...]))
             return true
         }
+    }
+
+    /// Wakes a peer that said it would block in the kernel for the ring: an empty frame on the socket. A
+    /// full socket needs no wake-up (the peer has bytes to read), so this never blocks. Under the send lock.
+    private func wakePeer(_ rings: SharedRings) {
+        guard rings.takePeerWaiting() else { return }
+        var empty: UInt32 = 0
+        _ = Glibc.send(fileDescriptor, &empty, 4, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+    }
+
+    /// Waits a little for the peer to make room in the ring; throws `peerGone` if it closed its end.
+    private func waitForRoom() throws(ProcessError) {
+        // POLLRDHUP (Linux, 0x2000; Glibc's module leaves it out): the peer shut its end down.
+        let peerHungUp: Int16 = 0x2000
+        var request = pollfd(fd: fileDescriptor, events: peerHungUp, revents: 0)
+        if poll(&request, 1, 0) > 0, request.revents & (peerHungUp | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+            peerGoneSeen.store(true, ordering: .relaxed)
+            throw ProcessError(.peerGone, "the peer closed the channel", call: "send")
+        }
+        usleep(20)
     }
 
     private func sendAll(_ bytes: [UInt8]) throws(ProcessError) {
@@ -227,6 +306,7 @@ package final class MessageChannel: Sendable {
     /// - Throws: `peerGone` when the other end closed (between frames or in the middle of one), `corruptFrame`
     ///   for a length above `maximumFrameLength`.
     package func receive(timeout: Duration? = nil) throws(ProcessError) -> [UInt8]? {
+        if let rings { return try receiveWithRings(rings, timeout: timeout) }
         let deadline = timeout.map { ContinuousClock.now + $0 }
         return try receiving.withLock { (state: inout ReadState) throws(ProcessError) -> [UInt8]? in
             while true {
@@ -240,6 +320,117 @@ package final class MessageChannel: Sendable {
                 guard try waitReadable(until: deadline) else { return nil }
             }
         }
+    }
+
+    /// `receive` with rings: the ring's frames in order, a marker's frame from the socket, wake-ups skipped.
+    /// The socket is looked at without blocking every 64 polls of an empty ring (to notice the peer's end)
+    /// and before blocking; a wait blocks in `poll` once this end said so in the ring.
+    private func receiveWithRings(_ rings: SharedRings, timeout: Duration?) throws(ProcessError) -> [UInt8]? {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        return try receiving.withLock { (state: inout ReadState) throws(ProcessError) -> [UInt8]? in
+            while true {
+                if state.markersTaken > 0 {
+                    if !state.socketFrames.isEmpty {
+                        state.markersTaken -= 1
+                        return state.socketFrames.removeFirst()
+                    }
+                    if let failure = state.peerClosed { throw failure }
+                    // The frame follows its marker at once: wait for it as for any socket frame.
+                    if let deadline {
+                        if try pumpSocket(&state) { continue }
+                        guard ContinuousClock.now < deadline, try waitReadable(until: deadline) else { return nil }
+                        continue
+                    }
+                    do throws(ProcessError) {
+                        try fill(&state, waiting: true)
+                    } catch  where error.code == .peerGone {
+                        peerGoneSeen.store(true, ordering: .relaxed)
+                        throw error
+                    }
+                    try collectSocketFrames(&state)
+                    continue
+                }
+                if let length = rings.nextLength() {
+                    state.emptyPolls = 0
+                    let frame = rings.take(length: length)
+                    if length == SharedRings.marker {
+                        state.markersTaken += 1
+                        continue
+                    }
+                    return frame
+                }
+                if let failure = state.peerClosed {
+                    // Frames written before the peer closed came first; now there are none.
+                    throw failure
+                }
+                let expired = deadline.map { ContinuousClock.now >= $0 } ?? false
+                state.emptyPolls += 1
+                if !expired || state.emptyPolls >= 64 {
+                    state.emptyPolls = 0
+                    if try pumpSocket(&state) { continue }
+                }
+                if expired { return nil }
+                rings.setWaiting(true)
+                if rings.nextLength() != nil {
+                    rings.setWaiting(false)
+                    continue
+                }
+                let readable: Bool
+                do throws(ProcessError) {
+                    readable = try waitReadable(until: deadline ?? .now + .seconds(3600))
+                } catch {
+                    rings.setWaiting(false)
+                    throw error
+                }
+                rings.setWaiting(false)
+                if readable { _ = try pumpSocket(&state) }
+            }
+        }
+    }
+
+    /// Reads what the socket holds without blocking and keeps its frames; a closed socket is noted for
+    /// the caller to report once the ring is empty. Returns whether it read anything.
+    private func pumpSocket(_ state: inout ReadState) throws(ProcessError) -> Bool {
+        let read: Bool
+        do {
+            read = try fill(&state, waiting: false)
+        } catch  where error.code == .peerGone {
+            state.peerClosed = error
+            peerGoneSeen.store(true, ordering: .relaxed)
+            return true
+        }
+        if read { try collectSocketFrames(&state) }
+        return read
+    }
+
+    /// Moves the complete frames buffered from the socket to `socketFrames`, dropping wake-ups.
+    private func collectSocketFrames(_ state: inout ReadState) throws(ProcessError) {
+        while let frame = try state.takeFrame() {
+            if !frame.isEmpty { state.socketFrames.append(frame) }
+        }
+    }
+
+    /// For a caller about to block on `fileDescriptor` with other descriptors: says so to the peer, so that
+    /// a frame it puts in the ring makes the socket readable. Returns false (and says nothing) when a frame
+    /// is already there or the peer is gone: the caller should receive instead of blocking. Call
+    /// `finishBlocking` after the wait.
+    package func prepareToBlock() -> Bool {
+        guard let rings else { return true }
+        return receiving.withLock { (state: inout ReadState) -> Bool in
+            guard (try? pumpSocket(&state)) != nil, state.peerClosed == nil else { return false }
+            if !state.socketFrames.isEmpty || rings.nextLength() != nil { return false }
+            rings.setWaiting(true)
+            if rings.nextLength() != nil {
+                rings.setWaiting(false)
+                return false
+            }
+            return true
+        }
+    }
+
+    /// Ends what `prepareToBlock` started.
+    package func finishBlocking() {
+        rings?.setWaiting(false)
     }
 
     /// Reads what the socket holds into the buffer (or into a large frame's payload directly); returns

@@ -173,11 +173,20 @@ final class TaskSupervisor: @unchecked Sendable {
     private var idleWait: (() -> Bool)? {
         guard let channel = child?.channel else { return nil }
         let fd = channel.fileDescriptor
-        if let localLink { return { localLink.wait(milliseconds: 10, orReadable: fd) } }
-        if doorbellArmed, let doorbell { return { doorbell.wait(milliseconds: 10, orReadable: fd) } }
+        // A task process writes small frames into shared memory: it rings the socket only for a rank that
+        // said it would block.
+        let blocking: (() -> Bool) -> Bool = { wait in
+            guard channel.prepareToBlock() else { return true }
+            defer { channel.finishBlocking() }
+            return wait()
+        }
+        if let localLink { return { blocking { localLink.wait(milliseconds: 10, orReadable: fd) } } }
+        if doorbellArmed, let doorbell { return { blocking { doorbell.wait(milliseconds: 10, orReadable: fd) } } }
         return {
-            var request = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            return poll(&request, 1, 10) > 0
+            blocking {
+                var request = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                return poll(&request, 1, 10) > 0
+            }
         }
     }
 
