@@ -153,7 +153,6 @@ package final class ChildProcess: Sendable {
     ) throws(ProcessError) -> ChildProcess {
         var environment = environment
         environment[channelVariable] = String(channelDescriptor)
-        environment[sharedMemoryVariable] = sharedMemory ? String(channelDescriptor + 1) : nil
         environment[parentProcessVariable] = String(getpid())
         environment[memoryLimitVariable] = memoryLimit.map { String($0) }
 
@@ -164,9 +163,11 @@ package final class ChildProcess: Sendable {
         let (parentEnd, childEnd) = try MessageChannel.socketPair()
         descriptors.add(parentEnd)
         descriptors.add(childEnd)
-        let memory = sharedMemory ? try SharedRings.createMemory() : nil
+        // Without shared memory (memfd_create or mmap refused), frames take the socket, as they can.
+        var memory = sharedMemory ? try? SharedRings.createMemory() : nil
         memory.map { descriptors.add($0) }
-        let rings = try memory.map { fd throws(ProcessError) in try SharedRings(mapping: fd, supervisorEnd: true) }
+        let rings = memory.flatMap { fd in try? SharedRings(mapping: fd, supervisorEnd: true) }
+        if rings == nil { memory = nil }
         let (errorRead, errorWrite) = try pipe(for: "standard error")
         descriptors.add(errorRead)
         descriptors.add(errorWrite)
@@ -189,6 +190,7 @@ package final class ChildProcess: Sendable {
         let childError = try descriptors.moveHigh(errorWrite)
         let childChannel = try descriptors.moveHigh(childEnd)
         let childMemory = try memory.map { fd throws(ProcessError) in try descriptors.moveHigh(fd) }
+        environment[sharedMemoryVariable] = childMemory == nil ? nil : String(channelDescriptor + 1)
 
         let pid = try withSpawnActions { actions throws(ProcessError) in
             try checkedErrorNumber("posix_spawn_file_actions_adddup2") {

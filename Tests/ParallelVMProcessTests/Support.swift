@@ -57,14 +57,21 @@ enum Support {
     }
 
     /// Runs the probe with these arguments.
-    static func probe(_ arguments: String..., memoryLimit: Int? = nil) throws -> ChildProcess {
+    static func probe(
+        _ arguments: String...,
+        memoryLimit: Int? = nil,
+        sharedMemory: Bool = true
+    ) throws
+        -> ChildProcess
+    {
         try ChildProcess.spawn(
             executable: probe,
             arguments: ["vm-process-probe"] + arguments,
             environment: environment,
             channelVariable: channelVariable,
             forwardStandardError: false,
-            memoryLimit: memoryLimit
+            memoryLimit: memoryLimit,
+            sharedMemory: sharedMemory
         )
     }
 

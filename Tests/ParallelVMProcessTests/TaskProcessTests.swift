@@ -20,6 +20,18 @@ struct TaskProcessTests {
         #expect(try Support.end(of: child).cause == .exited(status: 0))
     }
 
+    @Test func framesRoundTripThroughAChildWithoutSharedMemory() throws {
+        let child = try Support.probe("echo", sharedMemory: false)
+        #expect(!child.channel.hasSharedMemory)
+        for size in [0, 3, 100_000] {
+            let frame = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            try child.channel.send(frame)
+            #expect(try child.channel.receive(timeout: .seconds(20)) == frame, "the echo of \(size) bytes differs")
+        }
+        child.channel.close()
+        #expect(try Support.end(of: child).cause == .exited(status: 0))
+    }
+
     @Test func channelReportsThePeerGoneWhenTheChildDies() throws {
         let child = try Support.probe("hold")
         #expect(try child.channel.receive(timeout: .milliseconds(100)) == nil)
