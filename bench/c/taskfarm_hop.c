@@ -22,11 +22,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "common.h"
+#include "farm.h"
 
-#define REPETITIONS 5
-#define WORK 1
-#define STOP 2
 
 enum mode { SPIN, BLOCK, HINT, SHM };
 static enum mode mode;
@@ -99,6 +96,19 @@ static void serve_child(int fd) {
     _exit(0);
 }
 
+// The worker rank's end of the channel to its child.
+static int channel_fd = -1;
+
+// A worker's answer: the double its child sends back for `x`.
+static long long through_child(int x) {
+    long long doubled;
+    if (!exchange(channel_fd, 0, x, &doubled)) {
+        fprintf(stderr, "taskfarm_hop: a worker rank lost its child\n");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    return doubled;
+}
+
 int main(int argc, char **argv) {
     int tasks = argc > 1 ? atoi(argv[1]) : 100000;
     const char *name = argc > 2 ? argv[2] : "spin";
@@ -128,55 +138,15 @@ int main(int argc, char **argv) {
         serve_child(channel[1]);
     }
     close(channel[1]);
-    int fd = channel[0];
+    channel_fd = channel[0];
 
     MPI_Init(&argc, &argv);
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int workers = size - 1;
-    double rates[REPETITIONS];
-    for (int r = 0; r < REPETITIONS; r++) {
-        MPI_Barrier(MPI_COMM_WORLD);
-        if (rank == 0) {
-            double start = now_seconds();
-            int sent = 0, received = 0;
-            long long checksum = 0;
-            for (int w = 1; w <= workers && sent < tasks; w++, sent++)
-                MPI_Send(&sent, 1, MPI_INT, w, WORK, MPI_COMM_WORLD);
-            while (received < sent) {
-                long long doubled;
-                MPI_Status status;
-                MPI_Recv(&doubled, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, WORK, MPI_COMM_WORLD, &status);
-                received++;
-                checksum += doubled;
-                if (sent < tasks) {
-                    MPI_Send(&sent, 1, MPI_INT, status.MPI_SOURCE, WORK, MPI_COMM_WORLD);
-                    sent++;
-                }
-            }
-            rates[r] = tasks / (now_seconds() - start);
-            if (checksum != (long long)tasks * (tasks - 1)) fprintf(stderr, "taskfarm_hop: wrong checksum\n");
-            for (int w = 1; w <= workers; w++) MPI_Send(&sent, 1, MPI_INT, w, STOP, MPI_COMM_WORLD);
-        } else {
-            while (1) {
-                int x;
-                MPI_Status status;
-                MPI_Recv(&x, 1, MPI_INT, 0, MPI_ANY_TAG, MPI_COMM_WORLD, &status);
-                if (status.MPI_TAG == STOP) break;
-                long long doubled;
-                if (!exchange(fd, 0, x, &doubled)) {
-                    fprintf(stderr, "taskfarm_hop: rank %d lost its child\n", rank);
-                    MPI_Abort(MPI_COMM_WORLD, 1);
-                }
-                MPI_Send(&doubled, 1, MPI_LONG_LONG, 0, WORK, MPI_COMM_WORLD);
-            }
-        }
-    }
-    if (rank == 0) printf("tasks_hop_%s_w%d %.1f\n", name, workers, median(rates, REPETITIONS));
+    int workers;
+    double rate = farm_run(tasks, through_child, "taskfarm_hop", &workers);
+    if (rate >= 0) printf("tasks_hop_%s_w%d %.1f\n", name, workers, rate);
     MPI_Finalize();
     // Stops the child: -1 in shared memory, or the socket closed (and said so, when it polls memory).
     if (mode != SPIN && mode != BLOCK) publish(0, -1);
-    close(fd);
+    close(channel_fd);
     return 0;
 }
