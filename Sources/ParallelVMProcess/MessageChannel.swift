@@ -182,11 +182,13 @@ package final class MessageChannel: Sendable {
             }
             try sending.withLock { (_: inout Void) throws(ProcessError) in
                 if bytes.count <= SharedRings.largestFrame {
-                    while !bytes.withUnsafeBytes({ rings.write($0) }) { try waitForRoom() }
+                    var waits = 0
+                    while !bytes.withUnsafeBytes({ rings.write($0) }) { try waitForRoom(&waits) }
                     wakePeer(rings)
                 } else {
                     // The marker keeps the frame's place among the ring's frames; the socket wakes the peer.
-                    while !rings.writeMarker() { try waitForRoom() }
+                    var waits = 0
+                    while !rings.writeMarker() { try waitForRoom(&waits) }
                     try sendAll(header)
                     try sendAll(bytes)
                 }
@@ -252,8 +254,10 @@ package final class MessageChannel: Sendable {
         _ = Glibc.send(fileDescriptor, &empty, 4, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
     }
 
-    /// Waits a little for the peer to make room in the ring; throws `peerGone` if it closed its end.
-    private func waitForRoom() throws(ProcessError) {
+    /// Waits a little for the peer to make room in the ring, longer the more often it waited for this
+    /// frame (20 µs doubling up to 2 ms, so a peer that does not read for a long time costs next to no
+    /// CPU); throws `peerGone` if it closed its end.
+    private func waitForRoom(_ waits: inout Int) throws(ProcessError) {
         // POLLRDHUP (Linux, 0x2000; Glibc's module leaves it out): the peer shut its end down.
         let peerHungUp: Int16 = 0x2000
         var request = pollfd(fd: fileDescriptor, events: peerHungUp, revents: 0)
@@ -261,7 +265,8 @@ package final class MessageChannel: Sendable {
             peerGoneSeen.store(true, ordering: .relaxed)
             throw ProcessError(.peerGone, "the peer closed the channel", call: "send")
         }
-        usleep(20)
+        usleep(UInt32(20 << min(waits, 7)))
+        waits += 1
     }
 
     private func sendAll(_ bytes: [UInt8]) throws(ProcessError) {
