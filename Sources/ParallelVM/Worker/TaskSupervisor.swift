@@ -171,6 +171,23 @@ final class TaskSupervisor: @unchecked Sendable {
     /// task process's channel at once. The 10 ms bound also bounds how late a message for a running task,
     /// a kill or a timeout is seen.
     private var idleWait: (() -> Bool)? {
+        // Asked for at every turn of the loop while a task runs: made once per task process and doorbell
+        // state. The cached closure holds its channel, so no other channel can take that channel's identity.
+        let key = IdleWaitKey(channel: child.map { ObjectIdentifier($0.channel) }, doorbellArmed: doorbellArmed)
+        if let cached = idleWaitCache, cached.key == key { return cached.wait }
+        let wait = makeIdleWait()
+        idleWaitCache = (key, wait)
+        return wait
+    }
+
+    private struct IdleWaitKey: Equatable {
+        var channel: ObjectIdentifier?
+        var doorbellArmed: Bool
+    }
+
+    private var idleWaitCache: (key: IdleWaitKey, wait: (() -> Bool)?)?
+
+    private func makeIdleWait() -> (() -> Bool)? {
         guard let channel = child?.channel else { return nil }
         let fd = channel.fileDescriptor
         // A task process writes small frames into shared memory: it rings the socket only for a rank that
