@@ -30,6 +30,16 @@ extension ChildProcess {
             }
             if getppid() != parent { _exit(parentGoneExitStatus) }
         }
+        // Mapped before the memory limit, which a small limit could otherwise make fail.
+        var rings: SharedRings?
+        if let memoryText = getenv(sharedMemoryVariable).map({ String(cString: $0) }) {
+            guard let memory = Int32(memoryText), memory >= 0 else {
+                throw ProcessError(.badEnvironment, "\(sharedMemoryVariable)=\(memoryText) is not a descriptor number")
+            }
+            rings = try SharedRings(mapping: memory, supervisorEnd: false)
+            // The mapping stays; the descriptor must not reach what the task starts.
+            closeDescriptor(memory)
+        }
         if let limitText = getenv(memoryLimitVariable).map({ String(cString: $0) }) {
             guard let limit = rlim_t(limitText) else {
                 throw ProcessError(.badEnvironment, "\(memoryLimitVariable)=\(limitText) is not a number of bytes")
@@ -41,15 +51,6 @@ extension ChildProcess {
             throw ProcessError(.badEnvironment, "\(channelVariable)=\(value) is not an open socket")
         }
         try checked("fcntl(F_SETFD)", "could not make the channel close-on-exec") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var rings: SharedRings?
-        if let memoryText = getenv(sharedMemoryVariable).map({ String(cString: $0) }) {
-            guard let memory = Int32(memoryText), memory >= 0 else {
-                throw ProcessError(.badEnvironment, "\(sharedMemoryVariable)=\(memoryText) is not a descriptor number")
-            }
-            rings = try SharedRings(mapping: memory, supervisorEnd: false)
-            // The mapping stays; the descriptor must not reach what the task starts.
-            closeDescriptor(memory)
-        }
         for variable in [channelVariable, parentProcessVariable, memoryLimitVariable, sharedMemoryVariable] {
             unsetenv(variable)
         }
