@@ -54,7 +54,7 @@ extension ChildProcess {
         for variable in [channelVariable, parentProcessVariable, memoryLimitVariable, sharedMemoryVariable] {
             unsetenv(variable)
         }
-        return rings.map { MessageChannel(adopting: fd, rings: $0) } ?? MessageChannel(adopting: fd)
+        return MessageChannel(adopting: fd, rings: rings)
     }
 
     /// Lowers `RLIMIT_AS` (soft and hard, so the task cannot raise it again) to `limit` bytes.

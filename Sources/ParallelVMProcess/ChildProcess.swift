@@ -272,8 +272,7 @@ package final class ChildProcess: Sendable {
         outputRead.map { descriptors.remove($0) }
         return ChildProcess(
             pid: pid,
-            channel: rings.map { MessageChannel(adopting: parentEnd, rings: $0) }
-                ?? MessageChannel(adopting: parentEnd),
+            channel: MessageChannel(adopting: parentEnd, rings: rings),
             standardOutput: standardOutput == .pipe ? outputRead : nil,
             drain: drains[0],
             outputDrain: drains.count > 1 ? drains[1] : nil

@@ -114,13 +114,13 @@ package final class MessageChannel: Sendable {
     }
 
     /// Takes ownership of a connected stream socket; `deinit` closes it.
-    package init(adopting fileDescriptor: Int32) {
-        self.fileDescriptor = fileDescriptor
-        self.rings = nil
+    package convenience init(adopting fileDescriptor: Int32) {
+        self.init(adopting: fileDescriptor, rings: nil)
     }
 
-    /// Takes ownership of a connected stream socket, with rings in the shared memory the two ends mapped.
-    init(adopting fileDescriptor: Int32, rings: SharedRings) {
+    /// Takes ownership of a connected stream socket, with rings in the shared memory the two ends mapped
+    /// (nil: the socket alone).
+    init(adopting fileDescriptor: Int32, rings: SharedRings?) {
         self.fileDescriptor = fileDescriptor
         self.rings = rings
     }
