@@ -115,9 +115,15 @@ public final class Experiment: Sendable {
     /// Creates the folder and its layout when missing, takes the experiment's lock, cuts off a torn
     /// journal tail and reads the journal into the resume table.
     ///
+    /// With `beginningRunOn`, also records the start of a run on those hosts as ``beginRun(keys:hosts:)``
+    /// does (with no keys yet), in the manifest's one write of the open.
+    ///
     /// Throws `.inUse` naming the holder when another run has the experiment open, `.alreadyOpen` when
     /// this object is, and `.corruptJournal` when the journal is damaged before its last record.
-    package func open(journalPolicy: JournalWriter.Policy = JournalWriter.Policy()) throws(ExperimentError) {
+    package func open(
+        journalPolicy: JournalWriter.Policy = JournalWriter.Policy(),
+        beginningRunOn hosts: [String]? = nil
+    ) throws(ExperimentError) {
         try session.withLock { (session: inout Session?) throws(ExperimentError) in
             guard session == nil else {
                 throw ExperimentError(
@@ -128,7 +134,7 @@ public final class Experiment: Sendable {
                     subject: "experiment folder"
                 )
             }
-            session = try makeSession(journalPolicy)
+            session = try makeSession(journalPolicy, beginningRunOn: hosts)
         }
         openExperiments.withLock { $0[ObjectIdentifier(self)] = self }
     }
@@ -146,7 +152,10 @@ public final class Experiment: Sendable {
         }
     }
 
-    private func makeSession(_ policy: JournalWriter.Policy) throws(ExperimentError) -> Session {
+    private func makeSession(
+        _ policy: JournalWriter.Policy,
+        beginningRunOn hosts: [String]?
+    ) throws(ExperimentError) -> Session {
         try createFolders(folder)
         let folderFd = try SystemCall.value("open") { Glibc.open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
             .get("opened", experiment: name, path: folder, subject: "experiment folder")
@@ -175,6 +184,7 @@ public final class Experiment: Sendable {
             }
             var manifest = Manifest.read(in: folderFd) ?? Manifest(name: name)
             manifest.name = name
+            if let hosts { Self.begin(&manifest, keys: [], hosts: hosts) }
             let recovered = journal.recovered
             do throws(ExperimentError) {
                 // Not synced: a run writes it again when it begins, and synced when it ends.
@@ -296,22 +306,28 @@ public final class Experiment: Sendable {
     /// hosts, now as the start and no end yet, counts at zero.
     /// Not synced: the run's end writes it again, synced.
     package func beginRun(keys: [JobKey], hosts: [String]) throws(ExperimentError) {
-        try updateManifest(synced: false) { manifest in
-            manifest.inputs = JobKey.inputsIdentity(of: keys)
-            manifest.jobs = keys.count
-            manifest.started = Timestamp.now()
-            manifest.ended = nil
-            manifest.hosts = hosts
-            manifest.counts = Manifest.Counts()
-        }
+        try updateManifest(synced: false) { manifest in Self.begin(&manifest, keys: keys, hosts: hosts) }
+    }
+
+    private static func begin(_ manifest: inout Manifest, keys: [JobKey], hosts: [String]) {
+        manifest.inputs = JobKey.inputsIdentity(of: keys)
+        manifest.jobs = keys.count
+        manifest.started = Timestamp.now()
+        manifest.ended = nil
+        manifest.hosts = hosts
+        manifest.counts = Manifest.Counts()
     }
 
     /// Records the end of a run: its counts, now as the end, and the hosts it finished with; with `keys`,
     /// the identity of its inputs from every job's key, in job order (for a run that learnt its jobs as
     /// it went), in the same write.
+    ///
+    /// The journal is synced meanwhile, on its writer's thread, so that its sync and the manifest's overlap
+    /// (``close()`` waits for it).
     package func endRun(counts: Manifest.Counts, hosts: [String]? = nil, keys: [JobKey]? = nil) throws(ExperimentError)
     {
         var jobs = 0
+        try journal().startSync()
         try updateManifest { manifest in
             if let keys {
                 manifest.inputs = JobKey.inputsIdentity(of: keys)

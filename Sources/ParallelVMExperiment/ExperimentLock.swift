@@ -55,7 +55,7 @@ final class ExperimentLock: Sendable {
     /// This process: `host=`, `pid=`, `processStarted=` (ISO 8601, when known) and `opened=` lines.
     static func holderText() -> String {
         var text = "host=\(Paths.hostName())\npid=\(getpid())\n"
-        if let started = processStartDate() { text += "processStarted=\(Timestamp.format(started))\n" }
+        if let started = processStarted { text += "processStarted=\(Timestamp.format(started))\n" }
         return text + "opened=\(Timestamp.now())\n"
     }
 
@@ -81,6 +81,9 @@ final class ExperimentLock: Sendable {
         guard case .success(let n) = SystemCall.value("pread", { pread(fd, &buffer, count, 0) }) else { return "" }
         return String(decoding: buffer[0..<n], as: UTF8.self)
     }
+
+    /// When this process started, read once (see ``processStartDate()``).
+    static let processStarted = processStartDate()
 
     /// When this process started: boot time (`btime` of `/proc/stat`) plus field 22 of `/proc/self/stat`.
     static func processStartDate() -> Date? {

@@ -11,7 +11,8 @@ import ParallelVMStorage
 ///   append comes. So a record is in the file (and survives the process being killed) at most about 5 ms
 ///   after `append` returns.
 /// - The file is `fdatasync`ed from the background thread at most every `syncInterval` (200 ms) while
-///   there are written but unsynced records, and always by `sync()` and `close()`. So a record survives
+///   there are written but unsynced records, and at once after `startSync()`; always by `sync()`, and by
+///   `close()` when something was written since the last sync. So a record survives
 ///   a host crash or power loss at most about 205 ms after `append` returns.
 /// - `flush()` and `sync()` force the two steps now, for a caller that must know a record is kept.
 ///
@@ -54,6 +55,10 @@ package final class JournalWriter: @unchecked Sendable {
     private var pending = 0
     private var firstPendingAt: UInt64 = 0
     private var unsynced = false
+    /// Whether `startSync()` asked the background thread to sync now.
+    private var syncRequested = false
+    /// Whether a sync is running outside the lock.
+    private var syncing = false
     private var lastSyncAt: UInt64 = 0
     private var closed = false
     private var threadRunning = false
@@ -108,6 +113,7 @@ package final class JournalWriter: @unchecked Sendable {
                 if contents.validLength == 0 {
                     try JournalFormat.fileHeader.withUnsafeBytes { SystemCall.writeAll(fd, $0) }
                         .get("written", experiment: experiment, path: path, subject: "journal")
+                    unsynced = true
                 }
                 // A cut tail is synced before anything is appended after it; a new journal's header goes
                 // to the disk with the first records (see `Policy.syncInterval`).
@@ -198,6 +204,19 @@ package final class JournalWriter: @unchecked Sendable {
         try syncFile()
     }
 
+    /// Writes the buffered records now and has the background thread sync the file, without waiting for
+    /// it: a caller that has other files to sync overlaps the syncs. ``close()`` waits for this sync and
+    /// syncs again only what was written after it began.
+    package func startSync() throws(ExperimentError) {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        try flushLocked()
+        guard unsynced, !closed else { return }
+        syncRequested = true
+        condition.signal()
+    }
+
     /// Writes, syncs and closes the journal; later appends throw `.notOpen`.
     package func close() throws(ExperimentError) {
         condition.lock()
@@ -211,9 +230,12 @@ package final class JournalWriter: @unchecked Sendable {
         }
         closed = true
         condition.broadcast()
-        while threadRunning { condition.wait() }
+        while threadRunning || syncing { condition.wait() }
+        // A sync the background thread ran (`startSync()`) after the last write leaves nothing to sync.
+        let needsSync = unsynced
+        if firstError == nil { firstError = failure }
         condition.unlock()
-        if firstError == nil {
+        if firstError == nil && needsSync {
             do throws(ExperimentError) { try syncFile() } catch { firstError = error }
         }
         SystemCall.close(fd)
@@ -295,10 +317,13 @@ package final class JournalWriter: @unchecked Sendable {
     private func syncFile() throws(ExperimentError) {
         condition.lock()
         unsynced = false
+        syncing = true
         condition.unlock()
         let synced = SystemCall.value("fdatasync") { fdatasync(fd) }
         condition.lock()
         defer { condition.unlock() }
+        syncing = false
+        condition.broadcast()
         lastSyncAt = Self.now()
         syncs += 1
         if let error = synced.failure {
@@ -328,8 +353,9 @@ package final class JournalWriter: @unchecked Sendable {
                 wake = due
             }
             if unsynced {
-                let due = lastSyncAt &+ syncNanos
+                let due = syncRequested ? now : lastSyncAt &+ syncNanos
                 if now >= due {
+                    syncRequested = false
                     condition.unlock()
                     try? syncFile()
                     condition.lock()

@@ -285,6 +285,29 @@ struct ExperimentTests {
         #expect(oldText.contains("\"jobs\" : 0"))
     }
 
+    @Test("an open that begins a run writes the run's start in the manifest it writes at the open")
+    func openBeginningRun() throws {
+        let parent = try TemporaryFolder()
+        let experiment = try Experiment(name: "e", in: parent.path)
+        try experiment.open()
+        try experiment.endRun(counts: Manifest.Counts(ran: 2, reused: 0, failed: 0))
+        try experiment.close()
+        let first = try readManifest(experiment)
+        #expect(first.ended != nil)
+        // The next run's start is a later timestamp (they have millisecond resolution).
+        Thread.sleep(forTimeInterval: 0.01)
+
+        try experiment.open(beginningRunOn: ["node1", "node2"])
+        defer { try? experiment.close() }
+        let manifest = try readManifest(experiment)
+        #expect(manifest.hosts == ["node1", "node2"])
+        #expect(manifest.started > first.started)
+        #expect(manifest.ended == nil)
+        #expect(manifest.counts == Manifest.Counts())
+        #expect(manifest.jobs == 0)
+        #expect(manifest == (try experiment.manifest()))
+    }
+
     private func readManifest(_ experiment: Experiment) throws -> Manifest {
         try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: experiment.manifestPath)))
     }

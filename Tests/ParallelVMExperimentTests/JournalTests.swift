@@ -174,6 +174,33 @@ struct JournalTests {
         #expect(Support.eventually(within: 2) { writer.statistics.syncs >= 1 })
     }
 
+    @Test("startSync syncs on the writer's thread; close syncs again only what was written after it")
+    func startSyncThenClose() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        // No periodic sync in the test's time: only the ones asked for.
+        var policy = JournalWriter.Policy()
+        policy.syncInterval = .seconds(600)
+        let writer = try JournalWriter(path: path, experiment: "t", policy: policy)
+        try writer.append(Support.record(0, success: true, value: [1, 2, 3]))
+        try writer.startSync()
+        // The record is written at once; the sync follows on the writer's thread.
+        #expect(try JournalReader(path: path).read().records.count == 1)
+        #expect(Support.eventually(within: 2) { writer.statistics.syncs == 1 })
+        try writer.close()
+        #expect(writer.statistics.syncs == 1)
+
+        let second = try JournalWriter(path: path, experiment: "t", policy: policy)
+        try second.startSync()  // nothing written since it was opened: nothing to sync
+        try second.append(Support.record(1, success: true, value: [4]))
+        try second.startSync()
+        #expect(Support.eventually(within: 2) { second.statistics.syncs == 1 })
+        try second.append(Support.record(2, success: false, value: []))
+        try second.close()
+        #expect(second.statistics.syncs == 2)
+        #expect(try JournalReader(path: path).read().records.map(\.index) == [0, 1, 2])
+    }
+
     @Test("a torn last record (the file cut mid-record) is ignored and the rest read")
     func tornTail() throws {
         let folder = try TemporaryFolder()

@@ -146,6 +146,12 @@ public final class Farm<Value: Codable & Sendable>: Sendable {
         await engine.waitUntilDone()
     }
 
+    /// Starts closing as ``close()`` does, without waiting for the farm's thread to end (a later
+    /// ``close()`` waits).
+    func beginClosing() {
+        engine.stop(closing: true)
+    }
+
     /// Like ``close()``, but kills the running jobs first (with process isolation) instead of waiting for them.
     public func cancel() async {
         engine.stop(closing: true)

@@ -48,7 +48,7 @@ extension VM {
         var journal: RunJournal
         do {
             syncExperimentsOnInterrupt()
-            try experiment.open()
+            try experiment.open(beginningRunOn: hosts().map(\.name))
             journal = try RunJournal(
                 experiment: experiment,
                 localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName
@@ -60,7 +60,6 @@ extension VM {
         }
         var taken = TakenJobs()
         do {
-            try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
             try journal.log.log(
                 "run started: \(count.map { "\($0) jobs" } ?? "jobs produced as it goes"), "
                     + "\(slots()) slots, \(rerunFailed ? "failed jobs run again" : "failed jobs reused")"
@@ -181,8 +180,15 @@ extension VM {
             stopJournaledRun(experiment, journal: &journal, taken: taken, error: error)
             throw error
         }
+        // Every job has ended: the farm's thread ends while the experiment's end is written and synced.
+        farm.beginClosing()
+        do {
+            try endJournaledRun(experiment, journal: &journal, taken: taken)
+        } catch {
+            await farm.close()
+            throw error
+        }
         await farm.close()
-        try endJournaledRun(experiment, journal: &journal, taken: taken)
         return try run.finish()
     }
 

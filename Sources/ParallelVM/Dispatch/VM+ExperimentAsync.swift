@@ -41,12 +41,11 @@ extension VM {
         var journal: RunJournal
         do {
             syncExperimentsOnInterrupt()
-            try experiment.open()
+            try experiment.open(beginningRunOn: hosts().map(\.name))
             journal = try RunJournal(
                 experiment: experiment,
                 localHost: hostID()?.name ?? ProcessInfo.processInfo.hostName
             )
-            try experiment.beginRun(keys: [], hosts: hosts().map(\.name))
             try journal.log.log(
                 "run started: jobs produced as it goes (an AsyncSequence), \(slots()) slots, "
                     + (rerunFailed ? "failed jobs run again" : "failed jobs reused")
@@ -158,8 +157,15 @@ extension VM {
             stopJournaledRun(experiment, journal: &journal, taken: feed.taken, error: error)
             throw error
         }
+        // Every job has ended: the farm's thread ends while the experiment's end is written and synced.
+        farm.beginClosing()
+        do {
+            try endJournaledRun(experiment, journal: &journal, taken: feed.taken)
+        } catch {
+            await farm.close()
+            throw error
+        }
         await farm.close()
-        try endJournaledRun(experiment, journal: &journal, taken: feed.taken)
         return try run.finish()
     }
 }
