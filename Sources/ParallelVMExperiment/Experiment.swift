@@ -187,7 +187,8 @@ public final class Experiment: Sendable {
             if let hosts { Self.begin(&manifest, keys: [], hosts: hosts) }
             let recovered = journal.recovered
             do throws(ExperimentError) {
-                // Not synced: a run writes it again when it begins, and synced when it ends.
+                // Not synced: a run writes it again when it begins (unless this open began it), and
+                // synced when it ends.
                 try manifest.write(in: folderFd, folder: folder, experiment: name, synced: false)
                 var opened = "experiment \(name) opened by process \(getpid()) on host \(Paths.hostName()); "
                 opened += "the journal holds \(recovered.records.count) records"

@@ -57,8 +57,6 @@ package final class JournalWriter: @unchecked Sendable {
     private var unsynced = false
     /// Whether `startSync()` asked the background thread to sync now.
     private var syncRequested = false
-    /// Whether a sync is running outside the lock.
-    private var syncing = false
     private var lastSyncAt: UInt64 = 0
     private var closed = false
     private var threadRunning = false
@@ -230,7 +228,8 @@ package final class JournalWriter: @unchecked Sendable {
         }
         closed = true
         condition.broadcast()
-        while threadRunning || syncing { condition.wait() }
+        // The background thread ends after any sync it is running.
+        while threadRunning { condition.wait() }
         // A sync the background thread ran (`startSync()`) after the last write leaves nothing to sync.
         let needsSync = unsynced
         if firstError == nil { firstError = failure }
@@ -317,13 +316,10 @@ package final class JournalWriter: @unchecked Sendable {
     private func syncFile() throws(ExperimentError) {
         condition.lock()
         unsynced = false
-        syncing = true
         condition.unlock()
         let synced = SystemCall.value("fdatasync") { fdatasync(fd) }
         condition.lock()
         defer { condition.unlock() }
-        syncing = false
-        condition.broadcast()
         lastSyncAt = Self.now()
         syncs += 1
         if let error = synced.failure {

@@ -180,15 +180,7 @@ extension VM {
             stopJournaledRun(experiment, journal: &journal, taken: taken, error: error)
             throw error
         }
-        // Every job has ended: the farm's thread ends while the experiment's end is written and synced.
-        farm.beginClosing()
-        do {
-            try endJournaledRun(experiment, journal: &journal, taken: taken)
-        } catch {
-            await farm.close()
-            throw error
-        }
-        await farm.close()
+        try await endJournaledRun(experiment, journal: &journal, taken: taken, closing: farm)
         return try run.finish()
     }
 
@@ -258,6 +250,24 @@ extension VM {
             throw error
         }
         try experiment.close()
+    }
+
+    /// ``endJournaledRun(_:journal:taken:)`` of a run all of whose jobs have ended, and the farm closed:
+    /// its thread ends while the experiment's end is written and synced.
+    nonisolated(nonsending) func endJournaledRun<Value>(
+        _ experiment: Experiment,
+        journal: inout RunJournal,
+        taken: TakenJobs,
+        closing farm: Farm<Value>
+    ) async throws {
+        farm.beginClosing()
+        do {
+            try endJournaledRun(experiment, journal: &journal, taken: taken)
+        } catch {
+            await farm.close()
+            throw error
+        }
+        await farm.close()
     }
 
     /// Has an interrupt (which ends the process without closing anything) write and sync the journals and

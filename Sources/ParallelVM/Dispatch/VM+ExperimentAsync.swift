@@ -157,15 +157,7 @@ extension VM {
             stopJournaledRun(experiment, journal: &journal, taken: feed.taken, error: error)
             throw error
         }
-        // Every job has ended: the farm's thread ends while the experiment's end is written and synced.
-        farm.beginClosing()
-        do {
-            try endJournaledRun(experiment, journal: &journal, taken: feed.taken)
-        } catch {
-            await farm.close()
-            throw error
-        }
-        await farm.close()
+        try await endJournaledRun(experiment, journal: &journal, taken: feed.taken, closing: farm)
         return try run.finish()
     }
 }
