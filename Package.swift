@@ -64,7 +64,11 @@ let package = Package(
         // The multi-rank scenarios the tests launch under mpirun.
         .executableTarget(name: "vm-scenarios", dependencies: ["ParallelVM"], path: "Tests/Scenarios"),
         // The benchmarks scripts/bench.sh runs under mpirun next to the C references in bench/c/.
-        .executableTarget(name: "vm-bench", dependencies: ["ParallelVM"], path: "bench/VMBench"),
+        .executableTarget(
+            name: "vm-bench",
+            dependencies: ["ParallelVM", "ParallelVMExperiment", "ParallelVMCodec"],
+            path: "bench/VMBench"
+        ),
         // A program whose VM is a lazily initialized global that a task touches.
         .executableTarget(name: "vm-global-probe", dependencies: ["ParallelVM"], path: "Tests/GlobalVMProbe"),
         .testTarget(

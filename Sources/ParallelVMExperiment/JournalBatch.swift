@@ -4,22 +4,23 @@ package import Foundation
 /// single records, and groups of successful jobs that one task ran (a chunk), which share one header and
 /// one checksum (see ``JournalFormat``).
 package struct JournalBatch: Sendable {
-    /// The framed records; the last group is sealed by ``sealed()``.
+    /// The framed records in `bytes[..<used]`; the last group is sealed by ``sealed()``. The storage is
+    /// grown ahead, zero-filled, so that a job's entry is stored in place: appending its few fields one
+    /// by one cost a chunk of tiny jobs more than the rest of journaling.
     private var bytes: [UInt8] = []
+    private var used = 0
     /// Jobs in the batch.
     package private(set) var jobs = 0
-    private var group: OpenGroup?
 
-    /// The group being filled: where it starts and what its jobs share.
-    private struct OpenGroup {
-        let start: Int
-        var count: UInt32 = 0
-        let typeName: String
-        let host: String
-        let task: String
-        let started: Double
-        let ended: Double
-    }
+    /// The group being filled, `groupStart` < 0 when none: where it starts and what its jobs share (kept
+    /// as fields, so that comparing a job with them copies nothing).
+    private var groupStart = -1
+    private var groupCount: UInt32 = 0
+    private var groupTypeName = ""
+    private var groupHost = ""
+    private var groupTask = ""
+    private var groupStarted = 0.0
+    private var groupEnded = 0.0
 
     /// An entry's fields before its value, little-endian, in the format's order and without padding.
     private struct EntryFixedFields {
@@ -55,46 +56,57 @@ package struct JournalBatch: Sendable {
         }
         let startedSeconds = started.timeIntervalSince1970
         let endedSeconds = ended.timeIntervalSince1970
-        let entrySize = 8 + 8 + 4 + 4 + value.count
-        if let open = group, open.count < Self.maxGroupJobs, open.task == task, open.host == host,
-            open.started == startedSeconds, open.ended == endedSeconds, open.typeName == typeName,
-            bytes.count - open.start - JournalFormat.recordHeaderSize + entrySize <= JournalFormat.maxBodyLength
-        {
-        } else {
+        let entrySize = MemoryLayout<EntryFixedFields>.size + value.count
+        let fits =
+            groupStart >= 0 && groupCount < Self.maxGroupJobs && groupTask == task && groupHost == host
+            && groupStarted == startedSeconds && groupEnded == endedSeconds && groupTypeName == typeName
+            && used - groupStart - JournalFormat.recordHeaderSize + entrySize <= JournalFormat.maxBodyLength
+        if !fits {
             guard typeName.utf8.count + host.utf8.count + task.utf8.count <= JournalFormat.maxBodyLength / 4 else {
                 return false
             }
             sealGroup()
-            let start = bytes.count
-            bytes.append(contentsOf: repeatElement(0, count: JournalFormat.recordHeaderSize))
-            bytes.append(JournalFormat.groupVersion)
-            bytes.append(1)
-            JournalFormat.putInteger(UInt32(0), &bytes)  // the count, filled in when sealed
-            JournalFormat.putInteger(startedSeconds.bitPattern, &bytes)
-            JournalFormat.putInteger(endedSeconds.bitPattern, &bytes)
-            _ = JournalFormat.putString(typeName, &bytes)
-            _ = JournalFormat.putString(host, &bytes)
-            _ = JournalFormat.putString(task, &bytes)
-            group = OpenGroup(
-                start: start,
-                typeName: typeName,
-                host: host,
-                task: task,
-                started: startedSeconds,
-                ended: endedSeconds
-            )
+            let start = used
+            var header: [UInt8] = []
+            header.reserveCapacity(JournalFormat.recordHeaderSize + JournalFormat.groupFixedSize + 64)
+            header.append(contentsOf: repeatElement(0, count: JournalFormat.recordHeaderSize))
+            header.append(JournalFormat.groupVersion)
+            header.append(1)
+            JournalFormat.putInteger(UInt32(0), &header)  // the count, filled in when sealed
+            JournalFormat.putInteger(startedSeconds.bitPattern, &header)
+            JournalFormat.putInteger(endedSeconds.bitPattern, &header)
+            _ = JournalFormat.putString(typeName, &header)
+            _ = JournalFormat.putString(host, &header)
+            _ = JournalFormat.putString(task, &header)
+            header.withUnsafeBytes { store($0) }
+            groupStart = start
+            groupCount = 0
+            groupTypeName = typeName
+            groupHost = host
+            groupTask = task
+            groupStarted = startedSeconds
+            groupEnded = endedSeconds
         }
-        // The entry's fixed fields in one append, then the value's bytes: five small appends cost a
-        // chunk of tiny jobs more than the rest of journaling.
-        var fixed = EntryFixedFields(
+        reserve(entrySize)
+        let fixed = EntryFixedFields(
             index: Int64(index).littleEndian,
             key: key.value.littleEndian,
             attempts: attempts.littleEndian,
             length: UInt32(value.count).littleEndian
         )
-        withUnsafeBytes(of: &fixed) { bytes.append(contentsOf: $0) }
-        bytes += value
-        group!.count += 1
+        let at = used
+        bytes.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: fixed, toByteOffset: at, as: EntryFixedFields.self)
+            value.withUnsafeBytes { value in
+                guard let source = value.baseAddress else { return }
+                (raw.baseAddress! + at + MemoryLayout<EntryFixedFields>.size).copyMemory(
+                    from: source,
+                    byteCount: value.count
+                )
+            }
+        }
+        used += entrySize
+        groupCount += 1
         jobs += 1
         return true
     }
@@ -103,6 +115,9 @@ package struct JournalBatch: Sendable {
     /// unchanged, when a field exceeds the format's limits.
     package mutating func add(_ record: JournalRecord) -> Bool {
         sealGroup()
+        // The record is framed at the end of the bytes in use.
+        bytes.removeLast(bytes.count - used)
+        defer { used = bytes.count }
         guard JournalFormat.append(record, to: &bytes) else { return false }
         jobs += 1
         return true
@@ -111,19 +126,41 @@ package struct JournalBatch: Sendable {
     /// The batch's bytes, every record sealed.
     mutating func sealed() -> [UInt8] {
         sealGroup()
+        bytes.removeLast(bytes.count - used)
         return bytes
     }
 
+    /// Makes room for `count` more bytes after `used`, growing the zero-filled storage ahead by doubling.
+    private mutating func reserve(_ count: Int) {
+        let needed = used + count
+        guard needed > bytes.count else { return }
+        let grown = Swift.max(needed, bytes.count * 2, 4096)
+        bytes.append(contentsOf: repeatElement(0, count: grown - bytes.count))
+    }
+
+    /// Stores `source` at `used`, and moves `used` past it.
+    private mutating func store(_ source: UnsafeRawBufferPointer) {
+        reserve(source.count)
+        let at = used
+        bytes.withUnsafeMutableBytes { raw in
+            guard let base = source.baseAddress else { return }
+            (raw.baseAddress! + at).copyMemory(from: base, byteCount: source.count)
+        }
+        used += source.count
+    }
+
     private mutating func sealGroup() {
-        guard let open = group else { return }
-        group = nil
+        guard groupStart >= 0 else { return }
+        let start = groupStart
+        let count = groupCount
+        groupStart = -1
         bytes.withUnsafeMutableBytes { raw in
             raw.storeBytes(
-                of: open.count.littleEndian,
-                toByteOffset: open.start + JournalFormat.recordHeaderSize + 2,
+                of: count.littleEndian,
+                toByteOffset: start + JournalFormat.recordHeaderSize + 2,
                 as: UInt32.self
             )
         }
-        JournalFormat.seal(recordAt: open.start, in: &bytes)
+        JournalFormat.seal(recordAt: start, end: used, in: &bytes)
     }
 }

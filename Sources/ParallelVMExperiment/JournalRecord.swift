@@ -244,9 +244,14 @@ enum JournalFormat {
     /// Fills in the header of the record whose header starts at `start` and whose body runs to the end of
     /// `buffer`: magic, body length and the body's checksum.
     static func seal(recordAt start: Int, in buffer: inout [UInt8]) {
-        let length = buffer.count - start - recordHeaderSize
+        seal(recordAt: start, end: buffer.count, in: &buffer)
+    }
+
+    /// ``seal(recordAt:in:)`` of a record whose body ends at `end` of `buffer`.
+    static func seal(recordAt start: Int, end: Int, in buffer: inout [UInt8]) {
+        let length = end - start - recordHeaderSize
         let crc = buffer.withUnsafeBytes { raw in
-            CRC32.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + recordHeaderSize)...]))
+            CRC32.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + recordHeaderSize)..<end]))
         }
         buffer.withUnsafeMutableBytes { raw in
             raw.storeBytes(of: recordMagic.littleEndian, toByteOffset: start, as: UInt32.self)

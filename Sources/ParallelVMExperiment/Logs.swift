@@ -4,15 +4,42 @@ import ParallelVMStorage
 import Synchronization
 
 /// UTC timestamps in ISO 8601 with milliseconds, `2025-01-31T12:00:00.250Z`, made without a formatter
-/// object so that logging from several threads needs no shared state.
+/// object. The text up to the second is kept for the next line in the same second, since a run logs many
+/// lines a second (one per chunk): only the milliseconds are formatted again.
 enum Timestamp {
+    /// The last second formatted, and its text up to the decimal point.
+    private static let lastSecond = Mutex<(second: Int, text: String)>((Int.min, ""))
+
     /// Now.
     static func now() -> String { format(Date()) }
 
     static func format(_ date: Date) -> String {
         let seconds = date.timeIntervalSince1970
-        var whole = time_t(seconds.rounded(.down))
-        let millis = min(max(Int((seconds - Double(whole)) * 1000), 0), 999)
+        let whole = seconds.rounded(.down)
+        let second = Int(whole)
+        let millis = min(max(Int((seconds - whole) * 1000), 0), 999)
+        var text = lastSecond.withLock { last in
+            if last.second != second { last = (second, formatSecond(second)) }
+            return last.text
+        }
+        // ".250Z": five ASCII bytes appended in place.
+        text.reserveCapacity(text.utf8.count + 5)
+        text.append(
+            String(unsafeUninitializedCapacity: 5) { buffer in
+                buffer[0] = UInt8(ascii: ".")
+                buffer[1] = UInt8(ascii: "0") + UInt8(millis / 100)
+                buffer[2] = UInt8(ascii: "0") + UInt8(millis / 10 % 10)
+                buffer[3] = UInt8(ascii: "0") + UInt8(millis % 10)
+                buffer[4] = UInt8(ascii: "Z")
+                return 5
+            }
+        )
+        return text
+    }
+
+    /// `2025-01-31T12:00:00`.
+    private static func formatSecond(_ second: Int) -> String {
+        var whole = time_t(second)
         var parts = tm()
         gmtime_r(&whole, &parts)
         func pad(_ value: Int32, _ width: Int) -> String {
@@ -20,7 +47,7 @@ enum Timestamp {
             return String(repeating: "0", count: max(width - digits.count, 0)) + digits
         }
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis), 3))Z"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))"
     }
 }
 
@@ -102,7 +129,12 @@ package final class ExperimentLog: Sendable {
     package func log(_ message: String) throws(ExperimentError) {
         // Most messages are one line: no need to split them.
         if !message.utf8.contains(UInt8(ascii: "\n")) {
-            try file.write(Timestamp.now() + " " + message + "\n")
+            var line = Timestamp.now()
+            line.reserveCapacity(line.utf8.count + message.utf8.count + 2)
+            line += " "
+            line += message
+            line += "\n"
+            try file.write(line)
         } else {
             try file.write(LineFile.lines(message, prefix: Timestamp.now() + " "))
         }
@@ -154,15 +186,20 @@ package final class ExperimentLog: Sendable {
 
     /// Job indices as ranges, in the order given: `0-41, 43, 45-99`.
     package static func ranges(_ indices: [Int]) -> String {
-        var parts: [String] = []
+        var text = ""
         var position = indices.startIndex
         while position < indices.endIndex {
             var end = position
             while end + 1 < indices.endIndex && indices[end + 1] == indices[end] + 1 { end += 1 }
-            parts.append(end == position ? String(indices[position]) : "\(indices[position])-\(indices[end])")
+            if position > indices.startIndex { text += ", " }
+            text += String(indices[position])
+            if end > position {
+                text += "-"
+                text += String(indices[end])
+            }
             position = end + 1
         }
-        return parts.joined(separator: ", ")
+        return text
     }
 
     func close() { file.close() }

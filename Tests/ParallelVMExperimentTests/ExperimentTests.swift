@@ -207,6 +207,28 @@ struct ExperimentTests {
         #expect(lines.suffix(2).map { $0.split(separator: " ", maxSplits: 1)[1] } == ["two", "lines"])
     }
 
+    @Test("timestamps are exact to the millisecond within a second, across seconds and back in time")
+    func timestamps() {
+        // 2025-01-31T12:00:00Z, then dates in the same second, the next one, and an earlier one (the
+        // text kept for the last second must not leak into another).
+        let noon = 1_738_324_800.0
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon + 0.25)) == "2025-01-31T12:00:00.250Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon + 0.0)) == "2025-01-31T12:00:00.000Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon + 0.9995)) == "2025-01-31T12:00:00.999Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon + 1.125)) == "2025-01-31T12:00:01.125Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon - 86_400 + 59.5)) == "2025-01-30T12:00:59.500Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: 0.042)) == "1970-01-01T00:00:00.042Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: noon + 0.25)) == "2025-01-31T12:00:00.250Z")
+    }
+
+    @Test("job indices are logged as ranges, in the order given")
+    func indexRanges() {
+        #expect(ExperimentLog.ranges([]) == "")
+        #expect(ExperimentLog.ranges([5]) == "5")
+        #expect(ExperimentLog.ranges(Array(0...41) + [43] + Array(45...99)) == "0-41, 43, 45-99")
+        #expect(ExperimentLog.ranges([3, 2, 7, 8]) == "3, 2, 7-8")
+    }
+
     @Test("task logs: safe names, one file per task, streams tagged, partial lines kept whole")
     func taskLogs() throws {
         #expect(TaskLog.fileName(for: "1:5") == "1_5.log")

@@ -21,6 +21,9 @@
 //   vm-bench unshared NAME PATH   seconds to mirror PATH, in PARALLEL_UNSHARED_STORAGE, to a task on every other
 //                             host, cold (caches emptied), warm (contents cached, a fresh task folder linked
 //                             from them) and warm_persistent (persistent storage reused)
+//   vm-bench journal-micro [JOBS]   ns per job of the journal's own steps on one thread, without MPI:
+//                             job keys, group records (framing and CRC-32), the writer's appends, and
+//                             the experiment log's line per chunk of 100 (median of 7 rounds)
 
 import Foundation
 import ParallelVM
@@ -314,14 +317,12 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
 }
 
 /// utime + stime of this process, in seconds (/proc/self/stat fields 14 and 15).
+/// The CPU time of all this process's threads, in seconds, to the nanosecond (`/proc/self/stat` counts
+/// whole clock ticks, 10 ms, too coarse for a few microseconds a task).
 func cpuSecondsOfThisProcess() -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
-        let close = text.lastIndex(of: ")")
-    else { fatalError("cannot read /proc/self/stat") }
-    // Fields after the command name start with field 3 (state).
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-    return (Double(fields[11])! + Double(fields[12])!) / ticks
+    var now = timespec()
+    guard clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now) == 0 else { fatalError("cannot read the process's CPU time") }
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 func idle(_ vm: VM, _ idleSeconds: Double) throws {
@@ -453,6 +454,9 @@ if isolated, arguments.first != "tasks" {
 }
 let vm = try VM(functions: [bounce, double, cpuTime], isolation: isolated ? .process : .inProcess)
 switch arguments.first {
+case "journal-micro":
+    // The spawner alone measures this; workers, if any, stay idle.
+    try journalMicro(arguments.count > 1 ? Int(arguments[1])! : 200_000)
 case "latency":
     let sizes = arguments.dropFirst().compactMap { Int($0) }
     try latency(vm, sizes: sizes.isEmpty ? [0, 8, 1_000, 100_000, 1_000_000, 10_000_000] : sizes)
@@ -475,7 +479,7 @@ case "unshared":
 default:
     FileHandle.standardError.write(
         Data(
-            "usage: vm-bench latency [SIZE...] | tasks N [KIND...] | idle SECONDS | mirror NAME PATH [warm] | unshared NAME PATH\n"
+            "usage: vm-bench latency [SIZE...] | tasks N [KIND...] | idle SECONDS | mirror NAME PATH [warm] | unshared NAME PATH | journal-micro [JOBS]\n"
                 .utf8
         )
     )

@@ -71,9 +71,16 @@ extension VM {
             let plainJobs = resume.count == 0
             var iterator = jobs.makeIterator()
             var taking = true
-            // The farm numbers the jobs it runs by itself: its index -> the job's index, and when it was queued.
+            // The farm numbers the jobs it runs by itself: its index -> the job's index (kept only when some
+            // jobs are reused, else the two are the same), and when it was queued.
             var jobIndexOfFarmIndex: [Int] = []
             var queuedAt: [Date] = []
+            if let count {
+                taken.reserveCapacity(count)
+                queuedAt.reserveCapacity(count)
+                if !plainJobs { jobIndexOfFarmIndex.reserveCapacity(count) }
+            }
+            var farmJobs = 0
             // Jobs that collect outputs run wrapped; their results name the jobs as given.
             var originals: [Int: Job<Value>] = [:]
             while true {
@@ -127,11 +134,9 @@ extension VM {
                             taking = false
                             break
                         }
-                        precondition(
-                            first == jobIndexOfFarmIndex.count,
-                            "a journaled dispatch is its farm's only feeder"
-                        )
-                        jobIndexOfFarmIndex += indices
+                        precondition(first == farmJobs, "a journaled dispatch is its farm's only feeder")
+                        farmJobs += indices.count
+                        if !plainJobs { jobIndexOfFarmIndex += indices }
                         queuedAt += repeatElement(Date(), count: indices.count)
                         try journal.log.jobsQueued(indices, chunkSize: unitSize)
                     }
@@ -147,29 +152,33 @@ extension VM {
                 let ended = Date()
                 var failure: JobError?
                 var value: [UInt8] = []
-                for farmResult in farmResults {
-                    let jobIndex = jobIndexOfFarmIndex[farmResult.index]
+                // Borrowed where they lie, and each job result made in its place in `results`: a copy of
+                // each farm result and job result cost a tiny job more than journaling it.
+                for position in farmResults.indices {
+                    let farmIndex = farmResults[position].index
+                    let jobIndex = plainJobs ? farmIndex : jobIndexOfFarmIndex[farmIndex]
                     let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
-                    let result = try farm.journaledResult(
-                        of: farmResult,
-                        index: jobIndex,
-                        job: original,
-                        failure: &failure,
-                        value: &value
+                    results.append(
+                        try farm.journaledResult(
+                            of: farmResults[position],
+                            index: jobIndex,
+                            job: original,
+                            failure: &failure,
+                            value: &value
+                        )
                     )
-                    let key = Self.journalKey(of: farmResult, known: taken.keys[jobIndex])
+                    let key = Self.journalKey(of: farmResults[position], known: taken.keys[jobIndex])
                     taken.keys[jobIndex] = key
                     try journal.add(
-                        farmResult,
+                        farmResults[position],
                         failure: failure,
                         value: value,
                         typeName: farm.valueTypeName,
                         index: jobIndex,
                         key: key,
-                        started: queuedAt[farmResult.index],
+                        started: queuedAt[farmIndex],
                         ended: ended
                     )
-                    results.append(result)
                 }
                 try journal.commit(writing: collector != nil)
                 try await run.take(results)
@@ -332,6 +341,11 @@ struct TakenJobs {
     var keys: [JobKey?] = []
 
     var count: Int { jobs.count }
+
+    mutating func reserveCapacity(_ count: Int) {
+        jobs.reserveCapacity(count)
+        keys.reserveCapacity(count)
+    }
 
     mutating func append(_ job: FarmJob, key: JobKey?) {
         jobs.append(job)
