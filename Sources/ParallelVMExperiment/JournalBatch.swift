@@ -130,6 +130,20 @@ package struct JournalBatch: Sendable {
         return bytes
     }
 
+    /// The batch's bytes, every record sealed, sharing the batch's storage: drop the slice before the
+    /// batch is changed again, or the change copies the storage.
+    mutating func sealedSlice() -> ArraySlice<UInt8> {
+        sealGroup()
+        return bytes[..<used]
+    }
+
+    /// Empties the batch and keeps its storage, so that the next results are framed without allocating.
+    package mutating func removeAll() {
+        groupStart = -1
+        used = 0
+        jobs = 0
+    }
+
     /// Makes room for `count` more bytes after `used`, growing the zero-filled storage ahead by doubling.
     private mutating func reserve(_ count: Int) {
         let needed = used + count

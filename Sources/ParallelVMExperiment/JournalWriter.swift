@@ -166,13 +166,22 @@ package final class JournalWriter: @unchecked Sendable {
 
     /// Buffers a batch of records and groups (the results that came in together) under one lock.
     package func append(_ batch: consuming JournalBatch) throws(ExperimentError) {
+        var batch = batch
+        try append(emptying: &batch)
+    }
+
+    /// ``append(_:)`` that empties `batch` and leaves it its storage, so that a caller that journals batch
+    /// after batch allocates none (also when this throws).
+    package func append(emptying batch: inout JournalBatch) throws(ExperimentError) {
         guard !batch.isEmpty else { return }
-        let bytes = batch.sealed()
+        defer { batch.removeAll() }
+        let jobs = batch.jobs
+        let bytes = batch.sealedSlice()
         condition.lock()
         defer { condition.unlock() }
         try requireWritableLocked()
-        buffer += bytes
-        notePendingLocked(jobs: batch.jobs)
+        buffer.append(contentsOf: bytes)
+        notePendingLocked(jobs: jobs)
         if pending >= policy.maxRecords || buffer.count >= policy.maxBytes { try flushLocked() }
         try flushIfDueLocked()
     }

@@ -86,6 +86,43 @@ struct JournalTests {
         #expect(Support.fileSize(path) * 3 < Support.fileSize(singles.sub("journal")) * 2)
     }
 
+    @Test("one batch emptied by each append and filled again journals every record, growing as it must")
+    func reusedBatch() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.sub("journal")
+        let writer = try JournalWriter(path: path, experiment: "t")
+        var batch = JournalBatch()
+        var expected: [JournalRecord] = []
+        // Rounds of growing values (past the batch's first 4 KiB, then past what earlier rounds needed),
+        // every round continuing the task of the round before: the group is closed by the append, not
+        // carried into the next batch.
+        for round in 0..<6 {
+            let size = [1, 300, 5000, 2, 70_000, 8][round]
+            for offset in 0..<12 {
+                let index = round * 12 + offset
+                var record = Support.record(index, success: offset != 7, task: "1:\(round / 2)")
+                if case .success(let typeName, _) = record.outcome {
+                    record.outcome = .success(typeName: typeName, value: (0..<size).map { UInt8(($0 + index) % 251) })
+                }
+                record.started = Date(timeIntervalSince1970: 1_700_000_000)
+                record.ended = Date(timeIntervalSince1970: 1_700_000_001)
+                Self.add(record, to: &batch)
+                expected.append(record)
+            }
+            #expect(batch.jobs == 12)
+            try writer.append(emptying: &batch)
+            #expect(batch.isEmpty)
+            #expect(batch.jobs == 0)
+        }
+        // An empty batch appends nothing.
+        try writer.append(emptying: &batch)
+        try writer.close()
+        #expect(writer.statistics.records == 72)
+        let contents = try JournalReader(path: path).read()
+        #expect(contents.problem == nil)
+        #expect(contents.records == expected)
+    }
+
     @Test("a torn group at the end loses its jobs, and only those; a damaged group before the end is corruption")
     func tornGroup() throws {
         let folder = try TemporaryFolder()

@@ -6,7 +6,8 @@ import ParallelVMExperiment
 /// with no MPI and no other thread busy: what journaling costs before the rest of a run gets in its way.
 ///   - journal_key_ns: a job's key from its function name and encoded arguments (``JobKeyMaker``);
 ///   - journal_group_ns: adding the job to a batch, in groups of 100 (a chunk), framed and checksummed;
-///   - journal_append_ns: the same, with each batch of 1000 handed to the journal's writer, and flushed;
+///   - journal_append_ns: the same, with each batch of 1000 handed to the journal's writer (which empties
+///     it for the next 1000, as a journaled dispatch does), and flushed at the end;
 ///   - journal_log_ns: the experiment log's line for a chunk of 100 successes, per job.
 func journalMicro(_ jobs: Int) throws {
     let base = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(
@@ -49,7 +50,7 @@ func journalMicro(_ jobs: Int) throws {
                     ended: now
                 )
             else { fatalError("the journal refused job \(job)") }
-            if job % 1000 == 999 { batch = JournalBatch() }
+            if job % 1000 == 999 { batch.removeAll() }
         }
         groups.append(perJob(start))
 
@@ -73,12 +74,9 @@ func journalMicro(_ jobs: Int) throws {
                     ended: now
                 )
             else { fatalError("the journal refused job \(job)") }
-            if job % 1000 == 999 {
-                try writer.append(batch)
-                batch = JournalBatch()
-            }
+            if job % 1000 == 999 { try writer.append(emptying: &batch) }
         }
-        try writer.append(batch)
+        try writer.append(emptying: &batch)
         try writer.flush()
         appends.append(perJob(start))
 

@@ -493,10 +493,8 @@ struct RunJournal {
     mutating func commit(writing: Bool) throws {
         try logPendingSuccesses()
         guard !batch.isEmpty else { return }
-        // Handed over whole, not shared: sealing it in the writer then copies nothing.
-        let taken = batch
-        batch = JournalBatch()
-        try writer.append(taken)
+        // Emptied, its storage kept for the next batch: framing the results then allocates nothing.
+        try writer.append(emptying: &batch)
         if writing { try writer.flush() }
     }
 }
