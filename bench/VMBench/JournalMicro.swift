@@ -33,49 +33,37 @@ func journalMicro(_ jobs: Int) throws {
         for _ in 0..<jobs { sum &+= maker.key(function: "bench.double", encodedArguments: arguments).value }
         keys.append(perJob(start))
 
-        start = seconds()
-        var batch = JournalBatch()
-        for job in 0..<jobs {
-            let key = JobKey(value: sum &+ UInt64(job))
-            guard
-                batch.addSuccess(
-                    index: job,
-                    key: key,
-                    attempts: 1,
-                    typeName: "Swift.Int",
-                    value: value,
-                    host: "host",
-                    task: task(job),
-                    started: now,
-                    ended: now
-                )
-            else { fatalError("the journal refused job \(job)") }
-            if job % 1000 == 999 { batch.removeAll() }
+        // Adds every job to a batch, which `full` empties after each 1000.
+        func fill(_ full: (inout JournalBatch) throws -> Void) rethrows -> JournalBatch {
+            var batch = JournalBatch()
+            for job in 0..<jobs {
+                guard
+                    batch.addSuccess(
+                        index: job,
+                        key: JobKey(value: sum &+ UInt64(job)),
+                        attempts: 1,
+                        typeName: "Swift.Int",
+                        value: value,
+                        host: "host",
+                        task: task(job),
+                        started: now,
+                        ended: now
+                    )
+                else { fatalError("the journal refused job \(job)") }
+                if job % 1000 == 999 { try full(&batch) }
+            }
+            return batch
         }
+
+        start = seconds()
+        _ = fill { $0.removeAll() }
         groups.append(perJob(start))
 
         let experiment = try Experiment(name: "micro-\(round)", in: base)
         try experiment.open()
         let writer = try experiment.journal()
         start = seconds()
-        batch = JournalBatch()
-        for job in 0..<jobs {
-            let key = JobKey(value: sum &+ UInt64(job))
-            guard
-                batch.addSuccess(
-                    index: job,
-                    key: key,
-                    attempts: 1,
-                    typeName: "Swift.Int",
-                    value: value,
-                    host: "host",
-                    task: task(job),
-                    started: now,
-                    ended: now
-                )
-            else { fatalError("the journal refused job \(job)") }
-            if job % 1000 == 999 { try writer.append(emptying: &batch) }
-        }
+        var batch = try fill { try writer.append(emptying: &$0) }
         try writer.append(emptying: &batch)
         try writer.flush()
         appends.append(perJob(start))
