@@ -114,21 +114,16 @@ package struct JournalBatch: Sendable {
     /// Adds one record on its own (a failure, or a value this process encoded). False, with the batch
     /// unchanged, when a field exceeds the format's limits.
     package mutating func add(_ record: JournalRecord) -> Bool {
+        var framed: [UInt8] = []
+        guard JournalFormat.append(record, to: &framed) else { return false }
         sealGroup()
-        // The record is framed at the end of the bytes in use.
-        bytes.removeLast(bytes.count - used)
-        defer { used = bytes.count }
-        guard JournalFormat.append(record, to: &bytes) else { return false }
+        framed.withUnsafeBytes { store($0) }
         jobs += 1
         return true
     }
 
     /// The batch's bytes, every record sealed.
-    mutating func sealed() -> [UInt8] {
-        sealGroup()
-        bytes.removeLast(bytes.count - used)
-        return bytes
-    }
+    mutating func sealed() -> [UInt8] { Array(sealedSlice()) }
 
     /// The batch's bytes, every record sealed, sharing the batch's storage: drop the slice before the
     /// batch is changed again, or the change copies the storage.

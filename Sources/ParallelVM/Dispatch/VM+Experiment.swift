@@ -80,7 +80,6 @@ extension VM {
                 queuedAt.reserveCapacity(count)
                 if !plainJobs { jobIndexOfFarmIndex.reserveCapacity(count) }
             }
-            var farmJobs = 0
             // Jobs that collect outputs run wrapped; their results name the jobs as given.
             var originals: [Int: Job<Value>] = [:]
             while true {
@@ -134,8 +133,7 @@ extension VM {
                             taking = false
                             break
                         }
-                        precondition(first == farmJobs, "a journaled dispatch is its farm's only feeder")
-                        farmJobs += indices.count
+                        precondition(first == queuedAt.count, "a journaled dispatch is its farm's only feeder")
                         if !plainJobs { jobIndexOfFarmIndex += indices }
                         queuedAt += repeatElement(Date(), count: indices.count)
                         try journal.log.jobsQueued(indices, chunkSize: unitSize)
