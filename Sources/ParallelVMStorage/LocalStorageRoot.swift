@@ -44,14 +44,23 @@ package struct LocalStorageRoot: Sendable, Hashable {
     ///
     /// Called before every preparation because `clearLocalStorage` may have removed it. A symlink or a
     /// folder owned by someone else is refused: in a shared `/tmp` another user could plant either.
+    ///
+    /// Another rank of this host may be clearing and remove the folder between the `mkdir` that finds
+    /// it and the look at it; it is then made again (a few times at most).
     func ensureUserFolder() throws {
         let folder = userFolder
         let subject = "local storage folder"
-        let made = SystemCall.value("mkdir") { mkdir(folder, 0o700) }
-        if !made.failed(with: EEXIST) { try made.get("created", path: folder, subject: subject, code: .unwritableRoot) }
         var st = stat()
-        try SystemCall.value("lstat") { lstat(folder, &st) }
-            .get("examined", path: folder, subject: subject, code: .unwritableRoot)
+        for attempt in 1...5 {
+            let made = SystemCall.value("mkdir") { mkdir(folder, 0o700) }
+            if !made.failed(with: EEXIST) {
+                try made.get("created", path: folder, subject: subject, code: .unwritableRoot)
+            }
+            let examined = SystemCall.value("lstat") { lstat(folder, &st) }
+            if examined.failed(with: ENOENT) && attempt < 5 { continue }
+            try examined.get("examined", path: folder, subject: subject, code: .unwritableRoot)
+            break
+        }
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
             throw StorageError(
                 .unwritableRoot,

@@ -988,6 +988,26 @@ private func deadPID() throws -> Int32 {
         #expect(!exists(root.userFolder))
     }
 
+    @Test func aWorkersClearingCreatesNothingAndFindsNothingMissing() throws {
+        // The ranks of a host clear at once; one of them may find the user folder (or the whole root)
+        // gone already. That is no failure, and nothing is made just to be removed.
+        let s = try Scratch()
+        let absent = ["PARALLEL_LOCAL_STORAGE": s.path + "/never/made"]
+        let none = Worker.clearLocalStorageHere(environment: absent)
+        #expect(none.failures.isEmpty && none.removed.isEmpty, "\(none)")
+        #expect(!exists(s.path + "/never"))
+
+        let (root, p) = try runningTaskStorage(s, holder: "task 1:9")
+        try p.cleanup()
+        let environment = ["PARALLEL_LOCAL_STORAGE": root.path]
+        let first = Worker.clearLocalStorageHere(environment: environment)
+        #expect(first.failures.isEmpty && first.removed == [root.userFolder], "\(first)")
+        let second = Worker.clearLocalStorageHere(environment: environment)
+        #expect(second.failures.isEmpty && second.removed.isEmpty, "\(second)")
+        #expect(!exists(root.userFolder))
+        #expect(exists(root.path))
+    }
+
     @Test func aLeaseHeldByAnotherProcessProtectsTheFolderUntilThatProcessDies() throws {
         let s = try Scratch()
         let (m, req) = try source(s)

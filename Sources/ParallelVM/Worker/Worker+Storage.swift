@@ -93,11 +93,16 @@ extension Worker {
     }
 
     /// Clears this user's local storage under this process's `PARALLEL_LOCAL_STORAGE`.
-    static func clearLocalStorageHere() -> ClearReport {
+    ///
+    /// Nothing is created first: the other ranks of this host clear at the same time, and a folder one
+    /// of them creates here may be gone before it is looked at.
+    static func clearLocalStorageHere(
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> ClearReport {
         do {
-            return try LocalStorageRoot(environment: ProcessInfo.processInfo.environment).clear()
+            return try LocalStorageRoot(environment: environment, create: false).clear()
         } catch {
-            let root = ProcessInfo.processInfo.environment[LocalStorageRoot.variable] ?? NSTemporaryDirectory()
+            let root = environment[LocalStorageRoot.variable] ?? NSTemporaryDirectory()
             return ClearReport(host: ProcessInfo.processInfo.hostName, failures: [root: "\(error)"])
         }
     }
