@@ -98,3 +98,32 @@ void *parallelvm_shared_memory_map(int fd, uint64_t size) {
 }
 
 void parallelvm_shared_memory_unmap(void *memory, uint64_t size) { munmap(memory, size); }
+
+uint64_t parallelvm_shared_load(void *word) {
+    return atomic_load_explicit((_Atomic uint64_t *)word, memory_order_seq_cst);
+}
+
+void parallelvm_shared_store(void *word, uint64_t value) {
+    atomic_store_explicit((_Atomic uint64_t *)word, value, memory_order_seq_cst);
+}
+
+int parallelvm_shared_compare_exchange(void *word, uint64_t expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit((_Atomic uint64_t *)word, &expected, desired,
+                                                   memory_order_seq_cst, memory_order_seq_cst);
+}
+
+int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int more) {
+    struct header *header = ring;
+    uint64_t tail = atomic_load_explicit(&header->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&header->head, memory_order_acquire);
+    uint64_t needed = 4 + (uint64_t)length;
+    if (length >= 0x80000000u || capacity - (tail - head) < needed) return 0;
+    uint32_t word = length | (more ? 0x80000000u : 0);
+    unsigned char prefix[4] = {
+        (unsigned char)word, (unsigned char)(word >> 8), (unsigned char)(word >> 16), (unsigned char)(word >> 24),
+    };
+    copy_in(ring, capacity, tail, prefix, 4);
+    if (length) copy_in(ring, capacity, tail + 4, bytes, length);
+    atomic_store_explicit(&header->tail, tail + needed, memory_order_seq_cst);
+    return 1;
+}

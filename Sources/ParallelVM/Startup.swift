@@ -168,6 +168,7 @@ enum Startup {
         }
         Interrupts.install { spawner.interrupted($0) }
         spawner.startHeartbeats()
+        spawner.openDirectRoutes()
         return .spawner(spawner)
     }
 
@@ -191,8 +192,25 @@ enum Startup {
             throw VMError(.configuration, "this task process was started without its rank, size and host")
         }
         let policy = (try? WaitPolicy.fromEnvironment(environment)) ?? .adaptive
+        var direct: DirectSegment?
+        var doorbell: Doorbell?
+        if let text = environment[TaskSupervisor.directVariable], let fd = Int32(text), let bell = Doorbell() {
+            unsetenv(TaskSupervisor.directVariable)
+            direct = try? DirectSegment.inherited(fd)
+            // What a task that came directly detaches is adopted here, to be ended as the task ends.
+            if direct != nil { try? ChildProcess.enableSubreaper() }
+            direct?.publishBell(pid: getpid(), token: bell.token)
+            doorbell = bell
+        }
         return Worker(
-            transport: ChannelLink(channel: channel, rank: rank, size: size, waitPolicy: policy),
+            transport: ChannelLink(
+                channel: channel,
+                rank: rank,
+                size: size,
+                waitPolicy: policy,
+                direct: direct,
+                doorbell: doorbell
+            ),
             host: HostID(host),
             functions: functions,
             doorbell: nil,

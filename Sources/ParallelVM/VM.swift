@@ -40,6 +40,8 @@ public final class VM: Sendable {
     let mirrorSnapshot: MirrorSnapshot?
     /// The settings every spawn request of this VM object carries, encoded once.
     let encodedSettings: [UInt8]
+    /// Whether those settings name an experiment (its tasks keep their logs through their worker ranks).
+    let namesExperiment: Bool
 
     /// Starts the VM (MPI and, on workers, the worker loop) on first use and makes a VM object.
     ///
@@ -107,6 +109,7 @@ public final class VM: Sendable {
             self.mirrorSnapshot = snapshot
         }
         self.encodedSettings = try SpawnSettings(debug: debug, vmIndex: vmIndex, storage: storage).encoded()
+        self.namesExperiment = false
         spawner.raiseLogLevel(to: Logger.Level(debug: debug))
         for warning in storageWarnings { spawner.logger.warning("\(warning)") }
     }
@@ -127,6 +130,7 @@ public final class VM: Sendable {
             storage: vm.storage,
             experiment: experiment
         ).encoded()
+        namesExperiment = true
     }
 
     private func requireLive(_ operation: String) throws(VMError) {
@@ -297,6 +301,8 @@ public final class VM: Sendable {
             timeout: limit,
             avoiding: avoiding,
             mirror: mirrorSnapshot,
+            // A task of an experiment keeps its log through its worker rank.
+            direct: !namesExperiment,
             describeArguments: { VMEvent.describe(args) }
         )
         if debug > 0 {

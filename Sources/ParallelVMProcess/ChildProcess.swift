@@ -149,7 +149,8 @@ package final class ChildProcess: Sendable {
         forwardStandardError: Bool = true,
         memoryLimit: Int? = nil,
         standardErrorTail: StandardErrorTail = StandardErrorTail(),
-        sharedMemory: Bool = true
+        sharedMemory: Bool = true,
+        inheriting inherited: (descriptor: Int32, variable: String)? = nil
     ) throws(ProcessError) -> ChildProcess {
         var environment = environment
         environment[channelVariable] = String(channelDescriptor)
@@ -191,6 +192,16 @@ package final class ChildProcess: Sendable {
         let childChannel = try descriptors.moveHigh(childEnd)
         let childMemory = try memory.map { fd throws(ProcessError) in try descriptors.moveHigh(fd) }
         environment[sharedMemoryVariable] = childMemory == nil ? nil : String(channelDescriptor + 1)
+        // A copy of `inherited`, which the parent keeps, for the child's next descriptor; its number goes
+        // under the variable named with it.
+        let inheritedNumber = channelDescriptor + (childMemory == nil ? 1 : 2)
+        if let inherited { environment[inherited.variable] = String(inheritedNumber) }
+        let childInherited = try inherited.map { (inherited) throws(ProcessError) -> Int32 in
+            let copy = fcntl(inherited.descriptor, F_DUPFD_CLOEXEC, 64)
+            guard copy >= 0 else { throw .systemCall("fcntl(F_DUPFD_CLOEXEC)", errno: errno) }
+            descriptors.add(copy)
+            return copy
+        }
 
         let pid = try withSpawnActions { actions throws(ProcessError) in
             try checkedErrorNumber("posix_spawn_file_actions_adddup2") {
@@ -213,10 +224,15 @@ package final class ChildProcess: Sendable {
                     posix_spawn_file_actions_adddup2(actions, childMemory, channelDescriptor + 1)
                 }
             }
+            if let childInherited {
+                try checkedErrorNumber("posix_spawn_file_actions_adddup2") {
+                    posix_spawn_file_actions_adddup2(actions, childInherited, inheritedNumber)
+                }
+            }
             if let addClosefrom = LinuxFunctions.addClosefrom {
                 // MPI and its transports open descriptors without close-on-exec; none may reach a task.
                 try checkedErrorNumber("posix_spawn_file_actions_addclosefrom_np") {
-                    addClosefrom(actions, channelDescriptor + (childMemory == nil ? 1 : 2))
+                    addClosefrom(actions, inheritedNumber + (childInherited == nil ? 0 : 1))
                 }
             } else {
                 markAllCloseOnExec()

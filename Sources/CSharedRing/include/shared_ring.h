@@ -46,4 +46,15 @@ void *parallelvm_shared_memory_map(int fd, uint64_t size);
 /// Unmaps what `parallelvm_shared_memory_map` mapped.
 void parallelvm_shared_memory_unmap(void *memory, uint64_t size);
 
+/// Writes one piece of a message if the ring has room for it; returns 1 if it did, 0 if not. The piece's
+/// length prefix has its top bit set when `more` pieces of the same message follow (so `length` must be
+/// below 2^31); `parallelvm_ring_next_length` returns the prefix as written.
+int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int more);
+
+/// A 64-bit word in shared memory, read and written with sequential consistency.
+uint64_t parallelvm_shared_load(void *word);
+void parallelvm_shared_store(void *word, uint64_t value);
+/// Replaces the word with `desired` if it holds `expected`; returns whether it did.
+int parallelvm_shared_compare_exchange(void *word, uint64_t expected, uint64_t desired);
+
 #endif

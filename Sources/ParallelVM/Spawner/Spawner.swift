@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import MPI
+import ParallelVMProcess
 import ParallelVMStorage
 import Synchronization
 
@@ -284,6 +285,7 @@ final class Spawner: Sendable {
         timeout: Double = 0,
         avoiding: Set<Int> = [],
         mirror: MirrorSnapshot? = nil,
+        direct: Bool = true,
         describeArguments: () -> String = { "" }
     ) throws(VMError) -> [TaskID] {
         guard let transport else { return [] }
@@ -322,9 +324,14 @@ final class Spawner: Sendable {
                 }
             }
             do {
-                // Ring first: a request above MPI's eager limit completes only once the worker takes it.
-                ringDoorbell(of: task.slot)
-                try request.send(over: transport, to: task.slot)
+                if direct, mirror == nil, let route = directRoute(to: task.slot) {
+                    route.task.store(task.number, ordering: .releasing)
+                    try request.send(over: route, to: task.slot)
+                } else {
+                    // Ring first: a request above MPI's eager limit completes only once the worker takes it.
+                    ringDoorbell(of: task.slot)
+                    try request.send(over: transport, to: task.slot)
+                }
             } catch {
                 throw releaseUnsent(
                     VMError(
@@ -347,9 +354,39 @@ final class Spawner: Sendable {
             )
         }
         let knownTasks = knownTasks ?? withBook { $0.nextTaskNumber }
+        if let route = directRoute(to: destination.slot), route.task.load(ordering: .acquiring) == destination.number {
+            try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: route)
+            return
+        }
         // A worker rank supervising a task process may wait on its doorbell while its task runs.
         if isolation.kind == .process { ringDoorbell(of: destination.slot, always: true) }
         try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: transport)
+    }
+
+    /// Opens the direct routes to the task processes on this host at once, so that their names leave
+    /// `/dev/shm` as the run starts.
+    func openDirectRoutes() {
+        for slot in 1..<max(size, 1) { _ = directRoute(to: slot) }
+    }
+
+    /// The direct route to the task process of the worker in `slot`, when it runs on this host under
+    /// process isolation and made one.
+    func directRoute(to slot: Int) -> DirectRoutes.Route? {
+        guard isolation.kind == .process, localLink == nil, let mpi = transport as? Transport else { return nil }
+        guard let (pid, token) = withBook({ book -> (Int32, UInt64)? in
+            guard book.slots.indices.contains(slot), book.slots[slot].host == host, !book.slots[slot].lost,
+                book.slots[slot].doorbell != 0
+            else { return nil }
+            return (book.slots[slot].pid, book.slots[slot].doorbell)
+        })
+        else { return nil }
+        return mpi.direct.route(
+            rank: slot,
+            path: DirectSegment.path(forWorker: pid, token: token),
+            size: mpi.size,
+            waitPolicy: mpi.waitPolicy,
+            doorbell: doorbell
+        )
     }
 
     // MARK: - Task events

@@ -16,6 +16,8 @@ final class Transport: SpawnerLink {
     let size: Int
     /// Whether to note when frames from rank 0 arrive (a worker that may ring the spawner's doorbell).
     let tracksSpawnerArrivals: Bool
+    /// The spawner's routes to task processes on its host, polled with MPI.
+    let direct = DirectRoutes()
 
     private struct State: ~Copyable {
         var pending: [Envelope] = []
@@ -123,6 +125,7 @@ final class Transport: SpawnerLink {
     /// Takes one frame off the wire if one is waiting (nil also for a frame that cannot be parsed, which
     /// is reported and dropped). Caller holds the lock.
     private func poll(_ state: inout State) throws(MPIError) -> Envelope? {
+        if let envelope = direct.poll() { return envelope }
         guard let message = try communicator.matchedProbeIfAvailable(from: .any, tag: Wire.tag) else { return nil }
         let source = message.source
         let frame = try message.receive()

@@ -34,6 +34,15 @@ final class TaskSupervisor: @unchecked Sendable {
     static let rankVariable = "PARALLELVM_TASK_RANK"
     static let sizeVariable = "PARALLELVM_TASK_SIZE"
     static let hostVariable = "PARALLELVM_TASK_HOST"
+    /// The path of the task process's ``DirectSegment`` to the spawner, when it has one.
+    static let directVariable = "PARALLELVM_TASK_DIRECT"
+
+    /// The shared memory through which the spawner on this host talks to the task process directly.
+    private var direct: DirectSegment?
+    /// Why this rank is ending the task that came directly, once it claimed it.
+    private var directEnding: TaskTermination.Reason?
+    /// The folder of the last task that came directly, from its task process's note.
+    private var directFolder: (task: Int, path: String, persistent: Bool)?
 
     /// The task the task process runs now.
     private struct Running {
@@ -87,7 +96,11 @@ final class TaskSupervisor: @unchecked Sendable {
     func serve() -> Never {
         // Grandchildren that a task detaches (setsid, double fork) are re-parented here, so they can be ended.
         try? ChildProcess.enableSubreaper()
+        if let doorbell {
+            direct = try? DirectSegment.create(path: DirectSegment.path(forWorker: getpid(), token: doorbell.token))
+        }
         run()
+        direct?.unlinkName()
         heartbeat?.stop()
         do {
             try MPIEnvironment.finalize()
@@ -131,7 +144,14 @@ final class TaskSupervisor: @unchecked Sendable {
                 end(running!, because: .timedOut(seconds: running!.timeout))
                 progressed = true
             }
-            if finalizeRequested, running == nil {
+            let directTask = running == nil ? direct?.runningTaskTimes() : nil
+            if let directTask, !directTask.claimed, let deadline = directTask.deadline, monotonicSeconds() >= deadline,
+                let task = direct?.runningTask(), task.number == directTask.number
+            {
+                endDirect(task.number, because: .timedOut(seconds: task.timeout))
+                progressed = true
+            }
+            if finalizeRequested, running == nil, directTask == nil {
                 releaseChild()
                 return
             }
@@ -293,7 +313,7 @@ final class TaskSupervisor: @unchecked Sendable {
         if let task = running {
             closeLog(of: task, ending: "the run was interrupted by \(interrupt); the task was ended")
         }
-        if let folder = running?.folder, !folder.persistent {
+        if let folder = running?.folder ?? directRunning()?.folder, !folder.persistent {
             _ = PreparedStorage.removeAbandoned(folder: folder.path)
         }
         reapOrphans()
@@ -305,6 +325,7 @@ final class TaskSupervisor: @unchecked Sendable {
             stopped = true
             return
         }
+        direct?.unlinkName()
         fflush(nil)
         _exit(status ?? interrupt.exitStatus)
     }
@@ -330,7 +351,8 @@ final class TaskSupervisor: @unchecked Sendable {
                 channelVariable: TaskSupervisor.channelVariable,
                 // Through this rank, so that a task of an experiment has its output in its log.
                 standardOutput: .forward,
-                memoryLimit: memoryLimit
+                memoryLimit: memoryLimit,
+                inheriting: direct?.descriptor.map { ($0, TaskSupervisor.directVariable) }
             )
             child = started
             writer = ChannelWriter(channel: started.channel)
@@ -372,7 +394,11 @@ final class TaskSupervisor: @unchecked Sendable {
         switch envelope.kind {
         case .taskFolder:
             let note = try TaskFolderNote(envelope)
-            if running?.number == note.task { running?.folder = (note.path, note.persistent) }
+            if running?.number == note.task {
+                running?.folder = (note.path, note.persistent)
+            } else {
+                directFolder = (note.task, note.path, note.persistent)
+            }
             return
         default:
             break
@@ -474,10 +500,40 @@ final class TaskSupervisor: @unchecked Sendable {
         if let task = running {
             running = nil
             report(task, end: end)
+        } else if let task = directRunning() {
+            direct?.clearTask()
+            directEnding = nil
+            directFolder = nil
+            report(task, end: end)
         } else if !finalizeRequested {
             log(.warning, "the idle task process ended (\(end)); starting another")
         }
         if !finalizeRequested { startChild() }
+    }
+
+    /// The task that came directly and has not ended, as this rank reports it.
+    private func directRunning() -> Running? {
+        guard let task = direct?.runningTask() else { return nil }
+        let folder = directFolder.flatMap { $0.task == task.number ? ($0.path, $0.persistent) : nil }
+        return Running(
+            number: task.number,
+            function: task.function,
+            sendBack: task.sendBack,
+            deadline: task.deadline,
+            timeout: task.timeout,
+            folder: folder,
+            ending: task.claimed ? directEnding : nil
+        )
+    }
+
+    /// Ends the task that came directly on purpose, unless it ended meanwhile: its process is killed, and
+    /// its end is reported with `reason`.
+    private func endDirect(_ number: Int, because reason: TaskTermination.Reason) {
+        guard let direct, direct.claimTask(number) else { return }
+        directEnding = reason
+        guard let child else { return }
+        _ = try? child.terminate(grace: .milliseconds(200))
+        childEnded()
     }
 
     /// Ends the running task on purpose: its process is killed, and its end is reported with `reason`.
@@ -569,6 +625,10 @@ final class TaskSupervisor: @unchecked Sendable {
         case .kill:
             if let task = running, task.number == envelope.destinationTask, task.ending == nil {
                 end(task, because: .killed)
+            } else if running == nil, let task = direct?.runningTaskTimes(), task.number == envelope.destinationTask,
+                !task.claimed
+            {
+                endDirect(task.number, because: .killed)
             }
         case .finalize:
             finalizeRequested = true

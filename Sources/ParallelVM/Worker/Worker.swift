@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import MPI
+import ParallelVMProcess
 import ParallelVMStorage
 import Synchronization
 
@@ -242,6 +243,14 @@ final class Worker: @unchecked Sendable {
             state.knownTasks = max(state.knownTasks, request.knownTasks)
             state.debug = settings.debug
         }
+        let channelLink = inTaskProcess ? transport as? ChannelLink : nil
+        let direct =
+            channelLink?.directTaskBegins(
+                number,
+                function: request.function,
+                sendBack: request.sendBack,
+                timeout: request.timeout
+            ) ?? false
         // Messages queued for earlier task numbers were for tasks that ran elsewhere or have ended.
         transport.removePending { $0.kind == .user && $0.destinationTask < number }
         defer { state.withLock { $0.currentTask = nil } }
@@ -298,7 +307,16 @@ final class Worker: @unchecked Sendable {
         // What the task printed reaches its worker rank (and the task's log) before its end does.
         if inTaskProcess { fflush(nil) }
         // A task process tells its worker rank whether the task left processes behind, for it to end them.
-        let leftProcesses = inTaskProcess && Worker.hasChildren()
+        var leftProcesses = inTaskProcess && Worker.hasChildren()
+        if direct {
+            // Its worker rank does not see this task's end: end what it left here (this process adopts
+            // what the task detached), and end nothing once the worker rank has claimed the task.
+            if leftProcesses { ChildProcess.reapOrphans() }
+            leftProcesses = false
+            if !channelLink!.directTaskEnds(number) {
+                while true { pause() }
+            }
+        }
         guard request.sendBack else {
             sendExit(task: number, leftProcesses: leftProcesses)
             return
