@@ -69,6 +69,19 @@ void parallelvm_ring_take(void *ring, uint64_t capacity, void *destination, uint
     atomic_store_explicit(&header->head, head + 4 + (uint64_t)length, memory_order_release);
 }
 
+uint64_t parallelvm_ring_room(void *ring, uint64_t capacity) {
+    struct header *header = ring;
+    uint64_t tail = atomic_load_explicit(&header->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&header->head, memory_order_acquire);
+    return capacity - (tail - head);
+}
+
+void parallelvm_ring_skip(void *ring, uint32_t length) {
+    struct header *header = ring;
+    uint64_t head = atomic_load_explicit(&header->head, memory_order_relaxed);
+    atomic_store_explicit(&header->head, head + 4 + (uint64_t)length, memory_order_release);
+}
+
 void parallelvm_ring_set_waiting(void *ring, int waiting) {
     struct header *header = ring;
     atomic_store_explicit(&header->waiting, waiting ? 1u : 0u, memory_order_seq_cst);
@@ -112,13 +125,14 @@ int parallelvm_shared_compare_exchange(void *word, uint64_t expected, uint64_t d
                                                    memory_order_seq_cst, memory_order_seq_cst);
 }
 
-int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int more) {
+int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int first,
+                                int more) {
     struct header *header = ring;
     uint64_t tail = atomic_load_explicit(&header->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&header->head, memory_order_acquire);
     uint64_t needed = 4 + (uint64_t)length;
-    if (length >= 0x80000000u || capacity - (tail - head) < needed) return 0;
-    uint32_t word = length | (more ? 0x80000000u : 0);
+    if (length >= 0x40000000u || capacity - (tail - head) < needed) return 0;
+    uint32_t word = length | (more ? 0x80000000u : 0) | (first ? 0x40000000u : 0);
     unsigned char prefix[4] = {
         (unsigned char)word, (unsigned char)(word >> 8), (unsigned char)(word >> 16), (unsigned char)(word >> 24),
     };

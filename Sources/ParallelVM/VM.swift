@@ -307,7 +307,8 @@ public final class VM: Sendable {
         )
         if debug > 0 {
             for task in placed {
-                spawner.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")")
+                let route = spawner.wentDirectly(task) ? " (directly to its task process)" : ""
+                spawner.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")\(route)")
             }
         }
         return placed

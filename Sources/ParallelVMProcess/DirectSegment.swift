@@ -19,7 +19,7 @@ package final class DirectSegment: @unchecked Sendable {
     }
 
     /// The bytes of data in each ring.
-    static let capacity: UInt64 = 256 * 1024
+    package static let capacity: UInt64 = 256 * 1024
     /// The longest frame that goes through a ring.
     package static let largestFrame = 64 * 1024
     /// The header's bytes: one word per cache line.
@@ -214,8 +214,9 @@ package final class DirectSegment: @unchecked Sendable {
 
     /// Writes a message into the outgoing ring, in pieces when it is long, calling `whileFull` each time
     /// the ring has no room (the caller takes in what the other end sends meanwhile, so that two ends
-    /// writing long messages to each other do not wait for each other for ever). One writer at a time.
-    package func write(_ bytes: [UInt8], whileFull: () -> Void) {
+    /// writing long messages to each other do not wait for each other for ever). Returns false, with the
+    /// message cut short, when `whileFull` returns false: the other end is gone. One writer at a time.
+    package func write(_ bytes: [UInt8], whileFull: () -> Bool) -> Bool {
         bytes.withUnsafeBytes { raw in
             var offset = 0
             repeat {
@@ -226,25 +227,55 @@ package final class DirectSegment: @unchecked Sendable {
                     DirectSegment.capacity,
                     raw.baseAddress.map { $0 + offset },
                     UInt32(length),
+                    offset == 0 ? 1 : 0,
                     more ? 1 : 0
                 ) == 0 {
-                    whileFull()
+                    guard whileFull() else { return false }
                 }
                 offset += length
             } while offset < raw.count
+            return true
         }
+    }
+
+    /// Writes a message into the outgoing ring if it fits there whole now; false (nothing written) if not.
+    /// One writer at a time.
+    package func writeIfRoom(_ bytes: [UInt8]) -> Bool {
+        let pieces = max(1, (bytes.count + DirectSegment.pieceSize - 1) / DirectSegment.pieceSize)
+        guard parallelvm_ring_room(outgoing, DirectSegment.capacity) >= UInt64(bytes.count + 4 * pieces) else {
+            return false
+        }
+        return write(bytes) { false }
+    }
+
+    /// Whether the other end's process, as it published its doorbell, has ended and no process took
+    /// its place (a worker rank starts a new task process after one dies: it publishes its own).
+    package var peerEnded: Bool {
+        guard let bell = peerBell else { return false }
+        return kill(bell.pid, 0) != 0 && errno == ESRCH && peerBell?.pid == bell.pid
     }
 
     /// The pieces of the incoming message read so far (one reader at a time).
     private var partial: [UInt8] = []
 
     /// The next whole incoming message, or nil when none has arrived whole yet. One reader at a time.
+    ///
+    /// A message whose writer died before its last piece is dropped when the next message starts, and
+    /// pieces whose first piece a reader that died took are dropped: a task process replaced after a
+    /// crash finds no torn message, and the spawner none from it.
     package func receive() -> [UInt8]? {
         while true {
             let prefix = parallelvm_ring_next_length(incoming, DirectSegment.capacity)
             guard prefix >= 0 else { return nil }
-            let length = Int(prefix & 0x7fff_ffff)
+            let length = Int(prefix & 0x3fff_ffff)
             let more = prefix & 0x8000_0000 != 0
+            let first = prefix & 0x4000_0000 != 0
+            if first {
+                partial = []
+            } else if partial.isEmpty {
+                parallelvm_ring_skip(incoming, UInt32(length))
+                continue
+            }
             if !more && partial.isEmpty {
                 return [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
                     parallelvm_ring_take(incoming, DirectSegment.capacity, buffer.baseAddress, UInt32(length))

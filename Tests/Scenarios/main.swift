@@ -26,6 +26,7 @@ let scenarios: [String: Scenario] = foundationScenarios.merging(dispatchScenario
     .merging(eventScenarios) { first, _ in first }
     .merging(unsharedScenarios) { first, _ in first }
     .merging(localScenarios) { first, _ in first }
+    .merging(directRouteScenarios) { first, _ in first }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let name = arguments.first, let scenario = scenarios[name] else {
@@ -45,7 +46,7 @@ let isolation: Isolation =
 let vm = try VM(
     functions: foundationFunctions + dispatchFunctions + storageFunctions + logFunctions + edgeFunctions
         + faultFunctions + clusterFunctions + experimentFunctions + experimentTaskFunctions + eventFunctions
-        + unsharedFunctions + localFunctions,
+        + unsharedFunctions + localFunctions + directRouteFunctions,
     debug: debug,
     isolation: isolation,
     setup: { setupRuns.withLock { $0 += 1 } }

@@ -27,6 +27,10 @@ int64_t parallelvm_ring_next_length(void *ring, uint64_t capacity);
 /// Copies the next frame (whose length `parallelvm_ring_next_length` returned) into `destination` and
 /// removes it from the ring.
 void parallelvm_ring_take(void *ring, uint64_t capacity, void *destination, uint32_t length);
+/// The bytes the producer may write now (length prefixes included); call from the producer.
+uint64_t parallelvm_ring_room(void *ring, uint64_t capacity);
+/// Drops the next frame (of `length` bytes, as its prefix gives it) without reading it.
+void parallelvm_ring_skip(void *ring, uint32_t length);
 
 /// Marks the consumer as about to block (1) or not (0), with sequential consistency: a producer that
 /// publishes a frame after the mark sees it, and a consumer that checks the ring after the mark sees
@@ -47,9 +51,11 @@ void *parallelvm_shared_memory_map(int fd, uint64_t size);
 void parallelvm_shared_memory_unmap(void *memory, uint64_t size);
 
 /// Writes one piece of a message if the ring has room for it; returns 1 if it did, 0 if not. The piece's
-/// length prefix has its top bit set when `more` pieces of the same message follow (so `length` must be
-/// below 2^31); `parallelvm_ring_next_length` returns the prefix as written.
-int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int more);
+/// length prefix has its top bit set when `more` pieces of the same message follow, and the bit below it
+/// on the `first` piece of a message (so `length` must be below 2^30); `parallelvm_ring_next_length`
+/// returns the prefix as written.
+int parallelvm_ring_write_piece(void *ring, uint64_t capacity, const void *bytes, uint32_t length, int first,
+                                int more);
 
 /// A 64-bit word in shared memory, read and written with sequential consistency.
 uint64_t parallelvm_shared_load(void *word);

@@ -363,6 +363,11 @@ final class Spawner: Sendable {
         try UserFrame.send(value, from: 0, to: destination, knownTasks: knownTasks, over: transport)
     }
 
+    /// Whether `task`'s spawn request went through the direct route to its task process.
+    func wentDirectly(_ task: TaskID) -> Bool {
+        directRoute(to: task.slot)?.task.load(ordering: .acquiring) == task.number
+    }
+
     /// Opens the direct routes to the task processes on this host at once, so that their names leave
     /// `/dev/shm` as the run starts.
     func openDirectRoutes() {
@@ -385,7 +390,12 @@ final class Spawner: Sendable {
             path: DirectSegment.path(forWorker: pid, token: token),
             size: mpi.size,
             waitPolicy: mpi.waitPolicy,
-            doorbell: doorbell
+            doorbell: doorbell,
+            fallback: { [weak self] frame, payload throws(VMError) in
+                // A worker rank supervising a task process may wait on its doorbell while its task runs.
+                self?.ringDoorbell(of: slot, always: true)
+                try mpi.send(frame, payload: payload, to: slot)
+            }
         )
     }
 
@@ -740,10 +750,14 @@ final class Spawner: Sendable {
         defer { EventHub.shared.finishAll() }
         guard first, let transport else { return [] }
         var failures: [String] = []
+        // Open MPI's finalize waits in a collective exchange for every rank; after a loss, under its
+        // recovery, it has been seen to wait for the lost rank for ever, on every rank. No rank calls it
+        // then (Open MPI's recovery lets processes exit without it).
+        let lostBefore = !withBook { $0.lostWorkers }.isEmpty
         for worker in withBook({ $0.liveWorkers }) {
             do {
                 ringDoorbell(of: worker, always: true)
-                try Signal.finalize(over: transport, to: worker)
+                try Signal.finalize(over: transport, to: worker, withoutMPI: lostBefore)
             } catch {
                 failures.append("rank \(worker): \(error)")
             }
@@ -771,8 +785,7 @@ final class Spawner: Sendable {
             printForwardedLog(envelope)
         }
         localSlots?.waitUntilEnded(until: .never)
-        // Open MPI's finalize waits in a collective exchange for every rank; after a loss, under its
-        // recovery, it has been seen to wait for the lost rank for ever. Bound it then.
+        // A rank lost since the finalize requests went out: MPI's finalize is bounded.
         let lost = withBook { $0.lostWorkers }
         let bound =
             usesMPI && !lost.isEmpty
@@ -780,7 +793,7 @@ final class Spawner: Sendable {
                 "ParallelVM: MPI_Finalize did not return within \(Int(Spawner.finalizeLimitAfterLoss)) s after worker rank(s) \(lost.map(String.init).joined(separator: ", ")) were lost; ending the process"
             } : nil
         do {
-            if usesMPI { try MPIEnvironment.finalize() }
+            if usesMPI, !lostBefore { try MPIEnvironment.finalize() }
         } catch {
             failures.append("\(error)")
         }

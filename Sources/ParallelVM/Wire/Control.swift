@@ -134,10 +134,14 @@ struct Welcome {
 
 /// Spawner to worker: messages with no body.
 enum Signal {
-    /// Leave the worker loop.
-    static func finalize(over transport: any FrameLink, to rank: Int) throws(VMError) {
-        try transport.send(WireWriter(kind: .finalize, sourceTask: 0, destinationTask: 0).bytes, to: rank)
+    /// Leave the worker loop; `withoutMPI`: then exit without `MPI_Finalize` (a rank of the run was lost).
+    static func finalize(over transport: any FrameLink, to rank: Int, withoutMPI: Bool = false) throws(VMError) {
+        let frame = WireWriter(kind: .finalize, sourceTask: 0, destinationTask: withoutMPI ? 1 : 0)
+        try transport.send(frame.bytes, to: rank)
     }
+
+    /// Whether a finalize request says to exit without `MPI_Finalize`.
+    static func finalizesWithoutMPI(_ envelope: Envelope) -> Bool { envelope.destinationTask == 1 }
 
     /// Remove this user's local storage and answer with a ``ClearStorageReport``.
     static func clearStorage(over transport: any FrameLink, to rank: Int) throws(VMError) {

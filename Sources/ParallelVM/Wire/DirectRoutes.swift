@@ -15,12 +15,22 @@ final class DirectRoutes: Sendable {
         let size: Int
         let waitPolicy: WaitPolicy
         let doorbell: Doorbell?
+        /// How a frame goes when the ring has no room for it: through the task process's worker rank.
+        let fallback: @Sendable ([UInt8], [UInt8]?) throws(VMError) -> Void
         private let sending = Mutex(())
         /// The task whose frames go this way now (0: none).
         let task = Atomic<Int>(0)
 
-        init(segment: DirectSegment, rank: Int, size: Int, waitPolicy: WaitPolicy, doorbell: Doorbell?) {
+        init(
+            segment: DirectSegment,
+            rank: Int,
+            size: Int,
+            waitPolicy: WaitPolicy,
+            doorbell: Doorbell?,
+            fallback: @escaping @Sendable ([UInt8], [UInt8]?) throws(VMError) -> Void
+        ) {
             self.segment = segment
+            self.fallback = fallback
             self.rank = rank
             self.size = size
             self.waitPolicy = waitPolicy
@@ -29,20 +39,34 @@ final class DirectRoutes: Sendable {
 
         var quietSinceSpawner: Double { 0 }
 
-        /// Writes a frame for the task process, waiting for room, and wakes it when it sleeps. While the
-        /// ring is full, what the task process sends is taken in, so that it can go on writing too.
+        /// Writes a frame for the task process when the ring has room for it, and wakes the task process
+        /// when it sleeps. When the ring stays full (the task does not read its messages, or the frame is
+        /// longer than the ring), the frame goes through the worker rank instead, as does every later
+        /// frame for this task: they must not overtake it, and the worker rank takes in whatever comes,
+        /// so that the spawner never waits for a busy task.
         func send(_ frame: [UInt8], payload: [UInt8]?, to rank: Int) throws(VMError) {
             let bytes = Relay.encode(peer: 0, frame: frame, payload: payload)
-            sending.withLock { _ in
-                segment.write(bytes) {
+            let written = sending.withLock { _ in
+                if segment.writeIfRoom(bytes) { return true }
+                guard bytes.count < Int(DirectSegment.capacity) / 2 else { return false }
+                // Room may come within a moment: the task process may be reading.
+                let until = monotonicSeconds() + 0.0005
+                repeat {
                     wakeTaskProcess()
                     receiving.withLock { queued in
                         while let envelope = decode(segment.receive()) { queued.append(envelope) }
                     }
                     sched_yield()
-                }
+                    if segment.writeIfRoom(bytes) { return true }
+                } while monotonicSeconds() < until
+                return false
             }
-            wakeTaskProcess()
+            if written {
+                wakeTaskProcess()
+                return
+            }
+            task.store(0, ordering: .releasing)
+            try fallback(frame, payload)
         }
 
         private func wakeTaskProcess() {
@@ -95,7 +119,14 @@ final class DirectRoutes: Sendable {
 
     /// The route to the task process of `rank`, through the segment its worker rank made at `path`;
     /// opened on first use.
-    func route(rank: Int, path: String, size: Int, waitPolicy: WaitPolicy, doorbell: Doorbell?) -> Route? {
+    func route(
+        rank: Int,
+        path: String,
+        size: Int,
+        waitPolicy: WaitPolicy,
+        doorbell: Doorbell?,
+        fallback: @escaping @Sendable ([UInt8], [UInt8]?) throws(VMError) -> Void
+    ) -> Route? {
         routes.withLock { routes in
             if let known = routes[rank] { return known }
             var route: Route?
@@ -103,7 +134,14 @@ final class DirectRoutes: Sendable {
                 // Its worker rank and task processes hold it by descriptor: nothing stays in /dev/shm.
                 segment.unlinkName()
                 if let doorbell { segment.publishBell(pid: getpid(), token: doorbell.token) }
-                route = Route(segment: segment, rank: rank, size: size, waitPolicy: waitPolicy, doorbell: doorbell)
+                route = Route(
+                    segment: segment,
+                    rank: rank,
+                    size: size,
+                    waitPolicy: waitPolicy,
+                    doorbell: doorbell,
+                    fallback: fallback
+                )
                 open.withLock { $0.append(route!) }
             }
             routes[rank] = route

@@ -47,16 +47,22 @@ final class ChannelLink: FrameLink {
         }
         // The worker rank keeps the task's folder note: it removes the folder should this process die.
         if rank == 0, let direct, replyDirect.load(ordering: .relaxed), frame.first != MessageKind.taskFolder.rawValue {
-            var rang = false
-            direct.write(Relay.encode(peer: 0, frame: frame, payload: payload)) {
-                // A full ring: the spawner must read, and may be writing to this process too (take in
-                // what it wrote).
-                if !rang {
-                    rang = true
+            var rang = 0.0
+            let written = direct.write(Relay.encode(peer: 0, frame: frame, payload: payload)) {
+                // A full ring: the spawner must read (ring it now and then: it may sleep again before this
+                // message is all written), and may be writing to this process too (take in what it wrote).
+                let now = monotonicSeconds()
+                if now - rang > 0.001 {
+                    rang = now
                     ringSpawner(direct)
+                    if direct.peerEnded { return false }
                 }
                 if let envelope = try? takeDirect(direct) { pending.withLock { $0.append(envelope) } }
                 sched_yield()
+                return true
+            }
+            guard written else {
+                throw VMError(.mpi, "the spawner's process ended while this task was sending it a message")
             }
             // The spawner may have gone to sleep on its doorbell meanwhile.
             if monotonicSeconds() - directArrival.withLock({ $0 }) > waitPolicy.spin / 2 { ringSpawner(direct) }

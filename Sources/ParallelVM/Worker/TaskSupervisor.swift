@@ -64,6 +64,8 @@ final class TaskSupervisor: @unchecked Sendable {
     private var writer: ChannelWriter?
     private var running: Running?
     private var finalizeRequested = false
+    /// Whether the spawner said to exit without `MPI_Finalize` (a rank of the run was lost).
+    private var withoutMPIFinalize = false
     private var doorbellArmed = false
     private var spawnerDoorbell: BellTarget?
     /// The spawner's process, when it runs on this host (from its welcome); nil when it is remote.
@@ -102,13 +104,7 @@ final class TaskSupervisor: @unchecked Sendable {
         run()
         direct?.unlinkName()
         heartbeat?.stop()
-        do {
-            try MPIEnvironment.finalize()
-        } catch {
-            FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
-            exit(1)
-        }
-        exit(0)
+        Worker.finalizeMPIAndExit(rank: rank, skipping: withoutMPIFinalize)
     }
 
     /// Serves as a local slot on the caller's thread; returns once the spawner has finalized (the task
@@ -632,6 +628,7 @@ final class TaskSupervisor: @unchecked Sendable {
             }
         case .finalize:
             finalizeRequested = true
+            withoutMPIFinalize = Signal.finalizesWithoutMPI(envelope)
         case .interrupt:
             stop(Interrupt(signal: InterruptNotice.signal(of: envelope)), acknowledge: true)
         case .welcome:
@@ -639,6 +636,8 @@ final class TaskSupervisor: @unchecked Sendable {
             StartWatchdog.finish()
             guard let welcome = try? Welcome(envelope) else { return }
             if welcome.host != host, heartbeat == nil { heartbeat = Heartbeat(over: transport) }
+            // Only a spawner on this host opens the direct route (and removes its name then).
+            if welcome.host != host { direct?.unlinkName() }
             if welcome.host == host { localSpawner = welcome.pid }
             guard let doorbell else { return }
             // On the spawner's host, or where the spawner rings over the network: wait on the doorbell.

@@ -30,6 +30,8 @@ final class Worker: @unchecked Sendable {
     private struct State {
         var serving = false
         var finalizeRequested = false
+        /// Whether the spawner said to exit without `MPI_Finalize` (a rank of the run was lost).
+        var withoutMPIFinalize = false
         /// The task running now, if any.
         var currentTask: Int?
         /// The function the task running now runs, and when it started (monotonic seconds).
@@ -116,7 +118,10 @@ final class Worker: @unchecked Sendable {
             case .spawn:
                 runTask(envelope)
             case .finalize:
-                state.withLock { $0.finalizeRequested = true }
+                state.withLock {
+                    $0.finalizeRequested = true
+                    $0.withoutMPIFinalize = Signal.finalizesWithoutMPI(envelope)
+                }
             case .clearStorage:
                 clearStorageOnWorker()
             case .welcome:
@@ -147,12 +152,30 @@ final class Worker: @unchecked Sendable {
         }
         if inTaskProcess { exit(0) }
         state.withLock { $0.heartbeat }?.stop()
+        Worker.finalizeMPIAndExit(rank: rank, skipping: state.withLock { $0.withoutMPIFinalize })
+    }
+
+    /// The longest a worker rank waits in MPI's finalize.
+    static let finalizeLimit = Spawner.finalizeLimitAfterLoss + 10
+
+    /// Finalizes MPI on a worker rank and exits, or only exits when `skipping` (the spawner said so: a rank
+    /// of the run was lost). After a loss, Open MPI's finalize may wait for the lost rank for ever: the
+    /// wait is bounded, later than the spawner's, for a loss the spawner did not know of yet.
+    static func finalizeMPIAndExit(rank: Int, skipping: Bool) -> Never {
+        if skipping {
+            fflush(nil)
+            exit(0)
+        }
+        let bound = ExitTimer(limit: finalizeLimit, name: "ParallelVM.worker-finalize-bound") {
+            "ParallelVM worker rank \(rank): MPI_Finalize did not return within \(Int(finalizeLimit)) s (a rank of the run was lost?); ending the process"
+        }
         do {
             try MPIEnvironment.finalize()
         } catch {
             FileHandle.standardError.write(Data("ParallelVM worker rank \(rank): \(error)\n".utf8))
             exit(1)
         }
+        bound.cancel()
         exit(0)
     }
 
@@ -401,7 +424,10 @@ extension Worker: TaskHost {
             guard let envelope = matched else { return nil }
             switch envelope.kind {
             case .finalize:
-                state.withLock { $0.finalizeRequested = true }
+                state.withLock {
+                    $0.finalizeRequested = true
+                    $0.withoutMPIFinalize = Signal.finalizesWithoutMPI(envelope)
+                }
                 throw VMError(
                     .finalized,
                     "the spawner finalized the VM while task \(task) was waiting for a message"
