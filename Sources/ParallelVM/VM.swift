@@ -308,7 +308,9 @@ public final class VM: Sendable {
         if debug > 0 {
             for task in placed {
                 let route = spawner.wentDirectly(task) ? " (directly to its task process)" : ""
-                spawner.logger.debug("spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")\(route)")
+                spawner.logger.debug(
+                    "spawned task \(task) running '\(name)' on \(hostID(task).map(\.name) ?? "?")\(route)"
+                )
             }
         }
         return placed

@@ -26,7 +26,8 @@ package final class DirectSegment: @unchecked Sendable {
     private static let headerSize = 4096
 
     private enum Word: Int {
-        case spawnerPid = 0, spawnerToken, taskProcessPid, taskProcessToken
+        case spawnerPid = 0
+        case spawnerToken, taskProcessPid, taskProcessToken
         /// The task that came this way and runs now (0: none), with ``claimedBit`` once its worker rank
         /// ends it; then what the worker rank needs to report it: whether it sends a result, its timeout
         /// and deadline (bits of `Double`s, the deadline in `CLOCK_MONOTONIC` seconds), its function's name.
@@ -198,7 +199,9 @@ package final class DirectSegment: @unchecked Sendable {
         guard task != 0 else { return nil }
         let deadline = Double(bitPattern: parallelvm_shared_load(word(.deadline)))
         guard parallelvm_shared_load(word(.task)) == task else { return runningTaskTimes() }
-        return (Int(task & ~DirectSegment.claimedBit), deadline > 0 ? deadline : nil, task & DirectSegment.claimedBit != 0)
+        return (
+            Int(task & ~DirectSegment.claimedBit), deadline > 0 ? deadline : nil, task & DirectSegment.claimedBit != 0
+        )
     }
 
     /// The worker rank takes task `number` over to end it; false when it has ended meanwhile.

@@ -378,12 +378,13 @@ final class Spawner: Sendable {
     /// process isolation and made one.
     func directRoute(to slot: Int) -> DirectRoutes.Route? {
         guard isolation.kind == .process, localLink == nil, let mpi = transport as? Transport else { return nil }
-        guard let (pid, token) = withBook({ book -> (Int32, UInt64)? in
-            guard book.slots.indices.contains(slot), book.slots[slot].host == host, !book.slots[slot].lost,
-                book.slots[slot].doorbell != 0
-            else { return nil }
-            return (book.slots[slot].pid, book.slots[slot].doorbell)
-        })
+        guard
+            let (pid, token) = withBook({ book -> (Int32, UInt64)? in
+                guard book.slots.indices.contains(slot), book.slots[slot].host == host, !book.slots[slot].lost,
+                    book.slots[slot].doorbell != 0
+                else { return nil }
+                return (book.slots[slot].pid, book.slots[slot].doorbell)
+            })
         else { return nil }
         return mpi.direct.route(
             rank: slot,

@@ -81,7 +81,8 @@ final class ChannelLink: FrameLink {
     /// kernel costs tens of microseconds, more than a trivial task.
     private func read(waiting seconds: Double?) throws(VMError) -> Envelope? {
         guard let direct else { return try readChannel(waiting: seconds) }
-        let spinUntil = monotonicSeconds() + min(waitPolicy.spin.isInfinite ? 0.002 : waitPolicy.spin, seconds ?? .infinity)
+        let spinUntil =
+            monotonicSeconds() + min(waitPolicy.spin.isInfinite ? 0.002 : waitPolicy.spin, seconds ?? .infinity)
         let deadline = seconds.map { monotonicSeconds() + $0 }
         var polls = 0
         while true {
