@@ -11,7 +11,10 @@ final class DirectRoutes: Sendable {
     final class Route: FrameLink, @unchecked Sendable {
         // Invariant for @unchecked Sendable: writes go through `sending`'s lock, reads through `Transport`'s.
         let segment: DirectSegment
-        let rank: Int
+        /// The rank whose task process is at the other end.
+        let peer: Int
+        /// The frames sent here are the spawner's.
+        var rank: Int { 0 }
         let size: Int
         let waitPolicy: WaitPolicy
         let doorbell: Doorbell?
@@ -23,7 +26,7 @@ final class DirectRoutes: Sendable {
 
         init(
             segment: DirectSegment,
-            rank: Int,
+            peer: Int,
             size: Int,
             waitPolicy: WaitPolicy,
             doorbell: Doorbell?,
@@ -31,7 +34,7 @@ final class DirectRoutes: Sendable {
         ) {
             self.segment = segment
             self.fallback = fallback
-            self.rank = rank
+            self.peer = peer
             self.size = size
             self.waitPolicy = waitPolicy
             self.doorbell = doorbell
@@ -100,10 +103,10 @@ final class DirectRoutes: Sendable {
             guard let bytes else { return nil }
             do {
                 let (_, frame, payload) = try Relay.decode(bytes)
-                return try Envelope(sourceRank: rank, frame: frame, payload: payload)
+                return try Envelope(sourceRank: peer, frame: frame, payload: payload)
             } catch {
                 FileHandle.standardError.write(
-                    Data("ParallelVM: dropped a frame from rank \(rank)'s task process: \(error)\n".utf8)
+                    Data("ParallelVM: dropped a frame from rank \(peer)'s task process: \(error)\n".utf8)
                 )
                 return nil
             }
@@ -118,29 +121,29 @@ final class DirectRoutes: Sendable {
     private let next = Atomic<Int>(0)
 
     /// The route to the task process of `rank`, through the segment its worker rank made at `path`;
-    /// opened on first use.
+    /// opened on first use (`path` and `fallback` are made only then: this is on every spawn's way).
     func route(
         rank: Int,
-        path: String,
+        path: @autoclosure () -> String,
         size: Int,
         waitPolicy: WaitPolicy,
         doorbell: Doorbell?,
-        fallback: @escaping @Sendable ([UInt8], [UInt8]?) throws(VMError) -> Void
+        fallback: @autoclosure () -> @Sendable ([UInt8], [UInt8]?) throws(VMError) -> Void
     ) -> Route? {
         routes.withLock { routes in
             if let known = routes[rank] { return known }
             var route: Route?
-            if let segment = try? DirectSegment.open(path: path, as: .spawner) {
+            if let segment = try? DirectSegment.open(path: path(), as: .spawner) {
                 // Its worker rank and task processes hold it by descriptor: nothing stays in /dev/shm.
                 segment.unlinkName()
                 if let doorbell { segment.publishBell(pid: getpid(), token: doorbell.token) }
                 route = Route(
                     segment: segment,
-                    rank: rank,
+                    peer: rank,
                     size: size,
                     waitPolicy: waitPolicy,
                     doorbell: doorbell,
-                    fallback: fallback
+                    fallback: fallback()
                 )
                 open.withLock { $0.append(route!) }
             }
