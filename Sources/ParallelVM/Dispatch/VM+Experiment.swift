@@ -150,25 +150,26 @@ extension VM {
                 let ended = Date()
                 var failure: JobError?
                 var value: [UInt8] = []
-                // Borrowed where they lie, and each job result made in its place in `results`: a copy of
-                // each farm result and job result cost a tiny job more than journaling it.
-                for position in farmResults.indices {
-                    let farmIndex = farmResults[position].index
+                // Each farm result is copied out of the array once (a copy retains its every reference) and
+                // lent from there; each job result is made in its place in `results`: a copy of each farm
+                // result and job result cost a tiny job more than journaling it.
+                for farmResult in farmResults {
+                    let farmIndex = farmResult.index
                     let jobIndex = plainJobs ? farmIndex : jobIndexOfFarmIndex[farmIndex]
                     let original = originals.isEmpty ? nil : originals.removeValue(forKey: jobIndex)
                     results.append(
                         try farm.journaledResult(
-                            of: farmResults[position],
+                            of: farmResult,
                             index: jobIndex,
                             job: original,
                             failure: &failure,
                             value: &value
                         )
                     )
-                    let key = Self.journalKey(of: farmResults[position], known: taken.keys[jobIndex])
+                    let key = Self.journalKey(of: farmResult, known: taken.keys[jobIndex])
                     taken.keys[jobIndex] = key
                     try journal.add(
-                        farmResults[position],
+                        farmResult,
                         failure: failure,
                         value: value,
                         typeName: farm.valueTypeName,
