@@ -31,6 +31,8 @@ let package = Package(
         .target(name: "MPI", dependencies: ["CMPI"]),
         // How rank 0 ended (exit status or signal), written for scripts/mpirun.sh from before main on.
         .target(name: "CRunStatus"),
+        // zlib, found through pkg-config, for the CRC-32 of the journal's records.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The binary Codable codec every VM message and result travels in. No MPI.
         .target(name: "ParallelVMCodec"),
         // Local storage: path translation, mirroring, task folders, clearing. No MPI.
@@ -43,7 +45,7 @@ let package = Package(
         .target(name: "CSharedRing"),
         .target(name: "ParallelVMProcess", dependencies: ["CSharedRing"]),
         // Experiments: a named folder with a results journal, logs, a manifest and collected outputs. No MPI.
-        .target(name: "ParallelVMExperiment", dependencies: ["ParallelVMCodec", "ParallelVMStorage"]),
+        .target(name: "ParallelVMExperiment", dependencies: ["CZlib", "ParallelVMCodec", "ParallelVMStorage"]),
         // The virtual machine: spawner, workers, messages, dispatcher.
         .target(
             name: "ParallelVM",

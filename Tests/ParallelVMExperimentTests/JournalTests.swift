@@ -267,6 +267,29 @@ struct JournalTests {
         if case .tornTail? = zeros.problem {} else { Issue.record("\(String(describing: zeros.problem))") }
     }
 
+    @Test("the checksum is the standard CRC-32, bit for bit, at every length and alignment")
+    func checksumIsStandardCRC32() {
+        // The standard check value, and the empty input.
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        #expect(CRC32.checksum([]) == 0)
+        // Against the polynomial applied bit by bit, so that journals written before keep their checksums.
+        func bitwise(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+            }
+            return ~crc
+        }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<3000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for (start, end) in [(0, 1), (1, 8), (3, 17), (5, 100), (7, 1031), (0, 3000)] {
+            let slice = bytes[start..<end]
+            let crc = slice.withUnsafeBytes { CRC32.checksum($0) }
+            #expect(crc == bitwise(slice), "bytes \(start)..<\(end)")
+        }
+    }
+
     @Test("a bit flip in the last record's body is caught by the checksum")
     func bitFlipInLastRecord() throws {
         let folder = try TemporaryFolder()

@@ -162,6 +162,31 @@ struct ExperimentRunTests {
         #expect(log.contains("run interrupted by SIGTERM; the journal is synced"), "\(log)")
     }
 
+    /// A stopped run's manifest names the inputs of every job it took, those that did not run included:
+    /// an array's jobs are read again from it for their keys, a lazy collection's are kept; both agree.
+    /// Whether a taken job is still unstarted when the stop comes is a race, so the run is repeated (up to
+    /// four times) until one stops with jobs that did not run; every run's identities must agree.
+    @Test(.timeLimit(.minutes(3)))
+    func aStoppedRunsManifestKeysTheJobsThatDidNotRun() throws {
+        var stoppedEarly = false
+        for _ in 0..<4 where !stoppedEarly {
+            let root = try makeRoot()
+            defer { try? FileManager.default.removeItem(atPath: root) }
+            let output = try MPIRun.scenario("experiment-stop-inputs", ranks: 3, arguments: [root], timeout: 90)
+            #expect(output.status == 0 && !output.timedOut, "\(output)")
+            #expect(output.value("full.jobs") == "24" && output.value("full.journaled") == "24", "\(output)")
+            let taken = try #require(output.value("array.jobs").flatMap(Int.init), "\(output)")
+            let ran = try #require(output.value("array.journaled").flatMap(Int.init), "\(output)")
+            #expect(ran <= taken && taken < 24, "\(output)")
+            #expect(output.value("lazy.jobs") == "\(taken)", "\(output)")
+            let inputs = try #require(output.value("array.inputs"), "\(output)")
+            #expect(inputs.count == 16 && inputs == output.value("lazy.inputs"), "\(output)")
+            #expect(inputs != output.value("full.inputs"), "\(output)")
+            stoppedEarly = ran < taken
+        }
+        #expect(stoppedEarly, "no run stopped with taken jobs that did not run")
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func jobsWithChangedArgumentsRunAgain() throws {
         let root = try makeRoot()

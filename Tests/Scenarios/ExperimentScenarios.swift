@@ -101,7 +101,32 @@ let experimentScenarios: [String: Scenario] = [
             try csv.write(toFile: path, atomically: true, encoding: .utf8)
             report("csv", path)
         }
-    }
+    },
+    // ROOT: the same 24 jobs dispatched to the end (experiment `full`), and stopped by the collector at
+    // the first result, given as an array (`array`: its jobs are read again for the keys of those that
+    // did not run) and as a lazy collection (`lazy`: its jobs are kept). Prints each experiment's
+    // manifest `NAME.jobs=` and `NAME.inputs=`, and `NAME.journaled=` the records in its journal.
+    "experiment-stop-inputs": { vm, arguments in
+        guard let root = arguments.first else {
+            throw ScenarioArgumentError(description: "experiment-stop-inputs needs ROOT")
+        }
+        try waitFor {
+            let sweep = (0..<24).map { Job(experimentSquare, args: SweepPoint(index: $0, milliseconds: 20, offset: 0)) }
+            let full = try Experiment(name: "full", in: root)
+            _ = try await vm.dispatch(sweep, experiment: full)
+            let array = try Experiment(name: "array", in: root)
+            _ = try await vm.dispatch(sweep, chunkSize: .fixed(3), experiment: array) { _ in false }
+            let lazy = try Experiment(name: "lazy", in: root)
+            _ = try await vm.dispatch(sweep.lazy.map { $0 }, chunkSize: .fixed(3), experiment: lazy) { _ in false }
+            for experiment in [full, array, lazy] {
+                let data = try Data(contentsOf: URL(fileURLWithPath: experiment.manifestPath))
+                let manifest = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+                report("\(experiment.name).jobs", manifest["jobs"].map { "\($0)" } ?? "none")
+                report("\(experiment.name).inputs", manifest["inputs"].map { "\($0)" } ?? "none")
+                report("\(experiment.name).journaled", try experiment.readJournal().records.count)
+            }
+        }
+    },
 ]
 
 struct ScenarioArgumentError: Error, CustomStringConvertible {

@@ -58,7 +58,8 @@ extension VM {
             await farm.close()
             throw error
         }
-        var taken = TakenJobs()
+        // An array's jobs are read again from it for the keys of the jobs that did not run, not kept.
+        var taken = (jobs as? [Job<Value>]).map { TakenJobs(rereading: $0) } ?? TakenJobs()
         do {
             try journal.log.log(
                 "run started: \(count.map { "\($0) jobs" } ?? "jobs produced as it goes"), "
@@ -334,26 +335,37 @@ extension VM {
 }
 
 /// The jobs a journaled dispatch took, by index, with their keys as far as they are made (see
-/// ``VM/journalKey(of:known:)``): the jobs are kept to make the others when the run ends.
-struct TakenJobs {
-    private(set) var jobs: [FarmJob] = []
+/// ``VM/journalKey(of:known:)``): the jobs are kept to make the others when the run ends, unless they can
+/// be read again from the dispatch's input (an array), which spares keeping every job.
+struct TakenJobs: Sendable {
+    private var jobs: [FarmJob] = []
+    /// The job at an index of the input, read again from it; nil when the jobs are kept in `jobs`.
+    private let reread: (@Sendable (Int) -> FarmJob)?
     var keys: [JobKey?] = []
 
-    var count: Int { jobs.count }
+    /// Keeps the jobs taken, for an input that cannot be read again.
+    init() { reread = nil }
+
+    /// Keeps no jobs: the jobs of `input` (the dispatch's, read in order) are read again from it.
+    init<Value>(rereading input: [Job<Value>]) {
+        reread = { input[$0].storage }
+    }
+
+    var count: Int { keys.count }
 
     mutating func reserveCapacity(_ count: Int) {
-        jobs.reserveCapacity(count)
+        if reread == nil { jobs.reserveCapacity(count) }
         keys.reserveCapacity(count)
     }
 
     mutating func append(_ job: FarmJob, key: JobKey?) {
-        jobs.append(job)
+        if reread == nil { jobs.append(job) }
         keys.append(key)
     }
 
     /// Every job's key, in job order, made now for the jobs that did not run (the run stopped first).
     func allKeys() -> [JobKey] {
-        keys.indices.map { keys[$0] ?? VM.journalKey(of: jobs[$0]) }
+        keys.indices.map { keys[$0] ?? VM.journalKey(of: reread?($0) ?? jobs[$0]) }
     }
 }
 
