@@ -53,6 +53,17 @@ package struct MirroredStorage: Sendable, Hashable {
         self.environment = environment
     }
 
+    /// The list of this process's environment, read from the only variables it depends on (the two lists
+    /// and `HOME`): a copy of the whole environment cost more than the rest, and a dispatch with an
+    /// experiment reads the list each time.
+    package static func ofThisProcess() -> MirroredStorage {
+        var environment: [String: String] = [:]
+        for name in [variable, unsharedVariable, "HOME"] {
+            if let value = getenv(name) { environment[name] = String(cString: value) }
+        }
+        return MirroredStorage(environment: environment)
+    }
+
     /// Creates the list directly from folder paths (canonicalised like the variable's entries).
     init(folders: [String], environment: [String: String] = ProcessInfo.processInfo.environment) {
         var env = environment

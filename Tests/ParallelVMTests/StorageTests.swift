@@ -117,6 +117,17 @@ private func ownerRecord(_ root: LocalStorageRoot, _ name: String) -> OwnerRecor
 // MARK: - Path translation
 
 @Suite struct PathTranslationTests {
+    /// The list a dispatch reads each time, from three variables, is the list of the whole environment.
+    @Test func theProcessListIsTheWholeEnvironmentsList() throws {
+        let whole = MirroredStorage(environment: ProcessInfo.processInfo.environment)
+        let own = MirroredStorage.ofThisProcess()
+        #expect(own.entries == whole.entries)
+        #expect(own.unsharedEntries == whole.unsharedEntries)
+        for path in [whole.entries[0] + "/experiments/sweep", "~/experiments/sweep", "/proc/1"] {
+            #expect((try? own.abstractPath(for: path)) == (try? whole.abstractPath(for: path)), "\(path)")
+        }
+    }
+
     @Test func prefixMatchesWholeComponentsOnly() throws {
         let s = try Scratch()
         try s.dir("home/ab")

@@ -13,7 +13,10 @@
 //                             dispatch_chunked (chunks of 100, 10 N jobs); default: all four;
 //                             dispatch_chunked_journal: chunks of 100 with an experiment journal, measured
 //                             alternately with dispatch_chunked (tasks_dispatch_chunked_nojournal_w<workers>)
-//                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder);
+//                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder),
+//                             BENCH_JOURNAL_REPETITIONS pairs (default 25: a pair's ratio varies by 10%
+//                             or more on a shared machine; BENCH_JOURNAL_VERBOSE=1 prints each pair's
+//                             rates and ratio to stderr);
 //                             dispatch_vs_spawn: spawn and dispatch (chunkSize 1) alternately, 9 times,
 //                             with the median of the ratios of each pair (dispatch_vs_spawn_w<workers>)
 //   vm-bench idle SECONDS     CPU of an idle worker (% of a core), extra latency of the first message after idling
@@ -234,6 +237,10 @@ func journalRates(
         plain.append(Double(n) / (seconds() - start))
         plainCPU.append((cpuSecondsOfThisProcess() - cpu) * 1e6 / Double(n))
     }
+    if ProcessInfo.processInfo.environment["BENCH_JOURNAL_VERBOSE"] != nil {
+        // Each repetition's pair (for comparing two builds): journaled and plain rates and their ratio.
+        for (j, p) in zip(journaled, plain) { FileHandle.standardError.write(Data("pair \(j) \(p) \(j / p)\n".utf8)) }
+    }
     return (median(journaled), median(plain), median(journaledCPU), median(plainCPU))
 }
 
@@ -298,7 +305,8 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
         case "dispatch_chunked_journal":
-            let rates = try await journalRates(vm, 10 * n, repetitions: 7)
+            let repetitions = ProcessInfo.processInfo.environment["BENCH_JOURNAL_REPETITIONS"].flatMap { Int($0) } ?? 25
+            let rates = try await journalRates(vm, 10 * n, repetitions: max(1, repetitions))
             emit("tasks_dispatch_chunked_journal_\(suffix)", rates.journaled)
             emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)
             emit("spawner_cpu_us_per_task_chunked_journal_\(suffix)", rates.journaledCPU)

@@ -16,10 +16,12 @@ struct ExperimentLocation: Codable, Sendable, Hashable {
     /// The folder as the spawner sees it.
     var path: String
 
-    init(_ experiment: Experiment, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    /// The location of `experiment`, by the mirrored storage of `environment` (by default, this process's).
+    init(_ experiment: Experiment, environment: [String: String]? = nil) {
         name = experiment.name
         path = experiment.folder
-        mirrored = try? MirroredStorage(environment: environment).abstractPath(for: experiment.folder)
+        let storage = environment.map { MirroredStorage(environment: $0) } ?? .ofThisProcess()
+        mirrored = try? storage.abstractPath(for: experiment.folder)
     }
 
     /// The folder on this host.
