@@ -16,12 +16,11 @@ struct ExperimentLocation: Codable, Sendable, Hashable {
     /// The folder as the spawner sees it.
     var path: String
 
-    /// The location of `experiment`, by the mirrored storage of `environment` (by default, this process's).
-    init(_ experiment: Experiment, environment: [String: String]? = nil) {
+    /// The location of `experiment`, by this process's mirrored storage.
+    init(_ experiment: Experiment) {
         name = experiment.name
         path = experiment.folder
-        let storage = environment.map { MirroredStorage(environment: $0) } ?? .ofThisProcess()
-        mirrored = try? storage.abstractPath(for: experiment.folder)
+        mirrored = try? MirroredStorage.ofThisProcess().abstractPath(for: experiment.folder)
     }
 
     /// The folder on this host.
