@@ -31,6 +31,8 @@ let package = Package(
         .target(name: "MPI", dependencies: ["CMPI"]),
         // How rank 0 ended (exit status or signal), written for scripts/mpirun.sh from before main on.
         .target(name: "CRunStatus"),
+        // Asks a thread of this process, by a signal, whether it spins on a lock it holds (SpinWatch).
+        .target(name: "CThreadProbe"),
         // zlib, found through pkg-config, for the CRC-32 of the journal's records.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The binary Codable codec every VM message and result travels in. No MPI.
@@ -50,7 +52,7 @@ let package = Package(
         .target(
             name: "ParallelVM",
             dependencies: [
-                "MPI", "CRunStatus", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
+                "MPI", "CRunStatus", "CThreadProbe", "ParallelVMCodec", "ParallelVMStorage", "ParallelVMProcess",
                 "ParallelVMExperiment", .product(name: "Logging", package: "swift-log"),
             ]
         ),

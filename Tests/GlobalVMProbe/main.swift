@@ -40,4 +40,15 @@ do {
 } catch {
     report("next", "error: \(error)")
 }
+// A task as busy in the kernel as the spin, for longer than the watch's 3 s, that does not spin on the
+// global's lock, runs to its end.
+if ProcessInfo.processInfo.environment["PROBE_ISOLATION"] != "inProcess" {
+    do {
+        let busy = try vm.spawnFunction(busyInTheKernel, args: 6.0, count: 1)
+        let megabytes = try busy.first.flatMap { try resultOf($0)?.value(as: Int.self) }
+        report("busy", megabytes.map { $0 > 0 ? "finished" : "read nothing" } ?? "no result")
+    } catch {
+        report("busy", "error: \(error)")
+    }
+}
 try vm.finalize()

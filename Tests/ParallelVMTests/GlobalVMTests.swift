@@ -30,6 +30,8 @@ struct GlobalVMTests {
         #expect(Int(output.value("seconds") ?? "") ?? 99 <= 15, "\(output)")
         // A new task process runs the next task.
         #expect(output.value("next") == "42", "\(output)")
+        // A task busy in the kernel for 6 s without waiting, but not spinning on the lock, is left alone.
+        #expect(output.value("busy") == "finished", "\(output)")
     }
 
     @Test func inProcessTheErrorArrivesAndTheRunEndsInsteadOfHanging() throws {

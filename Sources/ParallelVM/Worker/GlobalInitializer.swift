@@ -1,3 +1,4 @@
+import CThreadProbe
 import Foundation
 import Glibc
 
@@ -33,12 +34,17 @@ enum GlobalInitializer {
     }
 }
 
-/// Watches the thread that runs a worker's tasks for the spin described in ``GlobalInitializer``: a task
-/// running for over 3 s, busy (a quarter of a CPU at least) and nearly all of it in the kernel, without ever
-/// waiting.
+/// Watches the thread that runs a worker's tasks for the spin described in ``GlobalInitializer``.
+///
+/// A task that has run for over 3 s without ever waiting, busy and partly in the kernel, is a candidate; it
+/// is then asked by a signal what it does (``parallelvm_thread_spins_on_own_pi_futex``): the spin is a
+/// `futex(FUTEX_LOCK_PI)` call on a lock the thread holds itself, answered `EDEADLK` again and again. Only a
+/// task seen so is failed, however loaded the machine is: a busy task that does something else is left alone
+/// and asked again later, less and less often. Where the thread cannot be asked (another architecture), a
+/// candidate busy a quarter of a CPU at least and nearly all of it in the kernel is failed instead.
 /// Started only when the worker's `VM(...)` runs inside a global's initializer.
 final class SpinWatch: Sendable {
-    /// Seconds of spinning after which the task is failed.
+    /// Seconds without waiting after which a busy task is a candidate.
     static let window = 3.0
 
     /// Starts watching the calling thread; `current` says which task runs now and since when (monotonic
@@ -51,6 +57,8 @@ final class SpinWatch: Sendable {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         let watcher = Thread {
             var samples: [(at: Double, task: Int, times: (cpu: Double, system: Double, waits: Int))] = []
+            // After each candidate that was not spinning, the next one needs twice the time without waiting.
+            var quiet = (task: -1, needed: window)
             while true {
                 Thread.sleep(forTimeInterval: 0.5)
                 let now = monotonicSeconds()
@@ -59,16 +67,30 @@ final class SpinWatch: Sendable {
                     samples.removeAll()
                     continue
                 }
-                samples.removeAll { $0.task != running.task || now - $0.at > window + 0.6 }
+                if quiet.task != running.task { quiet = (running.task, window) }
                 samples.append((now, running.task, times))
-                guard let first = samples.first, now - first.at >= window else { continue }
+                // Any wait starts the count again.
+                samples.removeAll {
+                    $0.task != running.task || $0.times.waits != times.waits || now - $0.at > quiet.needed + 0.6
+                }
+                guard let first = samples.first, now - first.at >= quiet.needed else { continue }
                 let elapsed = now - first.at
                 let cpu = times.cpu - first.times.cpu
                 let system = times.system - first.times.system
-                // A busy machine may give the spinning thread only part of a CPU; that it never waits tells.
-                if cpu >= 0.25 * elapsed, system >= 0.7 * cpu, times.waits == first.times.waits {
+                guard cpu >= 0.1 * elapsed, system >= 0.2 * cpu else { continue }
+                switch parallelvm_thread_spins_on_own_pi_futex(thread, 20, 2000) {
+                case 1:
                     stuck(running.task)
                     return
+                case 0:
+                    quiet.needed = min(2 * quiet.needed, 60)
+                    samples.removeAll()
+                default:
+                    // A busy machine may give the spinning thread only part of a CPU; that it never waits tells.
+                    if cpu >= 0.25 * elapsed, system >= 0.7 * cpu {
+                        stuck(running.task)
+                        return
+                    }
                 }
             }
         }
