@@ -20,7 +20,7 @@
 #     costs at most half the in-process rate), at least 0.9 with chunks of 100 (at most 10%).
 #   vs base (tasks_dispatch_chunked_journal_w2): the chunked dispatch with an experiment journal / the same
 #     dispatch without one (tasks_dispatch_chunked_nojournal_w2), measured alternately, repetition by
-#     repetition, in the same vm-bench process, 25 pairs a round. The target: at least 0.9 (journaling
+#     repetition, in the same vm-bench process, 100 pairs a round. The target: at least 0.9 (journaling
 #     costs at most 10%).
 #
 # Peers: the same trivial tasks and ping-pong with mpi4py (mpi4py.futures map, submit, map with

@@ -14,7 +14,7 @@
 //                             dispatch_chunked_journal: chunks of 100 with an experiment journal, measured
 //                             alternately with dispatch_chunked (tasks_dispatch_chunked_nojournal_w<workers>)
 //                             in experiments under BENCH_EXPERIMENTS (default: the temporary folder),
-//                             BENCH_JOURNAL_REPETITIONS pairs (default 25: a pair's ratio varies by 10%
+//                             BENCH_JOURNAL_REPETITIONS pairs (default 100: a pair's ratio varies by 10%
 //                             or more on a shared machine; BENCH_JOURNAL_VERBOSE=1 prints each pair's
 //                             rates and ratio to stderr);
 //                             dispatch_vs_spawn: spawn and dispatch (chunkSize 1) alternately, 9 times,
@@ -305,7 +305,7 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
         case "dispatch_chunked_journal":
-            let repetitions = ProcessInfo.processInfo.environment["BENCH_JOURNAL_REPETITIONS"].flatMap { Int($0) } ?? 25
+            let repetitions = ProcessInfo.processInfo.environment["BENCH_JOURNAL_REPETITIONS"].flatMap { Int($0) } ?? 100
             let rates = try await journalRates(vm, 10 * n, repetitions: max(1, repetitions))
             emit("tasks_dispatch_chunked_journal_\(suffix)", rates.journaled)
             emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)
