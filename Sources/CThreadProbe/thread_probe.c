@@ -90,6 +90,14 @@ int parallelvm_thread_spins_on_own_pi_futex(pid_t thread, int attempts, int inte
     return -1;
 #else
     pthread_mutex_lock(&probe_lock);
+    if (probe_signal > 0) {
+        // The program may have taken the signal since: then another one is looked for.
+        struct sigaction current;
+        if (sigaction(probe_signal, NULL, &current) != 0 || !(current.sa_flags & SA_SIGINFO)
+            || current.sa_sigaction != on_probe_signal) {
+            probe_signal = 0;
+        }
+    }
     if (probe_signal == 0) probe_signal = install();
     if (probe_signal < 0) {
         pthread_mutex_unlock(&probe_lock);

@@ -305,7 +305,8 @@ func tasks(_ vm: VM, _ n: Int, kinds: [String], isolated: Bool) async throws {
                 try await rate(repetitions: 5, chunked) { try await dispatchFarm(vm, chunked, chunkSize: 100) }
             )
         case "dispatch_chunked_journal":
-            let repetitions = ProcessInfo.processInfo.environment["BENCH_JOURNAL_REPETITIONS"].flatMap { Int($0) } ?? 100
+            let repetitions =
+                ProcessInfo.processInfo.environment["BENCH_JOURNAL_REPETITIONS"].flatMap { Int($0) } ?? 100
             let rates = try await journalRates(vm, 10 * n, repetitions: max(1, repetitions))
             emit("tasks_dispatch_chunked_journal_\(suffix)", rates.journaled)
             emit("tasks_dispatch_chunked_nojournal_\(suffix)", rates.plain)

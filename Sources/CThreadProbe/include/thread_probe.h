@@ -16,7 +16,8 @@
 /// Returns 1 when the thread was seen so, 0 when it was not, and -1 when this cannot be told here: another
 /// architecture than x86-64 or AArch64, or no free real-time signal to install the handler on. The handler is
 /// installed on first use, on the first real-time signal from `SIGRTMIN + 7` whose handler is the default one,
-/// with `SA_RESTART`; it saves and restores `errno`. Thread-safe: probes are serialized.
+/// with `SA_RESTART` (and again on another one when the program has taken that signal since); it saves and
+/// restores `errno`. Thread-safe: probes are serialized.
 int parallelvm_thread_spins_on_own_pi_futex(pid_t thread, int attempts, int interval_us);
 
 #endif
